@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""The two quick-start commands, needing only python3 on a fresh machine.
+
+    python3 dev.py demo   install hybridml into .venv and run the digits example locally
+    python3 dev.py test   install everything the tests need (Debian sshd too) and run them
+
+Each step is skipped when already done, so repeating a command is fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+PY = VENV / "bin" / "python"
+APT_PACKAGES = ["openssh-server", "openssh-client", "iproute2", "procps", "git"]
+
+
+def sh(*cmd: str, **kw: object) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
+
+
+def venv(extras: str) -> None:
+    """Create .venv and install hybridml[extras] unless pyproject and extras are unchanged."""
+    stamp = VENV / f".hybridml-{extras}"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == digest and PY.exists():
+        return
+    if not PY.exists():
+        sh(sys.executable, "-m", "venv", str(VENV))
+    sh(str(PY), "-m", "pip", "install", "-q", "--upgrade", "pip")
+    # torch==2.13.0 is pinned in the extras; its CPU wheel comes from the local wheel cache
+    sh(str(PY), "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extras}]")
+    stamp.write_text(digest)
+
+
+def debian_packages() -> None:
+    """The tests start real sshd hosts: install Debian's openssh-server when it is missing."""
+    if Path("/usr/sbin/sshd").exists() and shutil.which("ip") and shutil.which("ssh-keygen"):
+        return
+    prefix = [] if os.geteuid() == 0 else ["sudo"]
+    if prefix and not shutil.which("sudo"):
+        sys.exit("dev.py: the tests need openssh-server; run as root or install it with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    sh(*prefix, "apt-get", "update", "-q", env=env)
+    sh(*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES, env=env)
+
+
+def demo() -> int:
+    venv("train")
+    home = Path(os.environ.get("HML_HOME") or Path.home() / ".hybridml")
+    job = ROOT / "examples" / "digits" / "job.yaml"
+    rc = subprocess.run([str(VENV / "bin" / "hml"), "submit", str(job)]).returncode
+    print(
+        "\nLook at the run in the MLflow UI:\n"
+        f"  {VENV}/bin/mlflow ui --backend-store-uri sqlite:///{home.resolve()}/mlflow.db\n"
+        "then open http://127.0.0.1:5000 (experiment 'digits')."
+    )
+    return rc
+
+
+def test(args: list[str]) -> int:
+    debian_packages()
+    venv("all")
+    return subprocess.run([str(PY), "-m", "pytest", *(args or ["tests"])], cwd=ROOT).returncode
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    return demo() if sys.argv[1] == "demo" else test(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

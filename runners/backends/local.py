@@ -1,0 +1,127 @@
+"""The local target: the job runs on this machine, in its own session and process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+from runners import jobscript
+from runners.backends.base import (
+    Backend,
+    Feature,
+    Handle,
+    JobState,
+    LaunchRequest,
+    TargetConfig,
+    Usage,
+)
+from runners.errors import NoCapacityError
+
+
+class LocalConfig(TargetConfig):
+    kind: Literal["local"] = "local"
+    gpu_hour_usd: float = 0.0
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start tick of ``pid``, so a recycled pid is not taken for our job."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":
+        return None
+    return fields[19]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.waitpid(pgid, os.WNOHANG)  # reap our own child, or a zombie leader looks alive
+    except ChildProcessError:
+        pass
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+class LocalBackend(Backend):
+    kind = "local"
+    Config = LocalConfig
+    unsupported = {Feature.MULTI_NODE: "the local target is one machine; use an ssh or aws target"}
+
+    def launch(self, request: LaunchRequest) -> tuple[Handle, Usage]:
+        gpus = request.spec.resources.gpus
+        if gpus:
+            from runners.gpus import local_gpus
+
+            have = len(local_gpus())
+            if have < gpus:
+                raise NoCapacityError(f"the job asks for {gpus} GPU(s); this machine has {have}")
+        exec_dir = request.state_dir / f"attempt-{request.attempt}"
+        exec_dir.mkdir(parents=True, exist_ok=True)
+        files = jobscript.render(
+            str(exec_dir),
+            str(request.workdir),
+            request.spec.setup,
+            request.spec.run,
+            request.run_id,
+        )
+        for name, text in files.items():
+            (exec_dir / name).write_text(text)
+        env_file = exec_dir / jobscript.ENV_FILE
+        fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            # the interpreter hml runs under comes first: `python` in a job means that environment
+            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+            fh.write(jobscript.env_lines({**request.env, "PATH": path, **request.secrets}))
+        with open(exec_dir / jobscript.OUTPUT, "ab") as out:
+            proc = subprocess.Popen(
+                ["bash", str(exec_dir / jobscript.WRAPPER)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        handle = {"pid": proc.pid, "started": _start_time(proc.pid), "exec_dir": str(exec_dir)}
+        usage = Usage(
+            gpus_per_node=gpus, gpu_hour_usd=self.config.gpu_hour_usd, hosts=["localhost"]
+        )
+        return handle, usage
+
+    def poll(self, handle: Handle) -> JobState:
+        exit_file = Path(handle["exec_dir"]) / jobscript.EXIT_CODE
+        if exit_file.exists():
+            return JobState(running=False, exit_code=int(exit_file.read_text().strip() or 1))
+        pid = handle["pid"]
+        if _group_alive(pid) and _start_time(pid) in (handle["started"], None):
+            return JobState(running=True)
+        return JobState(running=False, detail="the job's process ended without an exit code")
+
+    def read_output(self, handle: Handle, offset: int) -> bytes:
+        try:
+            with open(Path(handle["exec_dir"]) / jobscript.OUTPUT, "rb") as fh:
+                fh.seek(offset)
+                return fh.read()
+        except FileNotFoundError:
+            return b""
+
+    def cancel(self, handle: Handle) -> None:
+        pgid = handle["pid"]
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if not _group_alive(pgid):
+                    return
+                time.sleep(0.05)

@@ -1,0 +1,257 @@
+"""The ``hml`` command line. Heavy libraries load inside commands, so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from runners.errors import HmlError
+
+if TYPE_CHECKING:
+    from runners.records import RunRecord
+
+app = typer.Typer(
+    name="hml",
+    help="Run the same training job on your laptop, on-prem GPU hosts or AWS; track it in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+targets_app = typer.Typer(help="List the profile's targets, or trust an SSH target's host keys.")
+app.add_typer(targets_app, name="targets")
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
+_state: dict[str, Any] = {"config": None}
+
+
+@app.callback()
+def _main(
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config", "-c", help="Environment profile (default: $HML_CONFIG, ./hybridml.yaml)"
+        ),
+    ] = None,
+) -> None:
+    _state["config"] = config
+
+
+def _summary(record: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": record.run_id,
+        "job": record.job,
+        "status": record.status,
+        "target": record.target,
+        "tracking_uri": record.tracking_uri,
+        "experiment_id": record.experiment_id,
+        "exit_code": record.exit_code,
+        "reason": record.reason,
+        "attempts": record.attempt + 1,
+        "cost_usd": record.cost_usd,
+        "log": str(record.log_path),
+    }
+
+
+def _print_summary(record: RunRecord, output: Output) -> None:
+    data = _summary(record)
+    if output is Output.json:
+        print(json.dumps(data))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    for key, value in data.items():
+        table.add_row(key, "" if value is None else str(value))
+    Console().print(table)
+
+
+def _exit_for(record: RunRecord) -> int:
+    return 0 if record.status == "FINISHED" else 1 if record.terminal else 0
+
+
+@app.command()
+def submit(
+    job: Annotated[str, typer.Argument(help="The job file (YAML)")],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", help="A target of the profile")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Return once the job is started")
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", "-s", help="Override: key=value (a param) or dotted.field=value"),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate the job, profile and target; run nothing")
+    ] = False,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Submit a job; stream its output and wait unless --detach. Exit 0 success, 1 failure."""
+    from runners.submit import follow, plan
+    from runners.submit import submit as do_submit
+
+    if dry_run:
+        resolved = plan(job, target, set_ or [], _state["config"])
+        print(json.dumps(resolved, indent=None if output is Output.json else 2))
+        return
+    record = do_submit(job, target, set_ or [], _state["config"])
+    say = sys.stderr if output is Output.json else sys.stdout
+    print(
+        f"hml: run {record.run_id} on target {record.target!r} ({record.tracking_uri})",
+        file=sys.stderr,
+    )
+    if detach:
+        _print_summary(record, output)
+        return
+    try:
+        record = follow(record.run_id, out=say)
+    except KeyboardInterrupt:
+        print(
+            f"\nhml: detached; the job goes on. Re-attach: hml logs {record.run_id} --follow; "
+            f"stop it: hml cancel {record.run_id}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(0) from None
+    _print_summary(record, output)
+    raise typer.Exit(_exit_for(record))
+
+
+@app.command()
+def status(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix)")],
+    output: OutputOpt = Output.text,
+) -> None:
+    """Show a run's state; restarts its supervisor if that died."""
+    from runners import records
+    from runners.submit import ensure_supervised
+
+    record = records.load(run)
+    ensure_supervised(record)
+    _print_summary(record, output)
+
+
+@app.command()
+def logs(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix)")],
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")
+    ] = False,
+) -> None:
+    """Print a run's output (redacted), from any shell."""
+    from runners.submit import follow
+
+    follow(run, keep_following=follow_)
+
+
+@app.command()
+def cancel(
+    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix)")],
+    output: OutputOpt = Output.text,
+) -> None:
+    """Kill every process of a run and mark it KILLED."""
+    import time
+
+    from runners import records
+    from runners.submit import ensure_supervised
+
+    record = records.load(run)
+    if not record.terminal:
+        records.cancel_flag(record.run_id).touch()
+        ensure_supervised(record)
+        deadline = time.monotonic() + 60
+        while not record.terminal and time.monotonic() < deadline:
+            time.sleep(0.1)
+            record = records.load(record.run_id)
+    _print_summary(record, output)
+    if not record.terminal:
+        raise HmlError(
+            f"run {record.run_id} did not stop within 60 s; see {record.dir}/supervisor.log"
+        )
+
+
+@app.command("list")
+def list_(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most recent N runs")] = 20,
+    output: OutputOpt = Output.text,
+) -> None:
+    """List recent runs submitted from this machine."""
+    from runners import records
+
+    rows = [_summary(r) for r in records.all_records()[:limit]]
+    if output is Output.json:
+        print(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run_id", "job", "target", "status", "reason")
+    for row in rows:
+        table.add_row(row["run_id"], row["job"], row["target"], row["status"], row["reason"])
+    Console().print(table)
+
+
+@targets_app.callback(invoke_without_command=True)
+def targets(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
+    """List the targets of the environment profile."""
+    if ctx.invoked_subcommand:
+        return
+    from runners.profile import load_profile
+
+    profile = load_profile(_state["config"])
+    default = profile.default_target or ("local" if "local" in profile.targets else None)
+    rows = [
+        {"name": name, "kind": raw["kind"], "default": name == default}
+        for name, raw in profile.targets.items()
+    ]
+    if output is Output.json:
+        print(
+            json.dumps(
+                {
+                    "source": profile.source,
+                    "tracking_uri": profile.resolved_tracking_uri(),
+                    "targets": rows,
+                }
+            )
+        )
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("name", "kind", "default", title=f"targets ({profile.source})")
+    for row in rows:
+        table.add_row(row["name"], row["kind"], "yes" if row["default"] else "")
+    Console().print(table)
+    print(f"tracking: {profile.resolved_tracking_uri()}")
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI; every HmlError becomes one line per problem and its exit code."""
+    try:
+        app(args=argv, prog_name="hml")  # click handles usage errors itself: exit 2
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except HmlError as exc:
+        print("\n".join(f"hml: error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def main() -> None:
+    try:
+        sys.exit(run())
+    except BrokenPipeError:
+        os._exit(0)

@@ -1,0 +1,141 @@
+"""The job file: what to run, never where.
+
+Close to SkyPilot's task YAML so users feel at home. Nothing here names a target: the same
+file runs on the laptop, on-prem and on AWS; the target is chosen at submit time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runners.errors import SpecError
+from runners.validation import read_yaml, validate
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1d"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 90, '30m' or '2h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; use e.g. 90, '30m' or '2h'")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be a positive duration")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    cpus: Annotated[float, Field(gt=0, le=1024)] | None = None
+    memory: str | None = Field(default=None, description="e.g. '16GB'")
+    accelerator: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not _MEMORY.match(str(value)):
+            raise ValueError(f"{value!r} is not a size; use e.g. '16GB' or 16 (GB)")
+        return str(value).strip()
+
+    @property
+    def memory_gb(self) -> float | None:
+        if self.memory is None:
+            return None
+        match = _MEMORY.match(self.memory)
+        assert match is not None  # validated above
+        unit = (match.group(2) or "G")[0].upper()
+        return float(match.group(1)) * {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1, "T": 1024}[unit]
+
+
+Scalar = str | int | float | bool
+
+
+class JobSpec(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    experiment: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    workdir: str = "."
+    resources: Resources = Resources()
+    num_nodes: Annotated[int, Field(ge=1, le=256)] = 1
+    setup: str | None = None
+    run: Annotated[str, Field(min_length=1)]
+    envs: dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN)], Scalar] = {}
+    params: dict[Annotated[str, Field(min_length=1, max_length=250)], Scalar] = {}
+    secrets: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = []
+    max_runtime: float | None = Field(default=None, description="seconds, or '30m', '2h'")
+    retries: Annotated[int, Field(ge=0, le=10)] = 0
+    max_cost_usd: Annotated[float, Field(ge=0)] | None = None
+
+    @field_validator("max_runtime", mode="before")
+    @classmethod
+    def _runtime(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("envs")
+    @classmethod
+    def _envs(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
+        reserved = sorted(k for k in value if k.startswith(("HML_", "MLFLOW_")))
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)}: HML_* and MLFLOW_* are set by hml")
+        return value
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+
+def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
+    """Apply one ``--set key=value``: a bare key is a param, a dotted one a spec field."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = dotted.split(".") if "." in dotted else ["params", dotted]
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError("--set", [f"{dotted}: {part} is not a mapping"])
+        node = child
+    node[parts[-1]] = value
+
+
+def load_job(path: str | Path, overrides: list[str] | None = None) -> tuple[JobSpec, Path]:
+    """Validate a job file (and ``--set`` overrides); return the spec and its absolute workdir."""
+    path = Path(path)
+    data = read_yaml(path)
+    problems = []
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"{item!r}: expected key=value, e.g. --set lr=0.01")
+        elif isinstance(data, dict):
+            _set_path(data, key.strip(), value)
+    if problems:
+        raise SpecError("--set", problems)
+    spec = validate(JobSpec, data, str(path))
+    workdir = (path.resolve().parent / spec.workdir).resolve()
+    if not workdir.is_dir():
+        raise SpecError(str(path), [f"workdir: {workdir} is not a directory"])
+    return spec, workdir

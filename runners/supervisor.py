@@ -1,0 +1,269 @@
+"""The supervisor: one detached process per run that drives a backend to the end.
+
+It is started by ``hml submit`` in its own session, so closing the terminal or killing
+``hml`` does not stop it, and restarted by any later ``hml`` command that finds it gone. It
+launches the job, mirrors its output (redacted) into the run's log, enforces max_runtime and
+max_cost_usd, retries, honours cancel requests, and closes the MLflow run; only it writes
+the record while the run is live, guarded by a lock file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from runners import records, tracking
+from runners.backends import make_backend
+from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
+from runners.errors import BackendError, HmlError, TrackingError
+from runners.records import RunRecord
+from runners.secrets import Redactor, resolve
+from runners.spec import JobSpec
+
+LOST_AFTER_S = 30.0
+"""How long a target may stay unreachable before the job counts as lost (host died)."""
+FINALIZE_TRIES = 30
+
+
+def lock(record: RunRecord) -> IO[str] | None:
+    """Hold the run's supervisor lock, or None when another supervisor holds it."""
+    record.dir.mkdir(parents=True, exist_ok=True)
+    fh = open(record.dir / "supervisor.lock", "a+")  # noqa: SIM115 - held for the process life
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        return None
+    return fh
+
+
+def is_supervised(record: RunRecord) -> bool:
+    held = lock(record)
+    if held is None:
+        return True
+    held.close()
+    return False
+
+
+def spawn(run_id: str) -> None:
+    """Start a detached supervisor for ``run_id`` (a no-op for it if one already runs)."""
+    log = open(records.run_dir(run_id) / "supervisor.log", "ab")  # noqa: SIM115
+    subprocess.Popen(
+        [sys.executable, "-m", "runners.supervisor", run_id],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+    )
+    log.close()
+
+
+class Supervisor:
+    def __init__(self, record: RunRecord, backend: Backend) -> None:
+        self.rec = record
+        self.backend = backend
+        self.spec = JobSpec.model_validate(record.spec)
+        self.redact = Redactor([])
+        self._pending = ""
+        self._out = open(record.log_path, "a", encoding="utf-8")  # noqa: SIM115
+
+    # -- output -----------------------------------------------------------------
+    def note(self, text: str) -> None:
+        self._out.write(f"[hml] {text}\n")
+        self._out.flush()
+
+    def _copy_output(self, handle: Handle, final: bool = False) -> None:
+        chunk = self.backend.read_output(handle, self.rec.usage.get("offset", 0))
+        if chunk:
+            self.rec.usage["offset"] = self.rec.usage.get("offset", 0) + len(chunk)
+            text = self._pending + chunk.decode("utf-8", errors="replace")
+            head, _, self._pending = text.rpartition("\n")  # redact whole lines only
+            if head:
+                self._out.write(self.redact(head + "\n"))
+            self.rec.save()  # the offset: a restarted supervisor must not copy lines twice
+        if final and self._pending:
+            self._out.write(self.redact(self._pending) + "\n")
+            self._pending = ""
+        self._out.flush()
+
+    # -- lifecycle --------------------------------------------------------------
+    def _launch(self) -> Handle:
+        self.backend.check(self.spec)
+        secrets = resolve(self.rec.secrets, self.rec.vault)
+        self.redact = Redactor(list(secrets.values()))
+        request = LaunchRequest(
+            run_id=self.rec.run_id,
+            spec=self.spec,
+            workdir=Path(self.rec.workdir),
+            env=job_env(self.rec),
+            secrets=secrets,
+            attempt=self.rec.attempt,
+            state_dir=self.rec.dir,
+        )
+        handle, usage = self.backend.launch(request)
+        self.rec.handle = handle
+        self.rec.usage = {**usage.__dict__, "offset": 0}
+        self.rec.status = "RUNNING"
+        self.rec.started_at = self.rec.started_at or time.time()
+        self.rec.save()
+        self.note(
+            f"attempt {self.rec.attempt + 1} started on {', '.join(usage.hosts) or self.rec.target}"
+        )
+        return handle
+
+    def _cost(self) -> float:
+        u = Usage(**{k: v for k, v in self.rec.usage.items() if k != "offset"})
+        hours = (time.time() - (self.rec.started_at or time.time())) / 3600
+        return round(hours * u.nodes * u.gpus_per_node * u.gpu_hour_usd, 6)
+
+    def _watch(self, handle: Handle) -> tuple[str | None, JobState]:
+        """Follow one attempt to its end; return (a reason hml stopped it, the end state)."""
+        unreachable_since: float | None = None
+        interval = getattr(self.backend, "poll_interval", 0.2)
+        while True:
+            try:
+                self._copy_output(handle)
+                state = self.backend.poll(handle)
+                unreachable_since = None
+            except BackendError as exc:
+                unreachable_since = unreachable_since or time.time()
+                if time.time() - unreachable_since > LOST_AFTER_S:
+                    return None, JobState(running=False, detail=f"target unreachable: {exc}")
+                time.sleep(1.0)
+                continue
+            if not state.running:
+                self._copy_output(handle, final=True)
+                return None, state
+            stop = self._stop_reason()
+            if stop:
+                self.backend.cancel(handle)
+                self._copy_output(handle, final=True)
+                return stop, state
+            time.sleep(interval)
+
+    def _stop_reason(self) -> str | None:
+        if records.cancel_flag(self.rec.run_id).exists():
+            return "cancelled by user"
+        elapsed = time.time() - (self.rec.started_at or time.time())
+        if self.spec.max_runtime and elapsed > self.spec.max_runtime:
+            return f"max_runtime exceeded ({self.spec.max_runtime:g}s)"
+        if self.spec.max_cost_usd is not None and self._cost() > self.spec.max_cost_usd:
+            return f"max_cost_usd exceeded ({self.spec.max_cost_usd:g} USD)"
+        return None
+
+    def run(self) -> None:
+        while not self.rec.terminal:
+            if records.cancel_flag(self.rec.run_id).exists() and self.rec.handle is None:
+                self._end("KILLED", None, "cancelled by user")
+                break
+            try:
+                handle = self.rec.handle or self._launch()
+            except HmlError as exc:
+                self.note(f"launch failed: {exc}")
+                self._end("FAILED", None, f"launch failed: {exc}")
+                break
+            stop, state = self._watch(handle)
+            self.rec.cost_usd = self._cost()
+            if stop:
+                self._end(
+                    "KILLED" if stop.startswith("cancelled") else "FAILED", state.exit_code, stop
+                )
+            elif state.exit_code == 0:
+                self._end("FINISHED", 0, "succeeded")
+            else:
+                why = state.detail or f"exit code {state.exit_code}"
+                if self.rec.attempt < self.spec.retries:
+                    self.note(f"attempt {self.rec.attempt + 1} failed ({why}); retrying")
+                    self.rec.attempt += 1
+                    self.rec.handle = None
+                    self.rec.save()
+                    continue
+                self._end("FAILED", state.exit_code, why)
+        self.finalize()
+
+    def _end(self, status: str, exit_code: int | None, reason: str) -> None:
+        self.rec.status, self.rec.exit_code, self.rec.reason = status, exit_code, reason
+        self.rec.ended_at = time.time()
+        self.note(f"run {status} ({reason})")
+        self.rec.save()
+
+    def finalize(self) -> None:
+        """Hand the end to the tracking server, retrying while it is down; the record keeps all."""
+        self._out.close()
+        start = self.rec.started_at or self.rec.submitted_at
+        for attempt in range(FINALIZE_TRIES):
+            try:
+                tracking.finalize(
+                    self.rec.tracking_uri,
+                    self.rec.run_id,
+                    self.rec.status,
+                    self.rec.exit_code,
+                    self.rec.reason,
+                    duration_s=(self.rec.ended_at or time.time()) - start,
+                    cost_usd=self.rec.cost_usd,
+                    log_path=self.rec.log_path,
+                    ended_at=self.rec.ended_at or time.time(),
+                )
+            except TrackingError as exc:
+                print(f"finalize attempt {attempt + 1}: {exc}", flush=True)
+                time.sleep(min(2**attempt, 30))
+                continue
+            self.rec.finalized = True
+            self.rec.save()
+            return
+
+
+def job_env(rec: RunRecord) -> dict[str, str]:
+    import json
+
+    spec = rec.spec
+    env = {k: str(v) for k, v in spec.get("envs", {}).items()}
+    params = {k: str(v) for k, v in spec.get("params", {}).items()}
+    env.update(
+        {f"HML_PARAM_{k.upper().replace('-', '_').replace('.', '_')}": v for k, v in params.items()}
+    )
+    env.update(
+        {
+            "HML_PARAMS": json.dumps(params),
+            "HML_RUN_ID": rec.run_id,
+            "HML_JOB": rec.job,
+            "HML_TARGET": rec.target,
+            "HML_ATTEMPT": str(rec.attempt),
+            "MLFLOW_TRACKING_URI": rec.tracking_uri,
+            "MLFLOW_RUN_ID": rec.run_id,
+            "MLFLOW_EXPERIMENT_ID": rec.experiment_id,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def main(run_id: str) -> int:
+    record = records.load(run_id)
+    held = lock(record)
+    if held is None:
+        return 0  # another supervisor has it
+    record = records.load(run_id)  # re-read under the lock
+    record.supervisor_pid = os.getpid()
+    record.save()
+    backend = make_backend(record.target, record.target_config)
+    try:
+        sup = Supervisor(record, backend)
+        if record.terminal:
+            sup.finalize()
+        else:
+            sup.run()
+    finally:
+        backend.close()
+        held.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,137 @@
+"""MLflow run ownership: the runner creates the run before the job and closes it after.
+
+mlflow is imported here only, inside functions, so commands that do not talk to the tracking
+server (``--help``, ``status``, ``logs``) stay fast.
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from runners.errors import TrackingError
+from runners.paths import home
+
+SPEC_ARTIFACT = "hml/job.yaml"
+LOG_ARTIFACT_DIR = "hml"
+
+
+def _client(tracking_uri: str) -> Any:
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's migration chatter
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def git_commit(workdir: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(workdir), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith(str(home() / "mlflow.db")):
+        location = (home() / "artifacts").as_uri()  # the embedded default keeps all in HML_HOME
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created concurrently by another submit
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def start_run(
+    tracking_uri: str,
+    spec: dict[str, Any],
+    experiment: str,
+    target: str,
+    workdir: Path,
+    params: dict[str, str],
+) -> tuple[str, str]:
+    """Create the run with params, tags and the resolved spec; return (run_id, experiment_id)."""
+    from mlflow.entities import Param
+
+    try:
+        client = _client(tracking_uri)
+        experiment_id = _experiment_id(client, experiment, tracking_uri)
+        user = getpass.getuser()
+        tags = {
+            "hml.target": target,
+            "hml.job": spec["name"],
+            "hml.user": user,
+            "hml.workdir": str(workdir),
+            "mlflow.user": user,
+            "mlflow.source.name": spec["run"].splitlines()[0][:250],
+        }
+        commit = git_commit(workdir)
+        if commit:
+            tags["hml.git_commit"] = tags["mlflow.source.git.commit"] = commit
+        run = client.create_run(experiment_id, tags=tags, run_name=spec["name"])
+        run_id = run.info.run_id
+        if params:
+            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        client.log_dict(run_id, spec, SPEC_ARTIFACT)
+    except TrackingError:
+        raise
+    except Exception as exc:  # mlflow raises many kinds: connection, REST, sqlalchemy
+        raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+    return run_id, experiment_id
+
+
+def finalize(
+    tracking_uri: str,
+    run_id: str,
+    status: str,
+    exit_code: int | None,
+    reason: str,
+    duration_s: float,
+    cost_usd: float,
+    log_path: Path,
+    ended_at: float,
+) -> None:
+    """Close the run: log, exit code, reason, duration, cost, terminal status."""
+    from mlflow.entities import Metric, RunTag
+
+    try:
+        client = _client(tracking_uri)
+        if log_path.exists():
+            client.log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
+        now = int(time.time() * 1000)
+        tags = [RunTag("hml.reason", reason or status.lower())]
+        if exit_code is not None:
+            tags.append(RunTag("hml.exit_code", str(exit_code)))
+        metrics = [
+            Metric("hml.duration_s", duration_s, now, 0),
+            Metric("hml.cost_usd", cost_usd, now, 0),
+        ]
+        client.log_batch(run_id, metrics=metrics, tags=tags)
+        client.set_terminated(run_id, status=status, end_time=int(ended_at * 1000))
+    except Exception as exc:
+        raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

@@ -1,0 +1,57 @@
+"""Turn YAML files into pydantic models with errors a user can act on.
+
+Shared by the job file and the environment profile so both read the same way:
+``job.yaml: resources.gpus: Input should be greater than or equal to 0``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from runners.errors import InvalidInput, SpecError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{path}: {msg}")
+    return lines
+
+
+def read_yaml(path: Path, error: type[InvalidInput] = SpecError) -> Any:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(str(path), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(str(path), [f"cannot read file: {exc}"]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise error(str(path), [f"{where}not valid YAML: {problem}"]) from None
+
+
+def validate(model: type[M], data: Any, source: str, error: type[InvalidInput] = SpecError) -> M:
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise error(source, [f"(top level): expected a mapping of fields, got {kind}"])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(source, format_errors(exc)) from None
