@@ -21,6 +21,9 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
 import json
 import os
 import runpy
@@ -141,6 +144,21 @@ class ProgramResult:
             out.extend(self.descendants(child.urn))
         return out
 
+    def missing_tags(self, required: Mapping[str, str]) -> list[str]:
+        """Taggable custom resources whose tags (AWS) or labels (Kubernetes) lack ``required``."""
+        missing = []
+        for res in self.resources:
+            carrier = tag_carrier(res.type) if res.custom and not res.is_provider else None
+            if carrier is None:
+                continue
+            value: Any = res.inputs
+            for part in carrier.split("."):
+                value = value.get(part) or {} if isinstance(value, Mapping) else {}
+            absent = {k: v for k, v in required.items() if value.get(k) != v}
+            if absent:
+                missing.append(f"{res.urn}: {carrier} lacks {absent}")
+        return missing
+
     def plaintext_occurrences(self, needle: str) -> list[str]:
         """Where ``needle`` appears outside a Pulumi secret, as ``urn:path`` strings."""
         hits = [f"{r.urn}:{p}" for r in self.resources for p in _plain_paths(r.raw_inputs, needle)]
@@ -148,6 +166,33 @@ class ProgramResult:
                  for p in _plain_paths(r.raw_outputs, needle)]
         hits += [f"stack:{p}" for p in _plain_paths(self.raw_outputs, needle)]
         return hits
+
+
+@functools.cache
+def tag_carrier(type_token: str) -> str | None:
+    """The input that carries organisation tags for a resource type, or None if it has none.
+
+    AWS resources whose constructor accepts ``tags`` carry them there; Kubernetes objects
+    carry labels in ``metadata.labels`` (custom resources included). Resolved from the
+    installed provider SDKs, so a new resource type needs no list kept by hand.
+    """
+    package, module_path, class_name = type_token.split(":")
+    sdk = {"aws": ("pulumi_aws", "tags"), "kubernetes": ("pulumi_kubernetes", "metadata")}
+    if package not in sdk:
+        return None
+    root, parameter = sdk[package]
+    module_name = module_path.split("/")[0].replace("index", "")
+    if package == "kubernetes":  # "rbac.authorization.k8s.io/v1" lives in pulumi_kubernetes.rbac
+        module_name = module_name.split(".")[0]
+    version = module_path.split("/")[1] if package == "kubernetes" and "/" in module_path else ""
+    try:
+        module = importlib.import_module(".".join(p for p in (root, module_name, version) if p))
+        cls = getattr(module, class_name)
+    except (ImportError, AttributeError):
+        return "metadata.labels" if package == "kubernetes" else None
+    if parameter not in inspect.signature(cls._internal_init).parameters:
+        return None
+    return "metadata.labels" if package == "kubernetes" else "tags"
 
 
 def unwrap(value: Any) -> Any:
@@ -195,17 +240,18 @@ class PlatformMocks(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         state = dict(args.inputs)
         resource_id = args.resource_id or f"{args.name}-id"
-        if args.typ.startswith("aws:"):
-            service = args.typ.split(":")[1].split("/")[0]
-            state.setdefault("arn", f"arn:aws:{service}:{MOCK_REGION}:{MOCK_ACCOUNT}:{args.name}")
         computed = {
-            "aws:s3/bucket:Bucket": {"bucket": args.name, "bucketRegionalDomainName":
+            "aws:s3/bucket:Bucket": {"bucket": args.name, "arn": f"arn:aws:s3:::{args.name}",
+                                     "bucketRegionalDomainName":
                                      f"{args.name}.s3.{MOCK_REGION}.amazonaws.com"},
             "aws:kms/key:Key": {"keyId": resource_id},
             "aws:ec2/launchTemplate:LaunchTemplate": {"latestVersion": 1},
             "aws:eks/cluster:Cluster": {"endpoint": f"https://{args.name}.eks.example.com"},
             "aws:rds/instance:Instance": {"address": f"{args.name}.rds.example.com"},
         }.get(args.typ, {})
+        if args.typ.startswith("aws:"):
+            service = args.typ.split(":")[1].split("/")[0]
+            computed.setdefault("arn", f"arn:aws:{service}:{MOCK_REGION}:{MOCK_ACCOUNT}:{args.name}")
         for key, value in computed.items():
             state.setdefault(key, value)
         return resource_id, state

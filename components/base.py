@@ -1,0 +1,85 @@
+"""What every hybridml component shares: validated args, organisation tags, child options.
+
+Why: each component's args are checked before any resource is registered (a bad value
+fails fast with the field and the allowed values, not half-way through ``pulumi up``), and
+the organisation's tags are attached the same way everywhere, so the policy pack's "tags on
+everything taggable" rule holds by construction rather than by care.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+Platform = Literal["aws", "onprem"]
+"""Where a component's resources live: AWS APIs, or the on-prem cluster / S3 endpoint."""
+
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+
+class ArgsError(ValueError):
+    """A component's or the stack's arguments are invalid; the message names field and fix."""
+
+
+def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    """Render pydantic errors as ``field.path: message`` lines (the STYLE's format)."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or check its spelling"
+        lines.append(f"{prefix}{path}: {msg}")
+    return lines
+
+
+class Args(BaseModel):
+    """Base for component args: unknown keys rejected, errors raised as :class:`ArgsError`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ArgsError(f"{type(self).__name__}: " + "; ".join(describe_errors(exc))) from exc
+
+
+class OrgTags(Args):
+    """The organisation's cost-allocation tags, required on every taggable child."""
+
+    team: str
+    cost_center: str
+    environment: str
+
+    @field_validator("team", "cost_center", "environment")
+    @classmethod
+    def _label_safe(cls, value: str) -> str:
+        # Kubernetes label values are the strictest consumer; AWS accepts all of these.
+        if not _LABEL_VALUE.match(value):
+            raise ValueError(f"{value!r} must be 1-63 letters, digits, '-', '_' or '.', "
+                             "starting and ending with a letter or digit")
+        return value
+
+    def aws(self, **extra: str) -> dict[str, str]:
+        """AWS tags (also used as Kubernetes labels: the keys are valid there too)."""
+        return {"team": self.team, "cost-center": self.cost_center,
+                "environment": self.environment, **extra}
+
+
+class PlatformComponent(pulumi.ComponentResource):
+    """A ComponentResource whose children are named ``{name}-{role}`` and parented to it."""
+
+    def __init__(self, type_token: str, name: str, opts: pulumi.ResourceOptions | None) -> None:
+        super().__init__(type_token, name, None, opts)
+        self._name = name
+
+    def child_name(self, role: str) -> str:
+        return f"{self._name}-{role}"
+
+    def child_opts(self, **kwargs: Any) -> pulumi.ResourceOptions:
+        """Options for a child: parented here (the provider is inherited from the parent)."""
+        return pulumi.ResourceOptions(parent=self, **kwargs)
