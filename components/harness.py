@@ -256,16 +256,19 @@ class PlatformMocks(pulumi.runtime.Mocks):
             state.setdefault(key, value)
         return resource_id, state
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         results: dict[str, dict[str, Any]] = {
             "aws:index/getCallerIdentity:getCallerIdentity": {
                 "accountId": MOCK_ACCOUNT, "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
                 "userId": "mock"},
             "aws:index/getRegion:getRegion": {"name": MOCK_REGION, "region": MOCK_REGION},
+            "aws:secretsmanager/getSecretVersion:getSecretVersion": {
+                "secretId": args.args.get("secretId", ""),
+                "secretString": SECRET_PLACEHOLDER.format(key=args.args.get("secretId", ""))},
             "aws:ssm/getParameter:getParameter": {
                 "name": args.args.get("name", ""), "value": "ami-0mockgpu", "type": "String"},
         }
-        return results.get(args.token, {}), None
+        return results.get(args.token, {})
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
