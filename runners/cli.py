@@ -40,9 +40,7 @@ _state: dict[str, Any] = {"config": None}
 def _main(
     config: Annotated[
         str | None,
-        typer.Option(
-            "--config", "-c", help="Environment profile (default: $HML_CONFIG, ./hybridml.yaml)"
-        ),
+        typer.Option("--config", "-c", help="Environment profile (default: $HML_CONFIG, ./hybridml.yaml)"),
     ] = None,
 ) -> None:
     _state["config"] = config
@@ -85,12 +83,8 @@ def _exit_for(record: RunRecord) -> int:
 @app.command()
 def submit(
     job: Annotated[str, typer.Argument(help="The job file (YAML)")],
-    target: Annotated[
-        str | None, typer.Option("--target", "-t", help="A target of the profile")
-    ] = None,
-    detach: Annotated[
-        bool, typer.Option("--detach", "-d", help="Return once the job is started")
-    ] = False,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="A target of the profile")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the job is started")] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", "-s", help="Override: key=value (a param) or dotted.field=value"),
@@ -147,9 +141,7 @@ def status(
 @app.command()
 def logs(
     run: Annotated[str, typer.Argument(help="Run id (or a unique prefix)")],
-    follow_: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")
-    ] = False,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")] = False,
 ) -> None:
     """Print a run's output (redacted), from any shell."""
     from runners.submit import follow
@@ -178,9 +170,7 @@ def cancel(
             record = records.load(record.run_id)
     _print_summary(record, output)
     if not record.terminal:
-        raise HmlError(
-            f"run {record.run_id} did not stop within 60 s; see {record.dir}/supervisor.log"
-        )
+        raise HmlError(f"run {record.run_id} did not stop within 60 s; see {record.dir}/supervisor.log")
 
 
 @app.command("list")

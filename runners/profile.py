@@ -43,9 +43,7 @@ class Profile(BaseModel):
         if chosen is None:
             raise ProfileError(
                 self.source,
-                [
-                    f"no target given and no default_target; use --target {' or '.join(self.targets)}"
-                ],
+                [f"no target given and no default_target; use --target {' or '.join(self.targets)}"],
             )
         if chosen not in self.targets:
             raise ProfileError(
@@ -74,9 +72,7 @@ def load_profile(explicit: str | None = None) -> Profile:
     profile = validate(Profile, data, str(path), ProfileError)
     profile.source = str(path)
     if not profile.targets:
-        raise ProfileError(
-            str(path), ["targets: define at least one target, e.g. local: {kind: local}"]
-        )
+        raise ProfileError(str(path), ["targets: define at least one target, e.g. local: {kind: local}"])
     problems = []
     for name, raw in profile.targets.items():
         problems += [f"targets.{name}.{p}" for p in validate_target(raw)]

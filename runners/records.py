@@ -67,9 +67,7 @@ class RunRecord(BaseModel):
 def load(run_id: str) -> RunRecord:
     path = run_dir(run_id) / "record.json"
     if not run_id or "/" in run_id or not path.is_file():
-        matches = (
-            [p.name for p in runs_dir().glob(f"{run_id}*")] if run_id and "/" not in run_id else []
-        )
+        matches = [p.name for p in runs_dir().glob(f"{run_id}*")] if run_id and "/" not in run_id else []
         if len(matches) == 1:
             return load(matches[0])
         hint = "ambiguous prefix" if matches else "see `hml list`"

@@ -43,9 +43,7 @@ def _lookup(name: str, vault: dict[str, Any]) -> str | None:
 
         client = boto3.client("secretsmanager", region_name=vault.get("region"))
         try:
-            return client.get_secret_value(SecretId=f"{vault.get('prefix', '')}{name}")[
-                "SecretString"
-            ]
+            return client.get_secret_value(SecretId=f"{vault.get('prefix', '')}{name}")["SecretString"]
         except client.exceptions.ResourceNotFoundException:
             return None
     raise UsageError(f"vault kind {vault.get('kind')!r} is not one of: env, aws")
@@ -60,3 +58,13 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         return self._pattern.sub(REDACTED, text) if self._pattern else text
+
+    def tree(self, value: Any) -> Any:
+        """The same structure with every string redacted (job specs, params)."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {k: self.tree(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.tree(v) for v in value]
+        return value

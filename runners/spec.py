@@ -20,6 +20,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+RESERVED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
 
 
 def parse_duration(value: Any) -> float:
@@ -93,9 +94,9 @@ class JobSpec(_Strict):
     @field_validator("envs")
     @classmethod
     def _envs(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
-        reserved = sorted(k for k in value if k.startswith(("HML_", "MLFLOW_")))
+        reserved = sorted(k for k in value if k.startswith("HML_") or k in RESERVED_ENV)
         if reserved:
-            raise ValueError(f"{', '.join(reserved)}: HML_* and MLFLOW_* are set by hml")
+            raise ValueError(f"{', '.join(reserved)}: set by hml for every job; remove it")
         return value
 
     @property
@@ -104,14 +105,16 @@ class JobSpec(_Strict):
 
 
 def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
-    """Apply one ``--set key=value``: a bare key is a param, a dotted one a spec field."""
+    """Apply one ``--set key=value``: a job field by its dotted path, any other bare key a param."""
     import yaml
 
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    parts = dotted.split(".") if "." in dotted else ["params", dotted]
+    parts = dotted.split(".")
+    if len(parts) == 1 and dotted not in JobSpec.model_fields:
+        parts = ["params", dotted]
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})

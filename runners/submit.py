@@ -36,13 +36,11 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     }
 
 
-def submit(
-    job_path: str, target: str | None, overrides: list[str], config: str | None
-) -> RunRecord:
+def submit(job_path: str, target: str | None, overrides: list[str], config: str | None) -> RunRecord:
     """Validate everything, open the MLflow run, record it, and hand it to a supervisor."""
     spec, workdir, profile, name, raw, redact = _prepare(job_path, target, overrides, config)
-    params = {k: redact(str(v)) for k, v in spec.params.items()}
-    spec_dict = spec.model_dump(mode="json")
+    spec_dict = redact.tree(spec.model_dump(mode="json"))  # the record and MLflow see no secret
+    params = {k: str(v) for k, v in spec_dict["params"].items()}
     tracking_uri = profile.resolved_tracking_uri()
     run_id, experiment_id = tracking.start_run(
         tracking_uri, spec_dict, spec.experiment_name, name, workdir, params

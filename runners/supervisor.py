@@ -112,9 +112,7 @@ class Supervisor:
         self.rec.status = "RUNNING"
         self.rec.started_at = self.rec.started_at or time.time()
         self.rec.save()
-        self.note(
-            f"attempt {self.rec.attempt + 1} started on {', '.join(usage.hosts) or self.rec.target}"
-        )
+        self.note(f"attempt {self.rec.attempt + 1} started on {', '.join(usage.hosts) or self.rec.target}")
         return handle
 
     def _cost(self) -> float:
@@ -171,9 +169,7 @@ class Supervisor:
             stop, state = self._watch(handle)
             self.rec.cost_usd = self._cost()
             if stop:
-                self._end(
-                    "KILLED" if stop.startswith("cancelled") else "FAILED", state.exit_code, stop
-                )
+                self._end("KILLED" if stop.startswith("cancelled") else "FAILED", state.exit_code, stop)
             elif state.exit_code == 0:
                 self._end("FINISHED", 0, "succeeded")
             else:
@@ -225,9 +221,7 @@ def job_env(rec: RunRecord) -> dict[str, str]:
     spec = rec.spec
     env = {k: str(v) for k, v in spec.get("envs", {}).items()}
     params = {k: str(v) for k, v in spec.get("params", {}).items()}
-    env.update(
-        {f"HML_PARAM_{k.upper().replace('-', '_').replace('.', '_')}": v for k, v in params.items()}
-    )
+    env.update({f"HML_PARAM_{k.upper().replace('-', '_').replace('.', '_')}": v for k, v in params.items()})
     env.update(
         {
             "HML_PARAMS": json.dumps(params),
@@ -245,6 +239,9 @@ def job_env(rec: RunRecord) -> dict[str, str]:
 
 
 def main(run_id: str) -> int:
+    # one finalize attempt must fail fast when the server is down; our loop does the waiting
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     record = records.load(run_id)
     held = lock(record)
     if held is None:

@@ -80,9 +80,7 @@ class Backend(abc.ABC):
         wants = {Feature.MULTI_NODE: spec.num_nodes > 1, Feature.GPUS: spec.resources.gpus > 0}
         gaps = [f"{f.value}: {why}" for f, why in cls.unsupported.items() if wants[f]]
         if gaps:
-            raise UsageError(
-                f"target {target or cls.kind!r} cannot run this job: " + "; ".join(gaps)
-            )
+            raise UsageError(f"target {target or cls.kind!r} cannot run this job: " + "; ".join(gaps))
 
     @abc.abstractmethod
     def launch(self, request: LaunchRequest) -> tuple[Handle, Usage]:

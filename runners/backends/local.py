@@ -91,9 +91,7 @@ class LocalBackend(Backend):
                 start_new_session=True,
             )
         handle = {"pid": proc.pid, "started": _start_time(proc.pid), "exec_dir": str(exec_dir)}
-        usage = Usage(
-            gpus_per_node=gpus, gpu_hour_usd=self.config.gpu_hour_usd, hosts=["localhost"]
-        )
+        usage = Usage(gpus_per_node=gpus, gpu_hour_usd=self.config.gpu_hour_usd, hosts=["localhost"])
         return handle, usage
 
     def poll(self, handle: Handle) -> JobState:

@@ -1,0 +1,161 @@
+"""Behaviour every target must show, written once; each backend is a one-line subclass.
+
+A subclass provides the ``target`` fixture: (profile path, target name) for a profile whose
+``tracking_uri`` is the session's real MLflow server.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.runners.helpers import (
+    hml,
+    processes_matching,
+    status,
+    submit_json,
+    wait_finalized,
+    wait_status,
+    write_job,
+)
+
+PY = sys.executable
+
+
+class BackendContract:
+    @pytest.fixture
+    def target(self) -> tuple[Path, str]:
+        raise NotImplementedError
+
+    def submit(self, target: tuple[Path, str], job: Path, *extra: str):
+        profile, name = target
+        return submit_json(str(job), "--target", name, *extra, env={"HML_CONFIG": str(profile)})
+
+    def test_success_records_params_tags_metrics_and_output(self, target, tmp_path, mlflow_server):
+        code = "import mlflow; mlflow.log_metric('answer', 42); print('hello from the job')"
+        job = write_job(tmp_path / "w", run=f'{PY} -c "{code}"', params={"lr": 0.5, "tag": "x"})
+        summary, out = self.submit(target, job)
+        assert out.returncode == 0, out.stderr
+        assert summary["status"] == "FINISHED"
+        assert summary["target"] == target[1]
+        assert summary["tracking_uri"] == mlflow_server.url
+        run = wait_finalized(mlflow_server.client(), summary["run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["answer"] == 42
+        assert run.data.params["lr"] == "0.5" and run.data.params["tag"] == "x"
+        tags = run.data.tags
+        assert tags["hml.target"] == target[1] and tags["hml.job"] == "job"
+        assert tags["hml.exit_code"] == "0" and tags["hml.user"]
+        assert run.data.metrics["hml.duration_s"] > 0
+        client = mlflow_server.client()
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "hml")}
+        assert names == {"hml/job.yaml", "hml/output.log"}
+        log = Path(client.download_artifacts(run.info.run_id, "hml/output.log", str(tmp_path)))
+        assert "hello from the job" in log.read_text()
+
+    def test_failing_job_exits_1_and_keeps_its_output(self, target, tmp_path, mlflow_server):
+        job = write_job(tmp_path / "w", run="echo about to fail; exit 3")
+        summary, out = self.submit(target, job)
+        assert out.returncode == 1
+        assert summary["status"] == "FAILED" and summary["exit_code"] == 3
+        run = wait_finalized(mlflow_server.client(), summary["run_id"])
+        assert run.info.status == "FAILED"
+        assert run.data.tags["hml.exit_code"] == "3"
+        log = hml("logs", summary["run_id"], env={"HML_CONFIG": str(target[0])})
+        assert "about to fail" in log.stdout
+
+    def test_cancel_kills_every_process(self, target, tmp_path, mlflow_server):
+        marker = f"hmlcancel{uuid.uuid4().hex[:8]}"
+        job = write_job(tmp_path / "w", run=f"sleep 300 & sleep 301; echo {marker}")
+        summary, out = self.submit(target, job, "--detach")
+        assert out.returncode == 0, out.stderr
+        run_id = summary["run_id"]
+        wait_status(run_id, {"RUNNING"})
+        time.sleep(1.0)
+        assert processes_matching("sleep 30[01]"), "the job never started"
+        cancelled = hml("cancel", run_id, "--output", "json")
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert status(run_id)["status"] == "KILLED"
+        run = wait_finalized(mlflow_server.client(), run_id)
+        assert run.info.status == "KILLED"
+        assert run.data.tags["hml.reason"] == "cancelled by user"
+        deadline = time.monotonic() + 10
+        while processes_matching(f"{run_id}") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not processes_matching(f"{run_id}/"), "a process of the job is left"
+
+    def test_max_runtime_stops_the_job_as_failed(self, target, tmp_path, mlflow_server):
+        job = write_job(tmp_path / "w", run="sleep 120", max_runtime=2)
+        started = time.monotonic()
+        summary, out = self.submit(target, job)
+        assert out.returncode == 1
+        assert time.monotonic() - started < 60
+        assert summary["status"] == "FAILED"
+        assert "max_runtime" in summary["reason"]
+        run = wait_finalized(mlflow_server.client(), summary["run_id"])
+        assert run.info.status == "FAILED" and "max_runtime" in run.data.tags["hml.reason"]
+
+    def test_status_from_a_new_process_after_the_cli_was_killed(self, target, tmp_path, mlflow_server):
+        import os
+        import signal
+        import subprocess
+
+        from tests.runners.helpers import HML
+
+        job = write_job(tmp_path / "w", run="echo started; sleep 4; echo done")
+        proc = subprocess.Popen(
+            [HML, "submit", str(job), "--target", target[1]],
+            env={**os.environ, "HML_CONFIG": str(target[0])},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while "started" not in proc.stdout.readline() and time.monotonic() < deadline:
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        run_id = hml("list", "--output", "json")
+        import json
+
+        runs = json.loads(run_id.stdout)
+        assert len(runs) == 1 and runs[0]["status"] == "RUNNING"
+        final = wait_status(runs[0]["run_id"], {"FINISHED", "FAILED", "KILLED"})
+        assert final["status"] == "FINISHED"
+        logs = hml("logs", runs[0]["run_id"]).stdout
+        assert "started" in logs and "done" in logs
+        assert wait_finalized(mlflow_server.client(), runs[0]["run_id"]).info.status == "FINISHED"
+
+    def test_secrets_reach_the_job_but_not_logs_or_params(self, target, tmp_path, mlflow_server):
+        secret = f"s3cr3t-{uuid.uuid4().hex}"
+        job = write_job(
+            tmp_path / "w",
+            run='echo "token is $API_TOKEN"; test -n "$API_TOKEN"',
+            secrets=["API_TOKEN"],
+            params={"note": secret},
+        )
+        summary, out = submit_json(
+            str(job),
+            "--target",
+            target[1],
+            env={"HML_CONFIG": str(target[0]), "HML_SECRET_API_TOKEN": secret},
+        )
+        assert out.returncode == 0, out.stderr
+        logs = hml("logs", summary["run_id"]).stdout
+        assert "token is ***" in logs and secret not in logs
+        run = wait_finalized(mlflow_server.client(), summary["run_id"])
+        assert secret not in str(run.data.params) and run.data.params["note"] == "***"
+        record = (Path(status(summary["run_id"])["log"]).parent / "record.json").read_text()
+        assert secret not in record
+
+    def test_missing_secret_is_a_usage_error(self, target, tmp_path):
+        job = write_job(tmp_path / "w", run="true", secrets=["NOT_SET_ANYWHERE"])
+        out = hml("submit", str(job), "--target", target[1], env={"HML_CONFIG": str(target[0])})
+        assert out.returncode == 2
+        assert "NOT_SET_ANYWHERE" in out.stderr and "Traceback" not in out.stderr

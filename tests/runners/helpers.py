@@ -1,0 +1,74 @@
+"""Driving the real ``hml`` executable from tests, as a user would from a shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HML = str(Path(sys.executable).parent / "hml")
+
+
+def hml(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300):
+    return subprocess.run(
+        [HML, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_job(dir_: Path, name: str = "job", **fields: Any) -> Path:
+    dir_.mkdir(parents=True, exist_ok=True)
+    spec = {"name": name, "experiment": "tests", **fields}
+    path = dir_ / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def submit_json(*args: str, **kw: Any) -> tuple[dict[str, Any], subprocess.CompletedProcess]:
+    out = hml("submit", *args, "--output", "json", **kw)
+    assert out.stdout.strip(), f"no JSON on stdout; stderr:\n{out.stderr}"
+    return json.loads(out.stdout.strip().splitlines()[-1]), out
+
+
+def status(run_id: str, **kw: Any) -> dict[str, Any]:
+    out = hml("status", run_id, "--output", "json", **kw)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_status(run_id: str, want: set[str], timeout: float = 120, **kw: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = status(run_id, **kw)
+        if got["status"] in want:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} still {got['status']} after {timeout}s: {got}")
+        time.sleep(0.3)
+
+
+def wait_finalized(client: Any, run_id: str, timeout: float = 60) -> Any:
+    """The MLflow run once the runner closed it (the supervisor may still be uploading)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.get_run(run_id)
+        if run.info.status in ("FINISHED", "FAILED", "KILLED") and "hml.reason" in run.data.tags:
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"run {run_id} not finalized: {run.info.status}")
+        time.sleep(0.3)
+
+
+def processes_matching(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if "pgrep" not in line]

@@ -1,0 +1,131 @@
+"""The local target against a real MLflow server, and the embedded default store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import MlflowServer, free_port
+from tests.runners.contract import BackendContract
+from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("mlflow", "torch", "boto3", "pulumi", "paramiko")
+
+
+def local_profile(path: Path, tracking_uri: str) -> Path:
+    path.write_text(yaml.safe_dump({"tracking_uri": tracking_uri, "targets": {"local": {"kind": "local"}}}))
+    return path
+
+
+class TestLocal(BackendContract):
+    @pytest.fixture
+    def target(self, tmp_path, mlflow_server):
+        return local_profile(tmp_path / "hybridml.yaml", mlflow_server.url), "local"
+
+
+def test_digits_example_trains_and_records_everything(tmp_path, mlflow_server):
+    profile = local_profile(tmp_path / "hybridml.yaml", mlflow_server.url)
+    job = ROOT / "examples" / "digits" / "job.yaml"
+    summary, out = submit_json(str(job), "--set", "epochs=8", env={"HML_CONFIG": str(profile)})
+    assert out.returncode == 0, out.stderr
+    client = mlflow_server.client()
+    run = wait_finalized(client, summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "8"
+    assert run.data.metrics["test_accuracy"] >= 0.90
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(8))
+    assert history[-1].value < history[0].value
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "checkpoints", "hml"} <= top
+    models = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert any(m.source_run_id == run.info.run_id for m in models), "no model logged"
+
+
+def test_embedded_default_needs_no_server(tmp_path, hml_home):
+    code = "import mlflow; mlflow.log_metric('m', 7)"
+    job = write_job(tmp_path / "w", run=f'{sys.executable} -c "{code}"')
+    summary, out = submit_json(str(job), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert summary["tracking_uri"] == f"sqlite:///{hml_home}/mlflow.db"
+    from mlflow.tracking import MlflowClient
+
+    run = wait_finalized(MlflowClient(summary["tracking_uri"]), summary["run_id"])
+    assert run.data.metrics["m"] == 7
+    assert run.info.artifact_uri.startswith((hml_home / "artifacts").as_uri())
+
+
+def test_a_killed_supervisor_is_restarted_and_the_log_has_no_duplicates(tmp_path, mlflow_server):
+    profile = local_profile(tmp_path / "hybridml.yaml", mlflow_server.url)
+    job = write_job(tmp_path / "w", run="for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.5; done")
+    summary, out = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
+    run_id = summary["run_id"]
+    wait_status(run_id, {"RUNNING"})
+    time.sleep(1.2)
+    record = json.loads((Path(summary["log"]).parent / "record.json").read_text())
+    os.kill(record["supervisor_pid"], signal.SIGKILL)
+    final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"})  # status restarts it
+    assert final["status"] == "FINISHED"
+    lines = [ln for ln in hml("logs", run_id).stdout.splitlines() if ln.startswith("line-")]
+    assert lines == [f"line-{i}" for i in range(1, 7)]
+    assert wait_finalized(mlflow_server.client(), run_id).info.status == "FINISHED"
+
+
+def test_tracking_server_down_at_the_end_loses_nothing(tmp_path):
+    server = MlflowServer(tmp_path / "srv", free_port()).start()
+    try:
+        profile = local_profile(tmp_path / "hybridml.yaml", server.url)
+        code = (
+            "import mlflow, time; mlflow.log_metric('before', 1); print('logged', flush=True); time.sleep(4)"
+        )
+        job = write_job(
+            tmp_path / "w",
+            run=f'{sys.executable} -c "{code}"',
+            # the job's own client gives up quickly at exit; the runner's must not
+            envs={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": 0, "MLFLOW_HTTP_REQUEST_TIMEOUT": 3},
+        )
+        summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
+        run_id = summary["run_id"]
+        deadline = time.monotonic() + 60
+        while "logged" not in hml("logs", run_id).stdout and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.stop()
+        final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=60)
+        assert final["status"] == "FINISHED"
+        record_path = Path(final["log"]).parent / "record.json"
+        assert json.loads(record_path.read_text())["finalized"] is False
+        server.start()
+        deadline = time.monotonic() + 90
+        while not json.loads(record_path.read_text())["finalized"] and time.monotonic() < deadline:
+            status(run_id)
+            time.sleep(0.5)
+        run = wait_finalized(server.client(), run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["before"] == 1
+        assert run.data.tags["hml.exit_code"] == "0"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("command", [["--help"], ["status", "{run_id}"], ["logs", "{run_id}"]])
+def test_fast_commands_import_no_heavy_library(tmp_path, command):
+    job = write_job(tmp_path / "w", run="echo hi")
+    summary, out = submit_json(str(job), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    args = [a.format(run_id=summary["run_id"]) for a in command]
+    probe = (
+        "import sys; from runners import cli; rc = cli.run(%r); "
+        "print(sorted(m for m in %r if m in sys.modules)); sys.exit(rc)" % (args, HEAVY)
+    )
+    got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip().splitlines()[-1] == "[]"
