@@ -9,6 +9,7 @@ everything taggable" rule holds by construction rather than by care.
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import pulumi
@@ -21,19 +22,32 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 
 
 class ArgsError(ValueError):
-    """A component's or the stack's arguments are invalid; the message names field and fix."""
+    """A component's or the stack's arguments are invalid; the message names field and fix.
+
+    ``problems`` keeps each ``(field.path, message)`` so that callers such as the stack
+    config loader can re-phrase the path in their own terms (``platform:budget.x``).
+    """
+
+    def __init__(self, model: str, problems: list[tuple[str, str]]) -> None:
+        self.model = model
+        self.problems = problems
+        super().__init__(f"{model}: " + "; ".join(
+            f"{path}: {msg}" if path else msg for path, msg in problems))
 
 
-def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
-    """Render pydantic errors as ``field.path: message`` lines (the STYLE's format)."""
-    lines = []
+def error_items(exc: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field path, message) for each pydantic error, phrased for people."""
+    items = []
     for err in exc.errors():
         path = ".".join(str(part) for part in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling"
-        lines.append(f"{prefix}{path}: {msg}")
-    return lines
+        items.append((path, msg))
+    return items
+
+
+_NESTING: ContextVar[int] = ContextVar("hybridml_args_nesting", default=0)
 
 
 class Args(BaseModel):
@@ -42,10 +56,17 @@ class Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     def __init__(self, **data: Any) -> None:
+        # Pydantic calls this for nested models too: only the outermost call converts, so
+        # nested errors keep their full path (``aws.pools.gpu.instance_types``).
+        token = _NESTING.set(_NESTING.get() + 1)
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise ArgsError(f"{type(self).__name__}: " + "; ".join(describe_errors(exc))) from exc
+            if _NESTING.get() > 1:
+                raise
+            raise ArgsError(type(self).__name__, error_items(exc)) from None
+        finally:
+            _NESTING.reset(token)
 
 
 class OrgTags(Args):

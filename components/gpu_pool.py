@@ -33,20 +33,15 @@ DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin"
 _GPU_FAMILY = re.compile(r"^(g4dn|g4ad|g5|g5g|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en)\.")
 
 
-class AwsPool(Args):
-    """Where the AWS form lives: an existing EKS cluster and VPC subnets."""
+class AwsCapacity(Args):
+    """Which EC2 capacity a pool buys (shared with the stack config's ``aws.pools``)."""
 
-    cluster_name: str
-    vpc_id: str
-    subnet_ids: list[str] = Field(min_length=1)
     instance_types: list[str] = Field(min_length=1)
     capacity: Literal["spot", "on_demand"] = "on_demand"
     ami_id: str | None = None
     """The runner VMs' AMI; default: AWS's Deep Learning AMI (NVIDIA driver, AL2023)."""
     ssh_ingress_cidrs: list[str] = Field(default_factory=list)
     """Who may SSH to runner VMs (e.g. the VPN range); never the whole internet."""
-    artifact_bucket_arn: str | pulumi.Output | None = None
-    """Runner VMs get read/write on this bucket (checkpoints, artifacts)."""
 
     @field_validator("instance_types")
     @classmethod
@@ -66,40 +61,68 @@ class AwsPool(Args):
         return value
 
 
-class OnpremPool(Args):
-    """The on-prem form: cluster nodes with GPUs, and SSH GPU hosts outside the cluster."""
+class AwsPool(AwsCapacity):
+    """Where the AWS form lives: an existing EKS cluster and VPC subnets."""
+
+    cluster_name: str
+    vpc_id: str
+    subnet_ids: list[str] = Field(min_length=1)
+    artifact_bucket_arn: str | pulumi.Output | None = None
+    """Runner VMs get read/write on this bucket (checkpoints, artifacts)."""
+
+
+class PoolSize(Args):
+    """Autoscaling bounds (shared with the stack config's ``aws.pools``)."""
+
+    min_size: int = Field(0, ge=0)
+    max_size: int = Field(2, ge=1)
+    desired_size: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PoolSize:
+        if not self.min_size <= self.desired_size <= self.max_size:
+            raise ValueError(f"need min_size <= desired_size <= max_size, got {self.min_size}"
+                             f" <= {self.desired_size} <= {self.max_size}")
+        return self
+
+
+class AwsPoolSpec(AwsCapacity, PoolSize):
+    """One AWS pool as the stack config gives it."""
+
+
+class OnpremMachines(Args):
+    """The GPU machines of an on-prem pool (shared with the stack config's ``onprem.pools``)."""
 
     nodes: list[str] = Field(default_factory=list)
     """Kubernetes node names with NVIDIA GPUs to label and taint."""
     hosts: list[SshHost] = Field(default_factory=list)
-    known_hosts: str = "~/.hybridml/known_hosts"
-    remote_root: str = "/var/lib/hybridml"
-    device_plugin_version: str = "v0.17.0"
-    namespace: str = "kube-system"
 
     @model_validator(mode="after")
-    def _something(self) -> OnpremPool:
+    def _something(self) -> OnpremMachines:
         if not self.nodes and not self.hosts:
             raise ValueError("give at least one of nodes (Kubernetes GPU nodes) or hosts "
                              "(SSH GPU hosts)")
         return self
 
 
-class GpuNodePoolArgs(Args):
+class OnpremPool(OnpremMachines):
+    """The on-prem form: cluster nodes with GPUs, and SSH GPU hosts outside the cluster."""
+
+    known_hosts: str = "~/.hybridml/known_hosts"
+    remote_root: str = "/var/lib/hybridml"
+    device_plugin_version: str = "v0.17.0"
+    namespace: str = "kube-system"
+
+
+class GpuNodePoolArgs(PoolSize):
     platform: Platform
     tags: OrgTags
-    min_size: int = Field(0, ge=0)
-    max_size: int = Field(2, ge=1)
-    desired_size: int = Field(0, ge=0)
     labels: dict[str, str] = Field(default_factory=dict)
     aws: AwsPool | None = None
     onprem: OnpremPool | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> GpuNodePoolArgs:
-        if not self.min_size <= self.desired_size <= self.max_size:
-            raise ValueError(f"need min_size <= desired_size <= max_size, got {self.min_size}"
-                             f" <= {self.desired_size} <= {self.max_size}")
         if getattr(self, self.platform) is None:
             raise ValueError(f"platform {self.platform!r} needs the {self.platform}= section")
         other = "onprem" if self.platform == "aws" else "aws"

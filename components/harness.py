@@ -207,13 +207,19 @@ def unwrap(value: Any) -> Any:
 
 
 def _mark_secrets(value: Any) -> Any:
-    """Turn Pulumi's wire form of a secret into :class:`Secret`, recursively."""
+    """Turn Pulumi's wire form of a secret into :class:`Secret`, recursively.
+
+    Whole floats become ints: the wire has only doubles, and ``pulumi stack output --json``
+    prints ``4``, not ``4.0``, so this is what a consumer of the outputs would read.
+    """
     if rpc.is_rpc_secret(value):
         return Secret(_mark_secrets(rpc.unwrap_rpc_secret(value)))
     if isinstance(value, Mapping):
         return {k: _mark_secrets(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_mark_secrets(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
@@ -373,7 +379,8 @@ def load_stack_config(
 
     Project-level ``config:`` defaults apply first, then the stack file. Keys without a
     namespace get the project's name. A ``secure:`` value, or a key the project declares
-    ``secret: true`` and nobody set, takes its value from ``secrets`` or a placeholder.
+    ``secret: true`` (in ``config:`` or ``template.config:``) that nobody set, takes its
+    value from ``secrets`` or a placeholder.
     """
     root = Path(project_dir)
     project_doc = yaml.safe_load((root / "Pulumi.yaml").read_text()) or {}
@@ -395,6 +402,9 @@ def load_stack_config(
         if "default" in decl:
             values[full(key)] = decl["default"]
         if decl.get("secret"):
+            secret_keys.add(full(key))
+    for key, decl in ((project_doc.get("template") or {}).get("config") or {}).items():
+        if isinstance(decl, Mapping) and decl.get("secret"):
             secret_keys.add(full(key))
     for key, value in (stack_doc.get("config") or {}).items():
         if isinstance(value, Mapping) and set(value) == {"secure"}:
@@ -420,15 +430,19 @@ def run_project(
 ) -> ProgramResult:
     """Evaluate a Pulumi Python project directory for one of its stacks.
 
-    ``config`` overrides or adds plain keys on top of the stack file; ``secrets`` supplies
-    values for secret keys. The program's ``__main__.py`` runs with the project directory
+    ``config`` overrides or adds plain keys on top of the stack file (``None`` unsets one);
+    ``secrets`` supplies values for secret keys. The program's ``__main__.py`` runs with the project directory
     on ``sys.path``, as under ``pulumi up``.
     """
     root = Path(project_dir).resolve()
     stack_config = load_stack_config(root, stack, secrets)
     values = dict(stack_config.values)
     for key, value in (config or {}).items():
-        values[key if ":" in key else f"{stack_config.project}:{key}"] = value
+        full_key = key if ":" in key else f"{stack_config.project}:{key}"
+        if value is None:
+            values.pop(full_key, None)
+        else:
+            values[full_key] = value
 
     def program() -> None:
         sys.path.insert(0, str(root))

@@ -31,19 +31,16 @@ _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SPEND_KINDS = ("ACTUAL", "FORECASTED")
 
 
-class MonitoringArgs(Args):
-    platform: Platform
-    tags: OrgTags
-    monthly_budget_usd: float = Field(gt=0)
+class Budget(Args):
+    """Who is told when spend crosses which share of the monthly budget (the stack config's
+    ``budget`` section)."""
+
+    monthly_usd: float = Field(gt=0)
     thresholds_percent: list[int] = Field(default_factory=lambda: [50, 80, 100], min_length=1)
-    notify_emails: list[str] = Field(min_length=1)
-    gpu_pools: list[str] = Field(default_factory=list)
-    """GPU pool names whose utilisation is watched for idleness."""
-    idle_gpu_percent: float = Field(5, gt=0, lt=100)
-    idle_minutes: int = Field(30, ge=5)
+    notify: list[str] = Field(min_length=1)
+    """E-mail addresses subscribed to every alert."""
     gpu_hour_usd: float = Field(0.9, gt=0)
     """On-prem internal rate, used to price GPU hours against the budget."""
-    namespace: str = "monitoring"
 
     @field_validator("thresholds_percent")
     @classmethod
@@ -53,13 +50,24 @@ class MonitoringArgs(Args):
                              "[50, 80, 100]")
         return sorted(value)
 
-    @field_validator("notify_emails")
+    @field_validator("notify")
     @classmethod
     def _emails(cls, value: list[str]) -> list[str]:
         bad = [e for e in value if not _EMAIL.match(e)]
         if bad:
             raise ValueError(f"{bad} are not e-mail addresses")
         return value
+
+
+class MonitoringArgs(Args):
+    platform: Platform
+    tags: OrgTags
+    budget: Budget
+    gpu_pools: list[str] = Field(default_factory=list)
+    """GPU pool names whose utilisation is watched for idleness."""
+    idle_gpu_percent: float = Field(5, gt=0, lt=100)
+    idle_minutes: int = Field(30, ge=5)
+    namespace: str = "monitoring"
 
 
 class Monitoring(PlatformComponent):
@@ -79,17 +87,17 @@ class Monitoring(PlatformComponent):
         topic = aws.sns.Topic(self.child_name("alerts"), tags=tags, opts=self.child_opts())
         aws.sns.TopicPolicy(self.child_name("alerts-policy"), arn=topic.arn,
                             policy=topic.arn.apply(_topic_policy), opts=self.child_opts())
-        for i, email in enumerate(args.notify_emails):
+        for i, email in enumerate(args.budget.notify):
             aws.sns.TopicSubscription(self.child_name(f"mail-{i}"), topic=topic.arn,
                                       protocol="email", endpoint=email, opts=self.child_opts())
         budget = aws.budgets.Budget(
             self.child_name("budget"), budget_type="COST", time_unit="MONTHLY",
-            limit_amount=f"{args.monthly_budget_usd:.2f}", limit_unit="USD",
+            limit_amount=f"{args.budget.monthly_usd:.2f}", limit_unit="USD",
             cost_filters=[{"name": "TagKeyValue", "values": [f"user:team${args.tags.team}"]}],
             notifications=[{"comparison_operator": "GREATER_THAN", "threshold": t,
                             "threshold_type": "PERCENTAGE", "notification_type": kind,
                             "subscriber_sns_topic_arns": [topic.arn]}
-                           for kind in SPEND_KINDS for t in args.thresholds_percent],
+                           for kind in SPEND_KINDS for t in args.budget.thresholds_percent],
             tags=tags, opts=self.child_opts())
         alarm = {"alarm_actions": [topic.arn], "ok_actions": [topic.arn], "tags": tags,
                  "opts": self.child_opts()}
@@ -129,7 +137,7 @@ class Monitoring(PlatformComponent):
             spec={"route": {"receiver": receiver, "groupBy": ["alertname"],
                             "matchers": [{"name": "team", "value": args.tags.team}]},
                   "receivers": [{"name": receiver, "emailConfigs": [
-                      {"to": e, "sendResolved": True} for e in args.notify_emails]}]},
+                      {"to": e, "sendResolved": True} for e in args.budget.notify]}]},
             opts=self.child_opts())
         dashboard = k8s.core.v1.ConfigMap(
             self.child_name("dashboard"),
@@ -146,9 +154,9 @@ def prometheus_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
     team = args.tags.team
     spend = {  # USD over a rolling 30 days; forecast extrapolates the last 7 days' rate
         "ACTUAL": f'sum(increase(hybridml_gpu_seconds_total{{team="{team}"}}[30d]))'
-                  f" / 3600 * {args.gpu_hour_usd}",
+                  f" / 3600 * {args.budget.gpu_hour_usd}",
         "FORECASTED": f'sum(rate(hybridml_gpu_seconds_total{{team="{team}"}}[7d]))'
-                      f" * 30 * 86400 / 3600 * {args.gpu_hour_usd}",
+                      f" * 30 * 86400 / 3600 * {args.budget.gpu_hour_usd}",
     }
     labels = {"team": team}
     rules = [
@@ -161,15 +169,15 @@ def prometheus_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
          "annotations": {"summary": "a training job failed"}},
     ]
     for kind in SPEND_KINDS:
-        for pct in args.thresholds_percent:
-            limit = args.monthly_budget_usd * pct / 100
+        for pct in args.budget.thresholds_percent:
+            limit = args.budget.monthly_usd * pct / 100
             rules.append({
                 "alert": f"HybridMLBudget{kind.title()}{pct}",
                 "expr": f"{spend[kind]} > {limit:g}",
                 "labels": {**labels, "severity": "critical" if pct >= 100 else "warning",
                            "spend": kind.lower(), "threshold_percent": str(pct)},
                 "annotations": {"summary": f"{kind.lower()} GPU spend over {pct}% of the "
-                                           f"{args.monthly_budget_usd:g} USD budget"}})
+                                           f"{args.budget.monthly_usd:g} USD budget"}})
     return rules
 
 
@@ -197,7 +205,7 @@ def _grafana_dashboard(args: MonitoringArgs) -> dict[str, Any]:
     panels = [
         ("GPU utilisation", "avg by (Hostname) (DCGM_FI_DEV_GPU_UTIL)"),
         ("GPU spend, 30 days (USD)", f'sum(increase(hybridml_gpu_seconds_total{{team="{team}"}}'
-                                     f"[30d])) / 3600 * {args.gpu_hour_usd}"),
+                                     f"[30d])) / 3600 * {args.budget.gpu_hour_usd}"),
         ("Failed jobs", "sum(increase(hybridml_jobs_failed_total[1h]))"),
     ]
     return {"title": f"hybridml {team}", "uid": f"hybridml-{team}", "schemaVersion": 39,

@@ -53,21 +53,14 @@ class StorageEndpoint(Args):
             skip_requesting_account_id=True, opts=opts)
 
 
-class ObjectStoreArgs(Args):
-    platform: Platform
-    tags: OrgTags
-    region: str
-    """AWS region, or the on-prem site name; selects the legal minimum retention."""
-    kms_key_id: str | pulumi.Output
-    """KMS key ARN on AWS (the KeyVault's key); the endpoint's KMS key name on-prem."""
+class AccessGrants(Args):
+    """Who may use the data (shared with the stack config's ``storage``)."""
+
     data_scientist_principals: list[str] = Field(min_length=1)
+    """Read/write everything: IAM role ARNs (AWS), policy or user names (MinIO)."""
     labeller_principals: list[str] = Field(default_factory=list)
+    """Read/write ``labeller_prefix`` only: the outside labelling team."""
     labeller_prefix: str = "labelling/"
-    retention: RetentionPlan = Field(default_factory=RetentionPlan)
-    endpoint: StorageEndpoint = Field(default_factory=StorageEndpoint)
-    provider: aws.Provider | None = None
-    """Required on-prem: the provider from :meth:`StorageEndpoint.provider`."""
-    force_destroy: bool = False
 
     @field_validator("labeller_prefix")
     @classmethod
@@ -76,6 +69,20 @@ class ObjectStoreArgs(Args):
             raise ValueError(f"{value!r} must look like 'labelling/': no leading '/', "
                              "a trailing '/', no wildcards")
         return value
+
+
+class ObjectStoreArgs(AccessGrants):
+    platform: Platform
+    tags: OrgTags
+    region: str
+    """AWS region, or the on-prem site name; selects the legal minimum retention."""
+    kms_key_id: str | pulumi.Output
+    """KMS key ARN on AWS (the KeyVault's key); the endpoint's KMS key name on-prem."""
+    retention: RetentionPlan = Field(default_factory=RetentionPlan)
+    endpoint: StorageEndpoint = Field(default_factory=StorageEndpoint)
+    provider: aws.Provider | None = None
+    """Required on-prem: the provider from :meth:`StorageEndpoint.provider`."""
+    force_destroy: bool = False
 
     @model_validator(mode="after")
     def _platform_fits(self) -> ObjectStoreArgs:

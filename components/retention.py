@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from components.base import Args, ArgsError
+from components.base import Args
 
 
 class RetentionPlan(Args):
@@ -43,9 +43,9 @@ class RetentionPlan(Args):
         """Refuse a plan that deletes sooner than the law of ``region`` allows."""
         minimum = self.legal_minimum_days.get(region, 0)
         if self.delete_after_days < minimum:
-            raise ArgsError(
-                f"RetentionPlan: delete_after_days: {self.delete_after_days} is shorter than "
-                f"the legal minimum of {minimum} days in {region}; raise it to >= {minimum}")
+            raise ValueError(
+                f"retention.delete_after_days: {self.delete_after_days} is shorter than the "
+                f"legal minimum of {minimum} days in {region}; raise it to >= {minimum}")
 
     def s3_rules(self, cold_storage_class: str | None = None) -> list[dict[str, Any]]:
         """The rules in the S3 API's shape (boto3 ``LifecycleConfiguration['Rules']``).

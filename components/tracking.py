@@ -22,24 +22,30 @@ from components.base import Args, OrgTags, Platform, PlatformComponent
 PORT = 5000
 
 
-class TrackingServerArgs(Args):
-    platform: Platform
-    tags: OrgTags
+class TrackingSettings(Args):
+    """How the server is exposed and sized (shared with the stack config's ``tracking``)."""
+
     hostname: str = Field(pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
     """Public DNS name; the tracking URI is ``https://<hostname>``."""
+    image: str = "ghcr.io/mlflow/mlflow:v2.16.2"
+    replicas: int = Field(2, ge=1)
+    ingress_class: str = "nginx"
+    tls_secret: str = "mlflow-tls"
+    """Kubernetes TLS secret for the hostname (cert-manager or the platform team's)."""
+    service_account_role_arn: str | None = None
+    """AWS: IAM role (IRSA) with read/write on the artifact bucket."""
+
+
+class TrackingServerArgs(TrackingSettings):
+    platform: Platform
+    """Where the artifact bucket is: AWS S3 (IRSA) or the on-prem endpoint (keys)."""
+    tags: OrgTags
     db_uri: str | pulumi.Output
     """Postgres URI (secret) from the KeyVault."""
     admin_password: str | pulumi.Output
     """MLflow admin password (secret) from the KeyVault."""
     artifact_bucket: str | pulumi.Output
     namespace: str = "hybridml"
-    image: str = "ghcr.io/mlflow/mlflow:v2.16.2"
-    replicas: int = Field(2, ge=1)
-    ingress_class: str = "nginx"
-    tls_secret: str = "mlflow-tls"
-    """Kubernetes TLS secret for the hostname (cert-manager or the platform team's)."""
-    service_account_role_arn: str | pulumi.Output | None = None
-    """AWS: IAM role (IRSA) with read/write on the artifact bucket."""
     s3_endpoint_url: str | None = None
     s3_access_key: str | pulumi.Output | None = None
     s3_secret_key: str | pulumi.Output | None = None

@@ -74,7 +74,9 @@ def test_project_dir_and_stack_config(tmp_path):
         runtime: python
         config:
           demo:size: {type: integer, default: 1}
-          demo:token: {type: string, secret: true}
+        template:
+          config:
+            demo:token: {description: an API token, secret: true}
     """))
     (tmp_path / "Pulumi.dev.yaml").write_text(textwrap.dedent("""\
         config:

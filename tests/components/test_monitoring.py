@@ -8,15 +8,15 @@ import pytest
 
 from components.base import ArgsError, OrgTags
 from components.harness import run_program
-from components.monitoring import Monitoring, MonitoringArgs
+from components.monitoring import Budget, Monitoring, MonitoringArgs
 
 TAGS = OrgTags(team="ml-platform", cost_center="cc-4711", environment="prod")
 MAILS = ["finance@example.com", "ml-lead@example.com"]
 
 
-def _deploy(**overrides):
-    args = {"platform": "aws", "tags": TAGS, "monthly_budget_usd": 5000, "notify_emails": MAILS,
-            "gpu_pools": ["gpu"], **overrides}
+def _deploy(budget: dict | None = None, **overrides):
+    args = {"platform": "aws", "tags": TAGS, "gpu_pools": ["gpu"], **overrides,
+            "budget": Budget(**{"monthly_usd": 5000, "notify": MAILS, **(budget or {})})}
     return run_program(lambda: Monitoring("mon", MonitoringArgs(**args)))
 
 
@@ -62,8 +62,8 @@ def test_aws_alarms_watch_idle_gpus_and_failed_jobs():
 
 
 def test_onprem_gpu_hour_budget_rules_and_mail_routing():
-    result = _deploy(platform="onprem", gpu_hour_usd=1.5, monthly_budget_usd=3000,
-                     thresholds_percent=[100, 50])
+    result = _deploy(platform="onprem", budget={"gpu_hour_usd": 1.5, "monthly_usd": 3000,
+                                                "thresholds_percent": [100, 50]})
     (rule_cr,) = [r for r in result.by_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")]
     rules = {r["alert"]: r for r in rule_cr.inputs["spec"]["groups"][0]["rules"]}
     assert set(rules) == {"HybridMLGpuIdle", "HybridMLJobFailed", "HybridMLBudgetActual50",
@@ -92,12 +92,17 @@ def test_children_parented_and_tagged(platform):
     assert result.missing_tags(TAGS.aws()) == []
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"monthly_budget_usd": 0}, "monthly_budget_usd: Input should be greater than 0"),
+@pytest.mark.parametrize("budget, message", [
+    ({"monthly_usd": 0}, "monthly_usd: Input should be greater than 0"),
     ({"thresholds_percent": [50, 50]}, "give distinct percentages"),
-    ({"notify_emails": ["finance"]}, r"\['finance'\] are not e-mail addresses"),
-    ({"notify_emails": []}, "notify_emails: List should have at least 1 item"),
+    ({"notify": ["finance"]}, r"\['finance'\] are not e-mail addresses"),
+    ({"notify": []}, "notify: List should have at least 1 item"),
 ])
-def test_bad_args_say_what_to_fix(overrides, message):
+def test_bad_budget_says_what_to_fix(budget, message):
     with pytest.raises(ArgsError, match=message):
-        _deploy(**overrides)
+        _deploy(budget=budget)
+
+
+def test_idle_window_is_bounded():
+    with pytest.raises(ArgsError, match="idle_minutes: Input should be greater than or equal"):
+        _deploy(idle_minutes=1)

@@ -62,7 +62,7 @@ def test_non_positive_days_name_the_field(field):
 def test_legal_minimum_per_region():
     plan = RetentionPlan(delete_after_days=1095, legal_minimum_days={"eu-central-1": 3650})
     plan.check_region("eu-west-1")
-    with pytest.raises(ArgsError, match="legal minimum of 3650 days in eu-central-1"):
+    with pytest.raises(ValueError, match="legal minimum of 3650 days in eu-central-1"):
         plan.check_region("eu-central-1")
 
 

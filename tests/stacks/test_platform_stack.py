@@ -1,0 +1,118 @@
+"""The platform stack: every example evaluates, leaks nothing, and hands the runner a profile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from components.harness import load_stack_config
+from runners.profile import Profile
+from tests.stacks.examples import PROJECT, SECRETS, STACKS
+
+
+def _org(stack: str) -> dict[str, str]:
+    org = load_stack_config(PROJECT, stack).values["platform:org"]
+    return {"team": org["team"], "cost-center": org["cost_center"],
+            "environment": org["environment"]}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_example_stack_evaluates_with_all_components(evaluated, stack):
+    result = evaluated[stack]
+    kinds = {r.type for r in result.resources}
+    assert {"hybridml:storage:ObjectStore", "hybridml:security:KeyVault",
+            "hybridml:compute:GpuNodePool", "hybridml:observability:Monitoring",
+            "hybridml:tracking:TrackingServer"} <= kinds
+    assert len(result.by_type("hybridml:tracking:TrackingServer")) == 1
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_no_secret_value_in_plain_inputs_or_outputs(evaluated, stack):
+    result = evaluated[stack]
+    for value in SECRETS.values():
+        assert result.plaintext_occurrences(value) == [], value
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_org_tags_on_everything_taggable(evaluated, stack):
+    assert evaluated[stack].missing_tags(_org(stack)) == []
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_child_is_parented_to_a_component(evaluated, stack):
+    result = evaluated[stack]
+    components = {r.urn for r in result.resources if not r.custom}
+    stray = [r.name for r in result.resources if r.custom and r.parent not in components]
+    # Only the cluster providers, their namespaces and the S3 endpoint provider are top level.
+    assert all(n.endswith(("-k8s", "-namespace", "-s3")) for n in stray), stray
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_runner_profile_is_the_runners_schema_and_yaml(evaluated, stack):
+    profile = evaluated[stack].outputs["runnerProfile"]
+    Profile.model_validate(profile)
+    assert yaml.safe_load(json.dumps(profile)) == profile  # `--json > hybridml.yaml` works
+    assert profile["targets"]["local"] == {"kind": "local"}
+    assert profile["tracking_uri"].startswith("https://")
+
+
+def test_aws_target_points_at_the_stacks_own_resources(evaluated):
+    result = evaluated["aws-dev"]
+    target = result.outputs["runnerProfile"]["targets"]["aws"]
+    (template,) = result.by_type("aws:ec2/launchTemplate:LaunchTemplate")
+    artifacts = result.named("artifacts-bucket")
+    assert target == {
+        "kind": "aws", "region": "eu-west-1", "launch_template": template.id,
+        "subnets": ["subnet-0aa11bb22cc33dd44", "subnet-0ee55ff66aa77bb88"],
+        "instance_types": ["g5.xlarge", "g5.2xlarge"],
+        "artifact_bucket": artifacts.outputs["bucket"], "secrets_prefix": "hybridml/aws-dev"}
+    assert result.outputs["runnerProfile"]["vault"] == {
+        "kind": "aws", "prefix": "hybridml/aws-dev", "region": "eu-west-1"}
+    secrets = [s.inputs["name"] for s in result.by_type("aws:secretsmanager/secret:Secret")]
+    assert all(name.startswith("hybridml/aws-dev/") for name in secrets) and secrets
+
+
+def test_onprem_target_lists_the_registered_hosts(evaluated):
+    profile = evaluated["onprem"].outputs["runnerProfile"]
+    target = profile["targets"]["onprem"]
+    assert target["kind"] == "ssh" and profile["default_target"] == "onprem"
+    assert target["hosts"][0] == {"address": "10.0.0.5", "port": 22, "user": "hml",
+                                  "identity_file": "~/.ssh/id_ed25519", "gpus": 4,
+                                  "labels": {"rack": "a"}}
+    assert (target["known_hosts"], target["remote_root"], target["gpu_hour_usd"]) == \
+        ("~/.hybridml/known_hosts", "/var/lib/hybridml", 0.9)
+    assert "vault" not in profile
+
+
+def test_hybrid_has_both_targets_one_tracker_and_copies_secrets_on_prem(evaluated):
+    result = evaluated["hybrid"]
+    profile = result.outputs["runnerProfile"]
+    assert set(profile["targets"]) == {"local", "onprem", "aws"}
+    assert profile["tracking_uri"] == "https://mlflow.example.com"
+    (k8s_secret,) = [s for s in result.by_type("kubernetes:core/v1:Secret")
+                     if s.name == "vault-onprem-secret"]
+    assert set(k8s_secret.inputs["stringData"]) == {"tracking-db-uri", "tracking-admin-password"}
+    buckets = {r.name: r for r in result.by_type("aws:s3/bucket:Bucket")}
+    assert buckets["burst-datasets-bucket"].options.provider is None  # AWS S3 itself
+    assert buckets["datasets-bucket"].options.provider.startswith(
+        result.named("onprem-s3").urn)
+
+
+def test_retention_from_config_reaches_every_bucket(evaluated):
+    for stack in STACKS:
+        rules = evaluated[stack].by_type(
+            "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+        assert rules
+        for lifecycle in rules:
+            current = lifecycle.inputs["rules"][0]
+            assert current["expiration"] == {"days": 1095}, stack
+
+
+def test_budget_thresholds_from_config(evaluated):
+    (budget,) = evaluated["aws-dev"].by_type("aws:budgets/budget:Budget")
+    assert budget.inputs["limitAmount"] == "2000.00"
+    assert sorted({n["threshold"] for n in budget.inputs["notifications"]}) == [50, 80, 100]
+    subs = evaluated["aws-dev"].by_type("aws:sns/topicSubscription:TopicSubscription")
+    assert [s.inputs["endpoint"] for s in subs] == ["ml-leads@example.com"]

@@ -1,0 +1,69 @@
+"""Bad stack config fails before any resource is planned, naming the key and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.harness import load_stack_config, run_project
+from components.platform_config import StackConfigError
+from tests.stacks.examples import PROJECT
+
+
+def _storage(**changes):
+    storage = load_stack_config(PROJECT, "aws-dev").values["platform:storage"]
+    return {**storage, **changes}
+
+
+def _aws(**changes):
+    aws = load_stack_config(PROJECT, "aws-dev").values["platform:aws"]
+    return {**aws, **changes}
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"platform:budget": {"monthly_usd": 0, "notify": ["a@example.com"]}},
+     "platform:budget.monthly_usd: Input should be greater than 0; set it with: "
+     "pulumi config set --path 'platform:budget.monthly_usd' <value>"),
+    ({"platform:budjet": {"monthly_usd": 5}},
+     "platform:budjet: unknown key; known keys: aws, budget, default_target"),
+    ({"platform:tracking": {"cluster": "gcp", "hostname": "m.example.com"}},
+     "platform:tracking.cluster: Input should be 'aws' or 'onprem'"),
+    ({"aws:region": None},
+     "aws:region: required with platform:aws; set it with: pulumi config set aws:region"),
+    ({"platform:org": None}, "platform:org: Field required; set it with"),
+    ({"platform:default_target": "gpu-cloud"},
+     "default_target: 'gpu-cloud' is not one of local, aws"),
+    ({"platform:storage": _storage(artifact_bucket="models")},
+     "platform:storage: artifact_bucket 'models' is not one of the buckets"),
+    ({"platform:storage": _storage(extra=1)}, "platform:storage.extra: unknown key"),
+    ({"platform:aws": _aws(pools={"aws": {"instance_types": ["m5.large"]}})},
+     "platform:aws.pools.aws.instance_types: ['m5.large'] are not GPU instance types"),
+    ({"platform:aws": _aws(pools={"aws": {"instance_types": ["g5.xlarge"],
+                                          "ssh_ingress_cidrs": ["0.0.0.0/0"]}})},
+     "ssh_ingress_cidrs: SSH from 0.0.0.0/0 (or ::/0) is not allowed"),
+    ({"platform:vault": None}, "vault.readers: required with platform:aws"),
+    ({"platform:storage": _storage(buckets={"artifacts": {"platform": "onprem"}})},
+     "platform: onprem: required, because a bucket or the tracking server is on 'onprem'"),
+    ({"platform:org": {"team": "ML Platform", "cost_center": "c", "environment": "dev"}},
+     "platform:org.team: 'ML Platform' must be 1-63 letters"),
+    ({"platform:storage": _storage(retention={"legal_minimum_days": {"eu-west-1": 3650}})},
+     "platform: storage.buckets.datasets: retention.delete_after_days: 1095 is shorter than "
+     "the legal minimum of 3650 days in eu-west-1"),
+])
+def test_bad_config_names_the_key_and_the_fix(config, expected):
+    with pytest.raises(StackConfigError) as info:
+        run_project(PROJECT, "aws-dev", config=config)
+    assert expected in str(info.value)
+
+
+def test_missing_secret_says_how_to_set_it_as_a_secret():
+    with pytest.raises(StackConfigError) as info:
+        run_project(PROJECT, "onprem", config={"platform:s3SecretKey": None})
+    assert "platform:s3SecretKey: the on-prem S3 endpoint's secret key" in str(info.value)
+    assert "pulumi config set --secret platform:s3SecretKey <value>" in str(info.value)
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(StackConfigError) as info:
+        run_project(PROJECT, "aws-dev", config={"platform:budjet": 1, "platform:budget": None})
+    message = str(info.value)
+    assert "platform:budjet: unknown key" in message and "platform:budget: Field required" in message
