@@ -32,9 +32,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pulumi
 import yaml
+from google.protobuf import struct_pb2
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 from pulumi.runtime import stack as pulumi_stack
@@ -86,6 +89,10 @@ class RegisteredResource:
     id: str | None = None
     raw_outputs: Mapping[str, Any] = field(default_factory=dict)
     """Custom resources: the state the mocks returned; components: ``register_outputs``."""
+    remote: bool = False
+    """A multi-language component: its children are created by its provider, unseen here."""
+    source: tuple[tuple[str, int], ...] = ()
+    """``(file, line)`` of the registering call stack, innermost user frame first."""
 
     @property
     def inputs(self) -> dict[str, Any]:
@@ -277,6 +284,35 @@ class PlatformMocks(pulumi.runtime.Mocks):
         return results.get(args.token, {})
 
 
+_SIG_KEY = "4dabf18193072939515e22adb298388d"
+_RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
+
+
+def _downgrade_resource_refs(struct: struct_pb2.Struct) -> None:
+    """Replace resource references with the id (custom) or URN (component), in place.
+
+    The engine hands references to analyzers and most providers this way; deserialising a
+    reference under the mocks would rehydrate the resource from inside the monitor and hang.
+    """
+    for value in struct.fields.values():
+        _downgrade_value(value)
+
+
+def _downgrade_value(value: struct_pb2.Value) -> None:
+    kind = value.WhichOneof("kind")
+    if kind == "list_value":
+        for element in value.list_value.values:
+            _downgrade_value(element)
+    elif kind == "struct_value":
+        fields = value.struct_value.fields
+        if _SIG_KEY in fields and fields[_SIG_KEY].string_value == _RESOURCE_SIG:
+            ref_id = fields["id"].string_value if "id" in fields else None
+            value.string_value = (ref_id or rpc.UNKNOWN) if ref_id is not None else (
+                fields["urn"].string_value)
+        else:
+            _downgrade_resource_refs(value.struct_value)
+
+
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
     """The stock mock monitor, also keeping each registration's options and outputs."""
 
@@ -286,6 +322,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         self.registered_outputs: dict[str, dict[str, Any]] = {}
 
     def RegisterResource(self, request):  # noqa: N802 - gRPC method name
+        _downgrade_resource_refs(request.object)
         response = super().RegisterResource(request)
         inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
         options = ResourceOptions(
@@ -308,6 +345,9 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             id=registration.id if registration else None,
             raw_outputs=_mark_secrets(registration.state) if registration and request.custom
             else {},
+            remote=bool(request.remote),
+            source=tuple((url2pathname(urlparse(f.pc.uri).path), f.pc.line)
+                         for f in request.stackTrace.frames if f.pc.uri),
         ))
         return response
 
