@@ -1,0 +1,256 @@
+"""Offline evaluation: run a stack program under Pulumi's mocks and apply the pack's policies.
+
+A pull request from a fork has no engine, plugins or credentials, so ``hml policy check`` runs
+the program with ``components.harness`` and hands every registration to the very
+``Policy`` objects the CrossGuard pack serves (``policies.pack.build_policies``), wrapped in the
+SDK's own ``ResourceValidationArgs``/``StackValidationArgs``/``PolicyResource`` the way the engine
+fills them: inputs behind the SDK's unknown-checking proxy, resource references as ids/URNs,
+the provider (explicit, or the default one configured from stack config), parents and
+dependencies as objects.
+
+What the engine would know and mocks cannot is reported as notes rather than passed silently:
+values another resource computes at apply time, remote components' children, secret config
+values that stay encrypted, and rules that touched an unknown value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    Policy,
+    PolicyCustomTimeouts,
+    PolicyProviderResource,
+    PolicyResource,
+    PolicyResourceOptions,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Secret,
+    StackValidationArgs,
+)
+from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
+
+from components import harness
+from policies.pack import build_policies
+from policies.registry import Rule, all_rules
+from policies.report import Finding, Location, Note, Report
+
+DEFAULT_PROVIDER_PACKAGES = ("aws", "kubernetes")
+
+
+class PolicyInputError(ValueError):
+    """The project, stack or pack configuration given to the check is unusable."""
+
+
+def load_pack_config(path: str | Path | None) -> dict[str, Any]:
+    """Read a ``--policy-pack-config`` style JSON file: ``{"rule-id": level | {...}}``."""
+    if path is None:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise PolicyInputError(f"{path}: cannot read the pack configuration ({exc}); give a "
+                               "JSON object like {\"rule-id\": \"advisory\"}") from exc
+    known = {rule.id for rule in all_rules()}
+    unknown = sorted(set(config) - known - {"all"}) if isinstance(config, dict) else ["<root>"]
+    if unknown:
+        raise PolicyInputError(f"{path}: unknown policy ids {', '.join(unknown)}; "
+                               f"known ids: {', '.join(sorted(known))}")
+    return config
+
+
+def _level(config: Mapping[str, Any], policy_name: str, default: EnforcementLevel
+           ) -> EnforcementLevel:
+    for key in (policy_name, "all"):
+        value = config.get(key)
+        level = value.get("enforcementLevel") if isinstance(value, Mapping) else value
+        if level is not None:
+            try:
+                return EnforcementLevel(level)
+            except ValueError as exc:
+                raise PolicyInputError(
+                    f"{policy_name}: enforcement level {level!r} is not one of "
+                    f"{', '.join(e.value for e in EnforcementLevel)}") from exc
+    return default
+
+
+def _policy_value(value: Any) -> Any:
+    """The harness's view of an input as the policy SDK presents it (secrets marked)."""
+    if isinstance(value, harness.Secret):
+        return Secret(_policy_value(value.value))
+    if isinstance(value, Mapping):
+        return {k: _policy_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_policy_value(v) for v in value]
+    return value
+
+
+def _locations(resource: harness.RegisteredResource, project_dir: Path
+               ) -> tuple[Location | None, Location | None]:
+    """Where the program declared the resource, and the innermost call that registered it.
+
+    The first is the outermost frame inside the project (the stack program line a reviewer
+    sees in the PR); the second is, e.g., the component line that built the child resource.
+    """
+    frames = [Location(Path(path), line) for path, line in resource.source]
+    in_project = [f for f in frames if f.path.is_relative_to(project_dir)]
+    primary = in_project[-1] if in_project else (frames[0] if frames else None)
+    origin = frames[0] if frames and frames[0] != primary else None
+    return primary, origin
+
+
+class _Stack:
+    """The harness result turned into the SDK's resource objects, built once per run."""
+
+    def __init__(self, result: harness.ProgramResult, config: Mapping[str, Any]) -> None:
+        self.result = result
+        by_urn = {r.urn: r for r in result.resources}
+        self.providers = {f"{r.urn}::{r.id}": r for r in result.resources if r.is_provider}
+        self.defaults = {
+            pkg: PolicyProviderResource(
+                f"pulumi:providers:{pkg}",
+                {k.split(":", 1)[1]: v for k, v in config.items() if k.startswith(f"{pkg}:")},
+                f"{result.stack_urn}::pulumi:providers:{pkg}::default", "default")
+            for pkg in DEFAULT_PROVIDER_PACKAGES}
+        self.policy_resources = {urn: self._policy_resource(r) for urn, r in by_urn.items()}
+        for urn, resource in by_urn.items():
+            target = self.policy_resources[urn]
+            target.parent = self.policy_resources.get(resource.parent or "")
+            target.dependencies = [self.policy_resources[d] for d in resource.options.depends_on
+                                   if d in self.policy_resources]
+            target.property_dependencies = {
+                key: [self.policy_resources[d] for d in deps if d in self.policy_resources]
+                for key, deps in resource.options.property_dependencies.items()}
+
+    def provider(self, resource: harness.RegisteredResource) -> PolicyProviderResource | None:
+        explicit = self.providers.get(resource.options.provider or "")
+        if explicit is not None:
+            return PolicyProviderResource(explicit.type, unknown_checking_proxy(
+                _policy_value(explicit.raw_inputs)), explicit.urn, explicit.name)
+        return self.defaults.get(resource.type.split(":")[0]) if resource.custom else None
+
+    def options(self, resource: harness.RegisteredResource) -> PolicyResourceOptions:
+        opts = resource.options
+        return PolicyResourceOptions(
+            opts.protect, list(opts.ignore_changes), opts.delete_before_replace, [],
+            PolicyCustomTimeouts(0, 0, 0), list(opts.additional_secret_outputs), resource.parent)
+
+    def props(self, resource: harness.RegisteredResource) -> Mapping[str, Any]:
+        return unknown_checking_proxy(_policy_value(resource.raw_inputs))
+
+    def _policy_resource(self, resource: harness.RegisteredResource) -> PolicyResource:
+        return PolicyResource(resource.type, self.props(resource), resource.urn, resource.name,
+                              self.options(resource), self.provider(resource), None, [], {})
+
+
+def _blind_spots(result: harness.ProgramResult, secret_keys: tuple[str, ...]) -> list[Note]:
+    notes = []
+    parents = {r.parent for r in result.resources}
+    for resource in result.resources:
+        if resource.remote or (not resource.custom and resource.urn not in parents
+                               and not resource.type.startswith("pulumi:")):
+            notes.append(Note(
+                f"{resource.type} '{resource.name}' is a remote or empty component: the "
+                "resources it creates at deploy time were not visible and not evaluated",
+                urn=resource.urn))
+    computed = [r for r in result.resources
+                if any(r.options.property_dependencies.get(k) for k in r.raw_inputs)]
+    if computed:
+        notes.append(Note(
+            f"{len(computed)} resources take inputs computed by other resources at apply time; "
+            "offline these hold mock values, so rules judged that they are set, not their "
+            "real values"))
+    if secret_keys:
+        notes.append(Note(
+            f"secret config ({', '.join(secret_keys)}) is not decrypted offline; the program "
+            "saw placeholders"))
+    return notes
+
+
+class _Collector:
+    """Turns violations reported through the SDK's callback into located findings."""
+
+    def __init__(self, stack: _Stack,
+                 locations: Mapping[str, tuple[Location | None, Location | None]],
+                 fallback: Location) -> None:
+        self.stack, self.locations, self.fallback = stack, locations, fallback
+        self.findings: list[Finding] = []
+
+    def reporter(self, rule: Rule, level: EnforcementLevel, subject: str | None = None
+                 ) -> ReportViolation:
+        """A ``report_violation``; resource policies pin the URN to their ``subject``."""
+
+        def report(message: str, urn: str | None = None) -> None:
+            urn = subject or urn
+            resource = self.stack.policy_resources.get(urn or "")
+            location, origin = self.locations.get(urn or "", (None, None))
+            self.findings.append(Finding(
+                rule=rule, enforcement=level, message=message, urn=urn,
+                resource_type=resource.resource_type if resource else None,
+                resource_name=resource.name if resource else None,
+                location=location or self.fallback, origin=origin))
+
+        return report
+
+
+def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any] | None = None,
+             ) -> Report:
+    """Run the program for ``stack`` and every enabled policy over it."""
+    project_dir = Path(project_dir).resolve()
+    if not (project_dir / "Pulumi.yaml").is_file():
+        raise PolicyInputError(f"{project_dir}: no Pulumi.yaml here; give the directory of a "
+                               "Pulumi project (e.g. stacks/platform)")
+    try:
+        stack_config = harness.load_stack_config(project_dir, stack)
+    except FileNotFoundError as exc:
+        raise PolicyInputError(str(exc)) from exc
+    try:
+        result = harness.run_project(project_dir, stack)
+    except Exception as exc:  # the program is user input: any failure is reported, not raised
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise PolicyInputError(f"{project_dir.name} stack {stack!r}: the program failed: "
+                               f"{type(exc).__name__}: {detail}. Fix the program or "
+                               f"Pulumi.{stack}.yaml and run the check again") from exc
+    pack_config = pack_config or {}
+    view = _Stack(result, stack_config.values)
+    rules = {rule.id: rule for rule in all_rules()}
+    notes = _blind_spots(result, stack_config.secret_keys)
+    collector = _Collector(view, {r.urn: _locations(r, project_dir) for r in result.resources},
+                           Location(project_dir / f"Pulumi.{stack}.yaml", 1))
+    subjects = [r for r in result.resources if r.type != "pulumi:pulumi:Stack"]
+
+    for policy in build_policies():
+        rule = rules[policy.name]
+        level = _level(pack_config, rule.id, rule.enforcement)
+        if level == EnforcementLevel.DISABLED:
+            continue
+        config = pack_config.get(rule.id)
+        config = config if isinstance(config, Mapping) else None
+        if isinstance(policy, ResourceValidationPolicy):
+            for resource in (r for r in subjects if rule.applies_to(r.type)):
+                target = view.policy_resources[resource.urn]
+                args = ResourceValidationArgs(resource.type, target.props, resource.urn,
+                                              resource.name, target.opts, target.provider, config)
+                _run(policy, args, collector.reporter(rule, level, resource.urn), notes,
+                     resource.urn)
+        else:
+            args = StackValidationArgs(list(view.policy_resources.values()), config)
+            _run(policy, args, collector.reporter(rule, level), notes, None)
+    return Report(project=result.project, stack=stack, project_dir=project_dir,
+                  findings=collector.findings, notes=notes, rules=list(rules.values()),
+                  resource_count=len(subjects))
+
+
+def _run(policy: Policy, args: Any, report: ReportViolation, notes: list[Note],
+         urn: str | None) -> None:
+    """Call one policy as the analyzer does: an unknown value becomes a note, not a pass."""
+    try:
+        policy.validate(args, report)  # type: ignore[attr-defined]
+    except UnknownValueError as exc:
+        notes.append(Note(f"{policy.name} could not run: {exc.message}", urn=urn,
+                          rule_id=policy.name))
