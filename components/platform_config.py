@@ -181,11 +181,13 @@ def load_config() -> tuple[PlatformConfig, PlatformSecrets]:
     raw: dict[str, Any] = {}
     problems = [f"{NAMESPACE}:{key}: unknown key; known keys: {', '.join(sorted(known))}"
                 for key in _set_keys() if key not in known]
-    for field in PlatformConfig.model_fields:
-        try:
-            value = cfg.get_object(field) if field != "default_target" else cfg.get(field)
+    for field, info in PlatformConfig.model_fields.items():
+        try:  # strings are stored as they are, everything else as JSON
+            value = cfg.get(field) if info.annotation in (str, str | None) \
+                else cfg.get_object(field)
         except pulumi.ConfigTypeError:
-            problems.append(f"{NAMESPACE}:{field}: must be a map; {_fix(f'platform:{field}.<key>')}")
+            problems.append(f"{NAMESPACE}:{field}: must be a map; "
+                            f"{_fix(f'{NAMESPACE}:{field}.<key>')}")
             continue
         if value is not None:
             raw[field] = value

@@ -67,3 +67,16 @@ def test_all_problems_are_reported_at_once():
         run_project(PROJECT, "aws-dev", config={"platform:budjet": 1, "platform:budget": None})
     message = str(info.value)
     assert "platform:budjet: unknown key" in message and "platform:budget: Field required" in message
+
+
+def test_plain_string_keys_are_read_as_strings():
+    result = run_project(PROJECT, "onprem", config={"platform:namespace": "ml-platform"})
+    (namespace,) = result.by_type("kubernetes:core/v1:Namespace")
+    assert namespace.inputs["metadata"]["name"] == "ml-platform"
+    (server,) = result.by_type("kubernetes:apps/v1:Deployment")
+    assert server.inputs["metadata"]["namespace"] == "ml-platform"
+
+
+def test_a_section_that_is_not_a_map_says_so():
+    with pytest.raises(StackConfigError, match="platform:budget: must be a map"):
+        run_project(PROJECT, "onprem", config={"platform:budget": "lots"})
