@@ -110,8 +110,10 @@ class KeyVault(PlatformComponent):
         else:
             self.secret_refs = self._onprem(args)
         self.prefix = args.prefix
-        self.register_outputs({"prefix": self.prefix, "key_arn": self.key_arn,
-                               "secret_refs": self.secret_refs})
+        outputs = {"prefix": self.prefix, "secret_refs": self.secret_refs}
+        if self.key_arn is not None:
+            outputs["key_arn"] = self.key_arn
+        self.register_outputs(outputs)
 
     def value(self, secret_name: str) -> pulumi.Output[str]:
         """A secret's value as a Pulumi secret, for wiring into sibling components."""

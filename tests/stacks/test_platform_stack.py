@@ -116,3 +116,14 @@ def test_budget_thresholds_from_config(evaluated):
     assert sorted({n["threshold"] for n in budget.inputs["notifications"]}) == [50, 80, 100]
     subs = evaluated["aws-dev"].by_type("aws:sns/topicSubscription:TopicSubscription")
     assert [s.inputs["endpoint"] for s in subs] == ["ml-leads@example.com"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_component_is_ours_and_registers_real_outputs(evaluated, stack):
+    result = evaluated[stack]
+    components = [r for r in result.resources if not r.custom and r.type != "pulumi:pulumi:Stack"]
+    assert components
+    for component in components:
+        assert component.type.startswith("hybridml:") and component.type.count(":") == 2
+        assert component.outputs, component.urn
+        assert all(v is not None for v in component.outputs.values()), component.urn
