@@ -154,7 +154,9 @@ def render_table(report: Report) -> None:
 
     console = Console()
     table = Table(title=f"Policy check {report.project}/{report.stack}")
-    for column in ("level", "rule", "severity", "resource", "violation", "where"):
+    for column in ("level", "rule", "severity"):
+        table.add_column(column, no_wrap=True)
+    for column in ("resource", "violation", "where"):
         table.add_column(column, overflow="fold")
     for f in report.sorted_findings():
         table.add_row(f.enforcement.value, f.rule.id, f.rule.severity.value, f.subject,
@@ -162,5 +164,5 @@ def render_table(report: Report) -> None:
     if report.findings:
         console.print(table)
     for note in report.notes:
-        console.print(f"note: {note.message}", markup=False, highlight=False)
-    console.print(report.summary(), markup=False, highlight=False)
+        console.print(f"note: {note.message}", markup=False, highlight=False, soft_wrap=True)
+    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
