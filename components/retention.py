@@ -16,6 +16,9 @@ from pydantic import Field, model_validator
 
 from components.base import Args
 
+_IA_CLASSES = ("STANDARD_IA", "ONEZONE_IA")
+"""Infrequent-access classes: S3 refuses transitions to them before day 30."""
+
 
 class RetentionPlan(Args):
     """Cold tier after ``cold_after_days``, deletion after ``delete_after_days``.
@@ -33,6 +36,9 @@ class RetentionPlan(Args):
 
     @model_validator(mode="after")
     def _ordered(self) -> RetentionPlan:
+        if self.cold_storage_class in _IA_CLASSES and self.cold_after_days < 30:
+            raise ValueError(f"cold_after_days: S3 moves objects to {self.cold_storage_class} "
+                             "after 30 days at the earliest; use >= 30 or GLACIER")
         if self.delete_after_days <= self.cold_after_days:
             raise ValueError(
                 f"delete_after_days ({self.delete_after_days}) must be greater than "

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components.base import ArgsError
 from components.retention import RetentionPlan
+
+_BUCKETS = itertools.count()
 
 
 def _roundtrip(s3, name: str, rules: list[dict]) -> list[dict]:
@@ -66,6 +72,26 @@ def test_legal_minimum_per_region():
         plan.check_region("eu-central-1")
 
 
+def test_infrequent_access_needs_30_days():
+    with pytest.raises(ArgsError, match="after 30 days at the earliest"):
+        RetentionPlan(cold_after_days=7, cold_storage_class="STANDARD_IA")
+
+
 def test_unknown_key_is_refused():
     with pytest.raises(ArgsError, match="cold_days: unknown key"):
         RetentionPlan(cold_days=3)
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cold=st.integers(1, 3000), extra=st.integers(1, 3000), noncurrent=st.integers(1, 400),
+       abort=st.integers(1, 30), cold_class=st.sampled_from(["GLACIER", "DEEP_ARCHIVE",
+                                                               "GLACIER_IR", "STANDARD_IA"]))
+def test_any_valid_plan_round_trips(s3, cold, extra, noncurrent, abort, cold_class):
+    cold = max(cold, 30) if cold_class == "STANDARD_IA" else cold
+    plan = RetentionPlan(cold_after_days=cold, delete_after_days=cold + extra,
+                         noncurrent_expire_days=noncurrent, abort_incomplete_upload_days=abort,
+                         cold_storage_class=cold_class)
+    rules = plan.s3_rules()
+    bucket = f"prop-{next(_BUCKETS)}"
+    assert _roundtrip(s3, bucket, rules) == rules
