@@ -16,6 +16,7 @@ values that stay encrypted, and rules that touched an unknown value.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -199,8 +200,12 @@ class _Collector:
 
 
 def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any] | None = None,
-             ) -> Report:
-    """Run the program for ``stack`` and every enabled policy over it."""
+             config: Mapping[str, Any] | None = None) -> Report:
+    """Run the program for ``stack`` and every enabled policy over it.
+
+    ``config`` overrides stack config keys (full ``namespace:key`` names), e.g. to scale a
+    stack up for the benchmark.
+    """
     project_dir = Path(project_dir).resolve()
     if not (project_dir / "Pulumi.yaml").is_file():
         raise PolicyInputError(f"{project_dir}: no Pulumi.yaml here; give the directory of a "
@@ -209,15 +214,17 @@ def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any]
         stack_config = harness.load_stack_config(project_dir, stack)
     except FileNotFoundError as exc:
         raise PolicyInputError(str(exc)) from exc
+    started = time.perf_counter()
     try:
-        result = harness.run_project(project_dir, stack)
+        result = harness.run_project(project_dir, stack, config=config)
     except Exception as exc:  # the program is user input: any failure is reported, not raised
         detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise PolicyInputError(f"{project_dir.name} stack {stack!r}: the program failed: "
                                f"{type(exc).__name__}: {detail}. Fix the program or "
                                f"Pulumi.{stack}.yaml and run the check again") from exc
+    program_seconds = time.perf_counter() - started
     pack_config = pack_config or {}
-    view = _Stack(result, stack_config.values)
+    view = _Stack(result, {**stack_config.values, **(config or {})})
     rules = {rule.id: rule for rule in all_rules()}
     notes = _blind_spots(result, stack_config.secret_keys)
     collector = _Collector(view, {r.urn: _locations(r, project_dir) for r in result.resources},
@@ -243,7 +250,8 @@ def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any]
             _run(policy, args, collector.reporter(rule, level), notes, None)
     return Report(project=result.project, stack=stack, project_dir=project_dir,
                   findings=collector.findings, notes=notes, rules=list(rules.values()),
-                  resource_count=len(subjects))
+                  resource_count=len(subjects), program_seconds=program_seconds,
+                  rules_seconds=time.perf_counter() - started - program_seconds)
 
 
 def _run(policy: Policy, args: Any, report: ReportViolation, notes: list[Note],
