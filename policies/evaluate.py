@@ -9,8 +9,8 @@ the provider (explicit, or the default one configured from stack config), parent
 dependencies as objects.
 
 What the engine would know and mocks cannot is reported as notes rather than passed silently:
-values another resource computes at apply time, remote components' children, secret config
-values that stay encrypted, and rules that touched an unknown value.
+values another resource computes at apply time (the mocks make them known, with fake values),
+remote components' children, and secret config values that stay encrypted.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
-    Policy,
     PolicyCustomTimeouts,
     PolicyProviderResource,
     PolicyResource,
@@ -34,7 +33,7 @@ from pulumi_policy import (
     Secret,
     StackValidationArgs,
 )
-from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
+from pulumi_policy.proxy import unknown_checking_proxy
 
 from components import harness
 from policies.pack import build_policies
@@ -214,6 +213,9 @@ def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any]
         stack_config = harness.load_stack_config(project_dir, stack)
     except FileNotFoundError as exc:
         raise PolicyInputError(str(exc)) from exc
+    except Exception as exc:  # malformed YAML or a project file without a name
+        raise PolicyInputError(f"{project_dir}: cannot read Pulumi.yaml / Pulumi.{stack}.yaml "
+                               f"({type(exc).__name__}: {exc}); fix the YAML") from exc
     started = time.perf_counter()
     try:
         result = harness.run_project(project_dir, stack, config=config)
@@ -236,29 +238,19 @@ def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any]
         level = _level(pack_config, rule.id, rule.enforcement)
         if level == EnforcementLevel.DISABLED:
             continue
-        config = pack_config.get(rule.id)
-        config = config if isinstance(config, Mapping) else None
+        rule_config = pack_config.get(rule.id)
+        rule_config = rule_config if isinstance(rule_config, Mapping) else None
         if isinstance(policy, ResourceValidationPolicy):
             for resource in (r for r in subjects if rule.applies_to(r.type)):
                 target = view.policy_resources[resource.urn]
                 args = ResourceValidationArgs(resource.type, target.props, resource.urn,
-                                              resource.name, target.opts, target.provider, config)
-                _run(policy, args, collector.reporter(rule, level, resource.urn), notes,
-                     resource.urn)
+                                              resource.name, target.opts, target.provider,
+                                              rule_config)
+                policy.validate(args, collector.reporter(rule, level, resource.urn))
         else:
-            args = StackValidationArgs(list(view.policy_resources.values()), config)
-            _run(policy, args, collector.reporter(rule, level), notes, None)
+            args = StackValidationArgs(list(view.policy_resources.values()), rule_config)
+            policy.validate(args, collector.reporter(rule, level))
     return Report(project=result.project, stack=stack, project_dir=project_dir,
                   findings=collector.findings, notes=notes, rules=list(rules.values()),
                   resource_count=len(subjects), program_seconds=program_seconds,
                   rules_seconds=time.perf_counter() - started - program_seconds)
-
-
-def _run(policy: Policy, args: Any, report: ReportViolation, notes: list[Note],
-         urn: str | None) -> None:
-    """Call one policy as the analyzer does: an unknown value becomes a note, not a pass."""
-    try:
-        policy.validate(args, report)  # type: ignore[attr-defined]
-    except UnknownValueError as exc:
-        notes.append(Note(f"{policy.name} could not run: {exc.message}", urn=urn,
-                          rule_id=policy.name))

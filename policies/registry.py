@@ -100,10 +100,3 @@ def all_rules() -> list[Rule]:
     for module in RULE_MODULES:
         importlib.import_module(f"policies.rules.{module}")
     return sorted(_RULES.values(), key=lambda rule: rule.id)
-
-
-def get_rule(rule_id: str) -> Rule:
-    rules = {rule.id: rule for rule in all_rules()}
-    if rule_id not in rules:
-        raise KeyError(f"unknown policy id {rule_id!r}; known ids: {', '.join(rules)}")
-    return rules[rule_id]

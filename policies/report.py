@@ -68,7 +68,6 @@ class Note:
 
     message: str
     urn: str | None = None
-    rule_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def to_json(report: Report) -> dict[str, Any]:
             "origin": f.origin.display() if f.origin else None,
             "remediation": f.rule.remediation,
         } for f in report.sorted_findings()],
-        "notes": [{"message": n.message, "urn": n.urn, "rule": n.rule_id} for n in report.notes],
+        "notes": [{"message": n.message, "urn": n.urn} for n in report.notes],
     }
 
 

@@ -48,6 +48,13 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_malformed_stack_file_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.yaml").write_text("name: broken\nruntime: python\n")
+    (tmp_path / "Pulumi.dev.yaml").write_text("config: [unclosed\n")
+    result = runner.invoke(app, ["check", str(tmp_path), "--stack", "dev"])
+    assert result.exit_code == 2 and "cannot read Pulumi.yaml / Pulumi.dev.yaml" in result.stderr
+
+
 def test_unwritable_report_path_exits_2(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
