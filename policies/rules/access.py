@@ -63,8 +63,9 @@ def no_plaintext_secrets(resource_type: str, props: Mapping[str, Any], config: M
                          ) -> Iterator[str]:
     stores = _store_paths(resource_type, props)
     for path, value, secret in walk(props):
-        if not isinstance(value, str) or not value or path.split(".")[0].split("[")[0] in stores:
-            continue
+        top = re.split(r"[.\[]", path)[0]
+        if not isinstance(value, str) or not value or top in stores or top.startswith("__"):
+            continue  # "__provider" & co. are SDK internals (a dynamic provider's pickle)
         shape = next((what for what, rx in _CREDENTIAL_PATTERNS.items() if rx.search(value)), None)
         if shape:
             yield f"input '{path}' contains {shape}"

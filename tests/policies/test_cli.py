@@ -38,7 +38,7 @@ def test_example_stack_exits_0_with_json_output() -> None:
     (["check", str(BADSTACK), "--stack", "broken"],
      "the program failed: ConfigMissingError: Missing required configuration variable "
      "'badstack:environment'"),
-    (["check", str(BADSTACK), "--stack", "bad", "--config", "/nonexistent.json"],
+    (["check", str(BADSTACK), "--stack", "bad", "--pack-config", "/nonexistent.json"],
      "cannot read the pack configuration"),
 ])
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:

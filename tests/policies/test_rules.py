@@ -104,6 +104,8 @@ RESOURCE_CASES = [
          {"stringData": {"password": "hunter2hunter2"}}, False),
     Case("no-plaintext-secrets", "kubernetes:core/v1:ConfigMap",
          {"data": {"API_TOKEN": UNKNOWN_STRING_VALUE}}, False),
+    Case("no-plaintext-secrets", "pulumi-python:dynamic:Resource",
+         {"__provider": "gASV AKIAIOSFODNN7EXAMPLE", "host": "10.0.0.5"}, False),
     Case("workload-env-secret-refs", DEPLOYMENT, deployment(
         {"env": [{"name": "DB_PASSWORD", "value": "hunter2"}]}), True),
     Case("workload-env-secret-refs", DEPLOYMENT, deployment({"env": [
