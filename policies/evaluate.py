@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,15 @@ def _blind_spots(result: harness.ProgramResult, secret_keys: tuple[str, ...]) ->
         notes.append(Note(
             f"secret config ({', '.join(secret_keys)}) is not decrypted offline; the program "
             "saw placeholders"))
+    defaulted = Counter(r.type.split(":")[0] for r in result.resources if r.custom
+                        and not r.is_provider and r.options.provider is None
+                        and r.type.split(":")[0] in DEFAULT_PROVIDER_PACKAGES)
+    for package, count in sorted(defaulted.items()):
+        notes.append(Note(
+            f"{count} {package} resources use the default {package} provider: offline its "
+            f"settings come from the stack config ({package}:*) only, not from the deploy "
+            "environment (credentials files, environment variables), and inputs left unset "
+            "are judged by the provider's documented defaults"))
     return notes
 
 

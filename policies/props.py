@@ -39,14 +39,11 @@ def is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, str | bytes)
 
 
-def dig(value: Any, *path: str | int, default: Any = None) -> Any:
-    """Follow ``path`` through nested maps and lists; ``default`` where any step is missing."""
+def dig(value: Any, *path: str, default: Any = None) -> Any:
+    """Follow ``path`` through nested maps; ``default`` where any step is missing."""
     for step in path:
         value = unwrap(value)
-        if isinstance(step, int):
-            if not is_list(value) or not -len(value) <= step < len(value):
-                return default
-        elif not is_map(value) or step not in value:
+        if not is_map(value) or step not in value:
             return default
         value = value[step]
     value = unwrap(value)

@@ -29,6 +29,11 @@ def test_bad_stack_trips_exactly_every_rule(bad_report: Report) -> None:
     assert not bad_report.passed
 
 
+def test_remote_components_are_reported_as_unseen(bad_report: Report) -> None:
+    (note,) = [n for n in bad_report.notes if n.urn and n.urn.endswith("::remote-cluster")]
+    assert "were not visible and not evaluated" in note.message
+
+
 def test_findings_point_at_the_program_line(bad_report: Report) -> None:
     source = (BADSTACK / "__main__.py").read_text().splitlines()
     key = next(f for f in bad_report.findings if f.rule.id == "kms-key-rotation")
@@ -57,6 +62,7 @@ def test_blind_spots_are_reported_not_passed(platform_reports: dict[str, Report]
     notes = " ".join(n.message for n in platform_reports["hybrid"].notes)
     assert "computed by other resources at apply time" in notes
     assert "platform:trackingAdminPassword" in notes
+    assert "use the default aws provider" in notes
 
 
 def test_sarif_validates_against_the_2_1_0_schema(bad_report: Report) -> None:

@@ -83,3 +83,5 @@ k8s.apps.v1.Deployment(
               "name": "mlflow", "image": "ghcr.io/mlflow/mlflow:v2.16.0",
               "command": ["mlflow", "server", "--host", "0.0.0.0"],
               "env": [{"name": "MLFLOW_TRACKING_PASSWORD", "value": "s3cr3t-value"}]}]}}})
+# A multi-language component: its children appear only at deploy time (reported as a note).
+pulumi.ComponentResource("eks:index:Cluster", "remote-cluster", {}, remote=True)
