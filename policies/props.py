@@ -50,6 +50,21 @@ def dig(value: Any, *path: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def number(value: Any) -> int | float | None:
+    """A numeric input as a number: numeric text counts (providers coerce it), else None."""
+    value = unwrap(value)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    return value if isinstance(value, int) else None
+
+
 def items(value: Any) -> list[Any]:
     """A list input as a list (a single object counts as a one-element list; absent is empty)."""
     value = unwrap(value)

@@ -18,7 +18,17 @@ from typing import Any
 
 from pulumi_policy import Severity
 
-from policies.props import containers, dig, is_map, items, policy_statements, strings, unwrap, walk
+from policies.props import (
+    containers,
+    dig,
+    is_map,
+    items,
+    number,
+    policy_statements,
+    strings,
+    unwrap,
+    walk,
+)
 from policies.registry import resource_rule
 
 _CREDENTIAL_PATTERNS = {
@@ -105,7 +115,8 @@ def workload_env_secret_refs(resource_type: str, props: Mapping[str, Any],
                     for e in _ecs_environment(props)]
     elif resource_type == "aws:lambda/function:Function":
         variables = dig(props, "environment", "variables", default={})
-        literals = [("function", str(k), unwrap(variables[k])) for k in variables]
+        literals = [("function", str(k), unwrap(variables[k]))
+                    for k in (variables if is_map(variables) else {})]
     else:
         return
     for where, name, value in literals:
@@ -128,7 +139,7 @@ def kms_key_rotation(resource_type: str, props: Mapping[str, Any], config: Mappi
         return  # AWS rotates only symmetric encryption keys
     if dig(props, "enableKeyRotation") is not True:
         yield "enableKeyRotation is not true"
-    period = dig(props, "rotationPeriodInDays")
+    period = number(dig(props, "rotationPeriodInDays"))
     if period is not None and period > config["maxRotationDays"]:
         yield f"rotationPeriodInDays {period} exceeds {config['maxRotationDays']}"
 

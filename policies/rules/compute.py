@@ -21,6 +21,7 @@ from policies.props import (
     is_production,
     items,
     labels_of,
+    number,
     strings,
 )
 from policies.registry import resource_rule
@@ -82,9 +83,9 @@ def gpu_nodepool_max_size(resource_type: str, props: Mapping[str, Any], config: 
                           ) -> Iterator[str]:
     if not is_gpu_node_group(props):
         return
-    maximum = dig(props, "scalingConfig", "maxSize")
+    maximum = number(dig(props, "scalingConfig", "maxSize"))
     if maximum is None:
-        yield "scalingConfig.maxSize is not set"
+        yield "scalingConfig.maxSize is not set to a number"
     elif maximum > config["maxNodes"]:
         yield f"scalingConfig.maxSize {maximum} exceeds the limit of {config['maxNodes']}"
 
@@ -174,10 +175,11 @@ class Ingress:
 
 
 def _ports(protocol: Any, from_port: Any, to_port: Any) -> tuple[int, int]:
-    if str(protocol) in ("-1", "all"):
+    """The port range; all ports for protocol -1/all, or where a port is not a number."""
+    low, high = number(from_port), number(to_port)
+    if str(protocol) in ("-1", "all") or low is None:
         return 0, 65535
-    low = int(from_port or 0)
-    return low, int(to_port if to_port is not None else low)
+    return int(low), int(high if high is not None else low)
 
 
 def ingress_rules(resource_type: str, props: Mapping[str, Any]) -> list[Ingress]:

@@ -19,7 +19,16 @@ from typing import Any
 from pulumi_policy import PolicyResource, Severity
 from pulumi_policy.proxy import UnknownValueError
 
-from policies.props import dig, is_map, items, policy_statements, strings, tags_of, unwrap
+from policies.props import (
+    dig,
+    is_map,
+    items,
+    number,
+    policy_statements,
+    strings,
+    tags_of,
+    unwrap,
+)
 from policies.registry import resource_rule, stack_rule
 
 BUCKETS = frozenset({"aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"})
@@ -231,23 +240,17 @@ class LifecycleRule:
 
 
 def lifecycle_rules(resource_type: str, props: Mapping[str, Any]) -> list[LifecycleRule]:
-    if resource_type in BUCKETS:
-        return [LifecycleRule(
-            enabled=dig(r, "enabled") is True,
-            transition_days=[dig(t, "days") for t in items(dig(r, "transitions"))
-                             if dig(t, "days") is not None],
-            expiration_days=dig(r, "expiration", "days"),
-            noncurrent_days=dig(r, "noncurrentVersionExpiration", "days"),
-            abort_days=dig(r, "abortIncompleteMultipartUploadDays"),
-        ) for r in items(dig(props, "lifecycleRules"))]
+    inline = resource_type in BUCKETS
     return [LifecycleRule(
-        enabled=dig(r, "status") == "Enabled",
-        transition_days=[dig(t, "days") for t in items(dig(r, "transitions"))
-                         if dig(t, "days") is not None],
-        expiration_days=dig(r, "expiration", "days"),
-        noncurrent_days=dig(r, "noncurrentVersionExpiration", "noncurrentDays"),
-        abort_days=dig(r, "abortIncompleteMultipartUpload", "daysAfterInitiation"),
-    ) for r in items(dig(props, "rules"))]
+        enabled=dig(r, "enabled") is True if inline else dig(r, "status") == "Enabled",
+        transition_days=[d for t in items(dig(r, "transitions"))
+                         if (d := number(dig(t, "days"))) is not None],
+        expiration_days=number(dig(r, "expiration", "days")),
+        noncurrent_days=number(dig(r, "noncurrentVersionExpiration",
+                                   "days" if inline else "noncurrentDays")),
+        abort_days=number(dig(r, "abortIncompleteMultipartUploadDays") if inline
+                          else dig(r, "abortIncompleteMultipartUpload", "daysAfterInitiation")),
+    ) for r in items(dig(props, "lifecycleRules" if inline else "rules"))]
 
 
 def _bucket_lifecycles(resources: Sequence[PolicyResource]

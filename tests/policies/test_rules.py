@@ -148,6 +148,7 @@ RESOURCE_CASES = [
     Case("gpu-nodepool-max-size", NODE_GROUP,
          gpu_group(scalingConfig={"minSize": 0, "maxSize": 100}), True),
     Case("gpu-nodepool-max-size", NODE_GROUP, gpu_group(scalingConfig={"minSize": 0}), True),
+    Case("gpu-nodepool-max-size", NODE_GROUP, gpu_group(scalingConfig={"maxSize": "32"}), True),
     Case("gpu-nodepool-max-size", NODE_GROUP, {"instanceTypes": ["m5.large"],
                                                 "scalingConfig": {"maxSize": 100}}, False),
     Case("gpu-spot-outside-production", NODE_GROUP, gpu_group(), False),
