@@ -126,7 +126,7 @@ def _subscribers(notification: Any) -> list[str]:
 def budget_alert_thresholds(resource_type: str, props: Mapping[str, Any],
                             config: Mapping[str, Any]) -> Iterator[str]:
     notifications = items(dig(props, "notifications"))
-    kinds = {dig(n, "notificationType") for n in notifications}
+    kinds = {str(dig(n, "notificationType")) for n in notifications}
     for kind in ("ACTUAL", "FORECASTED"):
         if kind not in kinds:
             yield f"no {kind} notification"

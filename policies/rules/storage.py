@@ -5,7 +5,8 @@ With pulumi-aws 7 a bucket's settings live in separate resources (``BucketVersio
 ``bucket`` input, so most checks here are stack rules that join those resources to their bucket.
 The join follows the ``bucket`` property's dependency (what the engine records for an output
 passed in), falling back to a literal bucket name; both hold during preview, when the bucket's id
-is still unknown. The deprecated inline bucket arguments are honoured too.
+is still unknown. The deprecated inline bucket arguments are honoured too; where both exist, the
+separate resource wins, as it does in S3.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pulumi_policy import PolicyResource, Severity
-from pulumi_policy.proxy import UnknownValueError
 
 from policies.props import (
     dig,
@@ -51,29 +51,19 @@ PUBLIC_ACLS = frozenset({"public-read", "public-read-write", "authenticated-read
 BLOCK_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
 
 
-def _known(props: Mapping[str, Any], key: str) -> Any:
-    """``props[key]`` or None when absent or unknown during preview (used only to join)."""
-    try:
-        return unwrap(props[key]) if key in props else None
-    except UnknownValueError:  # no literal to join on; the dependency still joins
-        return None
-
-
 def _by_bucket(
     resources: Sequence[PolicyResource], types: frozenset[str]
 ) -> dict[str, list[PolicyResource]]:
     """The resources of ``types`` keyed by the URN of the bucket their ``bucket`` input names."""
-    named = {}
-    for bucket in resources:
-        if bucket.resource_type in BUCKETS and isinstance(_known(bucket.props, "bucket"), str):
-            named[_known(bucket.props, "bucket")] = bucket.urn
+    named = {dig(b.props, "bucket"): b.urn for b in resources if b.resource_type in BUCKETS
+             and isinstance(dig(b.props, "bucket"), str)}
     attached: dict[str, list[PolicyResource]] = defaultdict(list)
     for resource in resources:
         if resource.resource_type not in types:
             continue
         targets = {d.urn for d in resource.property_dependencies.get("bucket", [])
                    if d.resource_type in BUCKETS}
-        literal = _known(resource.props, "bucket")
+        literal = dig(resource.props, "bucket")
         if isinstance(literal, str) and literal in named:
             targets.add(named[literal])
         for urn in targets:
@@ -99,18 +89,19 @@ def bucket_kms_encryption(resources: Sequence[PolicyResource], config: Mapping[s
                           ) -> Iterator[tuple[str | None, str]]:
     attached = _by_bucket(resources, ENCRYPTION)
     for bucket in _buckets(resources):
-        defaults = [dig(bucket.props, "serverSideEncryptionConfiguration", "rule",
-                        "applyServerSideEncryptionByDefault")]
-        for sse in attached.get(bucket.urn, []):
-            defaults += [dig(rule, "applyServerSideEncryptionByDefault")
-                         for rule in items(dig(sse.props, "rules"))]
+        # A separate configuration replaces the bucket's own (whose output, once applied,
+        # shows the AWS default the configuration then overrides).
+        defaults = [dig(rule, "applyServerSideEncryptionByDefault")
+                    for sse in attached.get(bucket.urn, []) for rule in items(dig(sse.props, "rules"))
+                    ] or [dig(bucket.props, "serverSideEncryptionConfiguration", "rule",
+                              "applyServerSideEncryptionByDefault")]
         defaults = [d for d in defaults if is_map(d)]
         if not defaults:
             yield bucket.urn, f"bucket '{bucket.name}' has no server-side encryption configuration"
             continue
         for default in defaults:
             algorithm = dig(default, "sseAlgorithm")
-            if algorithm not in KMS_ALGORITHMS:
+            if str(algorithm) not in KMS_ALGORITHMS:
                 yield bucket.urn, f"bucket '{bucket.name}' uses sseAlgorithm {algorithm!r}, not aws:kms"
             elif config["requireCustomerKey"] and not dig(default, "kmsMasterKeyId"):
                 yield bucket.urn, (f"bucket '{bucket.name}' uses the AWS-managed key; "
@@ -119,7 +110,7 @@ def bucket_kms_encryption(resources: Sequence[PolicyResource], config: Mapping[s
 
 def _is_dataset_bucket(bucket: PolicyResource, markers: Sequence[str]) -> bool:
     """A dataset bucket: a marker appears in its resource name, bucket name or a tag value."""
-    words = [bucket.name, str(_known(bucket.props, "bucket") or "")]
+    words = [bucket.name, str(dig(bucket.props, "bucket", default=""))]
     words += [str(unwrap(v)) for v in tags_of(bucket.props).values()]
     return any(m.lower() in w.lower() for m in markers for w in words)
 
@@ -185,7 +176,7 @@ def public_access_blocked(resources: Sequence[PolicyResource], config: Mapping[s
     policies = _by_bucket(resources, BUCKET_POLICY)
     for bucket in _buckets(resources):
         acl = dig(bucket.props, "acl")
-        if acl in PUBLIC_ACLS:
+        if str(acl) in PUBLIC_ACLS:
             yield bucket.urn, f"bucket '{bucket.name}' has the public ACL {acl!r}"
         documents = [dig(bucket.props, "policy")]
         documents += [dig(p.props, "policy") for p in policies.get(bucket.urn, [])]

@@ -16,6 +16,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+from pulumi_policy.proxy import UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE
 
 from policies.registry import all_rules
 
@@ -84,3 +85,17 @@ def test_pack_analyzes_the_stack(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> No
             "team": "ml", "cost-center": "c", "environment": "dev"}}))
     response = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[group]))
     assert {d.policyName for d in response.diagnostics} == {"budget-for-gpu-stacks"}
+
+
+def test_pack_stack_rules_run_during_preview(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    """A new bucket's provider-computed outputs are unknown in preview; rules still judge it."""
+    bucket = analyzer_pb2.AnalyzerResource(
+        type="aws:s3/bucket:Bucket", name="b", urn="urn:pulumi:dev::p::aws:s3/bucket:Bucket::b",
+        properties=_struct({"bucket": UNKNOWN_STRING_VALUE, "acl": UNKNOWN_STRING_VALUE,
+                            "serverSideEncryptionConfiguration": UNKNOWN_OBJECT_VALUE,
+                            "tags": {"team": "ml", "cost-center": "c", "environment": "dev"}}))
+    response = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[bucket]))
+    assert {d.policyName for d in response.diagnostics} == {
+        "s3-bucket-kms-encryption", "s3-public-access-blocked", "s3-tls-only",
+        "s3-retention-plan", "s3-cold-tier"}
+    assert not [d.message for d in response.diagnostics if "during preview" in d.message]

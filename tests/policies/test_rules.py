@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import pytest
 from pulumi_policy import Secret
-from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
+from pulumi_policy.proxy import UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE
 
 from policies.registry import all_rules
 from tests.policies.conftest import check_resource, check_stack, res
@@ -251,6 +251,9 @@ STACK_CASES = [
     StackCase("s3-bucket-kms-encryption", lambda: bucket_with(bucket_props={
         "serverSideEncryptionConfiguration": {"rule": {"applyServerSideEncryptionByDefault": {
             "sseAlgorithm": "aws:kms", "kmsMasterKeyId": "k"}}}}), False),
+    StackCase("s3-bucket-kms-encryption", lambda: bucket_with(KMS, bucket_props={
+        "serverSideEncryptionConfiguration": {"rule": {"applyServerSideEncryptionByDefault": {
+            "sseAlgorithm": "AES256"}}}}), False),
     StackCase("s3-dataset-versioning", lambda: bucket_with(
         (VERSIONING, {"versioningConfiguration": {"status": "Enabled"}})), False),
     StackCase("s3-dataset-versioning", lambda: bucket_with(
@@ -312,3 +315,18 @@ def test_stack_rules_name_the_violating_resource() -> None:
     assert check_stack("s3-public-access-blocked", [bucket, block]) == [
         (block.urn, "public access block 'datasets-0' of bucket 'datasets' does not set "
                     "blockPublicAcls to true")]
+
+
+def test_preview_unknowns_in_stack_rules() -> None:
+    """During preview, outputs the provider computes are unknown: absent, not a rule failure;
+    an input the program set from another resource's output is pending, so it counts as set."""
+    key = res("aws:kms/key:Key", "key", {"enableKeyRotation": True})
+    bucket = res(BUCKET, "datasets", {"tags": TAGS, "acl": UNKNOWN_STRING_VALUE,
+                                      "serverSideEncryptionConfiguration": UNKNOWN_OBJECT_VALUE})
+    sse = res(SSE, "sse", {"bucket": UNKNOWN_STRING_VALUE, "rules": [
+        {"applyServerSideEncryptionByDefault": {"sseAlgorithm": "aws:kms",
+                                                "kmsMasterKeyId": UNKNOWN_STRING_VALUE}}]},
+        deps={"bucket": bucket, "rules": key})
+    assert check_stack("s3-bucket-kms-encryption", [key, bucket, sse]) == []
+    assert check_stack("s3-bucket-kms-encryption", [key, bucket]) == [
+        (bucket.urn, "bucket 'datasets' has no server-side encryption configuration")]
