@@ -126,7 +126,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def to_markdown(report: Report) -> str:
+#: GitHub refuses comments over 65,536 characters; past this many rows the rest is counted.
+MARKDOWN_MAX_ROWS = 150
+
+
+def to_markdown(report: Report, max_rows: int = MARKDOWN_MAX_ROWS) -> str:
     """A PR comment: verdict first, then one table row per violation, then what was not seen."""
     icon = ":white_check_mark:" if report.passed else ":x:"
     lines = [f"## {icon} Policy check `{report.project}/{report.stack}`", "",
@@ -134,13 +138,16 @@ def to_markdown(report: Report) -> str:
     if report.findings:
         lines += ["| | Rule | Severity | Resource | Violation | Where | Fix |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for f in report.sorted_findings():
+        for f in report.sorted_findings()[:max_rows]:
             mark = ":no_entry:" if f.mandatory else ":warning:"
             where = f"`{f.location.display()}`" if f.location else ""
             where += f" via `{f.origin.display()}`" if f.origin else ""
             lines.append(f"| {mark} | `{f.rule.id}` | {f.rule.severity.value} | "
                          f"{_cell(f.subject)} | {_cell(f.message)} | {where} | "
                          f"{_cell(f.rule.remediation)} |")
+        if len(report.findings) > max_rows:
+            lines.append(f"\n... and {len(report.findings) - max_rows} more violations: see "
+                         "the SARIF (code scanning) or `hml policy check -o json`.")
         lines.append("")
     if report.notes:
         lines += ["<details><summary>Not visible offline "

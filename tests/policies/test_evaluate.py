@@ -82,6 +82,9 @@ def test_markdown_and_json_list_every_violation(bad_report: Report) -> None:
     markdown = to_markdown(bad_report)
     assert markdown.startswith("## :x: Policy check `badstack/bad`")
     assert markdown.count("| :no_entry: |") == len(bad_report.mandatory)
+    shortened = to_markdown(bad_report, max_rows=5)
+    assert shortened.count("| :no_entry: |") == 5
+    assert f"and {len(bad_report.findings) - 5} more violations" in shortened
     data = to_json(bad_report)
     assert data["passed"] is False and len(data["violations"]) == len(bad_report.findings)
 
