@@ -115,6 +115,19 @@ def policy_statements(document: Any) -> list[Mapping[str, Any]]:
     return [s for s in items(dig(document, "Statement")) if is_map(s)]
 
 
+def provider_setting(resource: Any, key: str) -> Any:
+    """A setting of a ``PolicyResource``'s provider, decoded from the JSON text the engine
+    uses for structured provider settings (``endpoints``, ``defaultTags``)."""
+    provider = resource.provider
+    value = unwrap(dig(provider.props if provider else {}, key))
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 def tags_of(props: Mapping[str, Any]) -> Mapping[str, Any]:
     tags = dig(props, "tags", default={})
     return tags if is_map(tags) else {}

@@ -9,7 +9,6 @@ resource.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -24,6 +23,7 @@ from policies.props import (
     is_map,
     items,
     labels_of,
+    provider_setting,
     strings,
     tags_of,
     unwrap,
@@ -37,15 +37,7 @@ DEVICE_PLUGIN_IMAGE = "k8s-device-plugin"
 
 
 def _provider_default_tags(resource: PolicyResource) -> Mapping[str, Any]:
-    """The provider's ``defaultTags.tags`` (the engine passes provider objects as JSON text)."""
-    provider = resource.provider
-    default_tags = unwrap(dig(provider.props if provider else {}, "defaultTags"))
-    if isinstance(default_tags, str):
-        try:
-            default_tags = json.loads(default_tags)
-        except ValueError:
-            return {}
-    tags = dig(default_tags, "tags", default={})
+    tags = dig(provider_setting(resource, "defaultTags"), "tags", default={})
     return tags if is_map(tags) else {}
 
 

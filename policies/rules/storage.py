@@ -11,7 +11,6 @@ separate resource wins, as it does in S3.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from policies.props import (
     items,
     number,
     policy_statements,
+    provider_setting,
     strings,
     tags_of,
     unwrap,
@@ -141,16 +141,8 @@ def dataset_versioning(resources: Sequence[PolicyResource], config: Mapping[str,
 
 
 def s3_endpoint(resource: PolicyResource) -> str | None:
-    """The custom S3 endpoint of the resource's provider (None: AWS S3 itself).
-
-    The engine passes provider objects as JSON text, the offline view may pass a list.
-    """
-    endpoints = unwrap(dig(resource.provider.props if resource.provider else {}, "endpoints"))
-    if isinstance(endpoints, str):
-        try:
-            endpoints = json.loads(endpoints)
-        except ValueError:
-            return None
+    """The custom S3 endpoint of the resource's provider (None: AWS S3 itself)."""
+    endpoints = provider_setting(resource, "endpoints")
     return next((str(dig(e, "s3")) for e in items(endpoints) if dig(e, "s3")), None)
 
 
