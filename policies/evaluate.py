@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
@@ -182,6 +183,20 @@ def _blind_spots(result: harness.ProgramResult, secret_keys: tuple[str, ...]) ->
     return notes
 
 
+def _require_python(project_dir: Path) -> None:
+    """Only Python programs run under the Python mocks; say so rather than fail obscurely."""
+    try:
+        runtime = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()).get("runtime")
+    except (yaml.YAMLError, AttributeError) as exc:
+        raise PolicyInputError(f"{project_dir / 'Pulumi.yaml'}: not a Pulumi project file "
+                               f"({exc}); fix the YAML") from exc
+    name = runtime.get("name") if isinstance(runtime, Mapping) else runtime
+    if name != "python":
+        raise PolicyInputError(f"{project_dir}: runtime {name!r}: offline checks run Python "
+                               "programs only; run `pulumi preview --policy-pack policies/` "
+                               "for other runtimes")
+
+
 class _Collector:
     """Turns violations reported through the SDK's callback into located findings."""
 
@@ -219,6 +234,7 @@ def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any]
     if not (project_dir / "Pulumi.yaml").is_file():
         raise PolicyInputError(f"{project_dir}: no Pulumi.yaml here; give the directory of a "
                                "Pulumi project (e.g. stacks/platform)")
+    _require_python(project_dir)
     try:
         stack_config = harness.load_stack_config(project_dir, stack)
     except FileNotFoundError as exc:

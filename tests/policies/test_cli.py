@@ -55,6 +55,13 @@ def test_malformed_stack_file_exits_2(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "cannot read Pulumi.yaml / Pulumi.dev.yaml" in result.stderr
 
 
+def test_non_python_project_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "Pulumi.yaml").write_text("name: web\nruntime: nodejs\n")
+    (tmp_path / "Pulumi.dev.yaml").write_text("config: {}\n")
+    result = runner.invoke(app, ["check", str(tmp_path), "--stack", "dev"])
+    assert result.exit_code == 2 and "runtime 'nodejs'" in result.stderr
+
+
 def test_unwritable_report_path_exits_2(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
