@@ -7,6 +7,7 @@ plays the engine: it asks for the pack's policies and sends resources to analyze
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,8 +41,9 @@ def test_rules_carry_complete_metadata() -> None:
         assert all("default" in schema for schema in rule.config.values()), rule.id
 
 
-@pytest.fixture(scope="module")
-def analyzer() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+@contextlib.contextmanager
+def serve_pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+    """The pack as the CLI starts it: ``python -u __main__.py`` in policies/, port on stdout."""
     proc = subprocess.Popen([sys.executable, "-u", "__main__.py"], cwd=PACK_DIR,
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -51,6 +53,12 @@ def analyzer() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
+    with serve_pack() as stub:
+        yield stub
 
 
 def test_pack_serves_every_rule(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
@@ -99,3 +107,26 @@ def test_pack_stack_rules_run_during_preview(analyzer: analyzer_pb2_grpc.Analyze
         "s3-bucket-kms-encryption", "s3-public-access-blocked", "s3-tls-only",
         "s3-retention-plan", "s3-cold-tier"}
     assert not [d.message for d in response.diagnostics if "during preview" in d.message]
+
+
+def test_pack_configuration_sets_level_and_limit() -> None:
+    """``--policy-pack-config`` reaches the rules: an enforcement level and a property."""
+    group = {"amiType": "AL2_x86_64_GPU", "capacityType": "SPOT", "scalingConfig": {"maxSize": 64},
+             "taints": [{"key": "nvidia.com/gpu", "effect": "NO_SCHEDULE"}]}
+
+    def levels(stub: analyzer_pb2_grpc.AnalyzerStub) -> dict[str, int]:
+        response = stub.Analyze(analyzer_pb2.AnalyzeRequest(
+            type="aws:eks/nodeGroup:NodeGroup", properties=_struct(group), name="gpu",
+            urn="urn:pulumi:dev::p::aws:eks/nodeGroup:NodeGroup::gpu"))
+        return {d.policyName: d.enforcementLevel for d in response.diagnostics}
+
+    with serve_pack() as stub:
+        assert levels(stub) == {"gpu-nodepool-max-size": analyzer_pb2.MANDATORY}
+        stub.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
+            "gpu-nodepool-max-size": analyzer_pb2.PolicyConfig(
+                enforcementLevel=analyzer_pb2.ADVISORY, properties=_struct({"maxNodes": 32}))}))
+        assert levels(stub) == {"gpu-nodepool-max-size": analyzer_pb2.ADVISORY}
+        stub.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
+            "gpu-nodepool-max-size": analyzer_pb2.PolicyConfig(
+                enforcementLevel=analyzer_pb2.MANDATORY, properties=_struct({"maxNodes": 64}))}))
+        assert levels(stub) == {}
