@@ -58,8 +58,11 @@ def load_pack_config(path: str | Path | None) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise PolicyInputError(f"{path}: cannot read the pack configuration ({exc}); give a "
                                "JSON object like {\"rule-id\": \"advisory\"}") from exc
+    if not isinstance(config, dict):
+        raise PolicyInputError(f"{path}: the pack configuration must be a JSON object like "
+                               "{\"rule-id\": \"advisory\"}")
     known = {rule.id for rule in all_rules()}
-    unknown = sorted(set(config) - known - {"all"}) if isinstance(config, dict) else ["<root>"]
+    unknown = sorted(set(config) - known - {"all"})
     if unknown:
         raise PolicyInputError(f"{path}: unknown policy ids {', '.join(unknown)}; "
                                f"known ids: {', '.join(sorted(known))}")
@@ -110,9 +113,10 @@ class _Stack:
     """The harness result turned into the SDK's resource objects, built once per run."""
 
     def __init__(self, result: harness.ProgramResult, config: Mapping[str, Any]) -> None:
-        self.result = result
         by_urn = {r.urn: r for r in result.resources}
         self.providers = {f"{r.urn}::{r.id}": r for r in result.resources if r.is_provider}
+        # Resources without an explicit provider get the engine's default one, configured
+        # from the stack's "<package>:<key>" config (aws:region, aws:defaultTags, ...).
         self.defaults = {
             pkg: PolicyProviderResource(
                 f"pulumi:providers:{pkg}",

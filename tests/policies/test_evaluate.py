@@ -104,6 +104,7 @@ def test_pack_config_sets_levels_and_limits(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content, problem", [
     ("{not json", "cannot read the pack configuration"),
     ('{"no-such-rule": "advisory"}', "unknown policy ids no-such-rule"),
+    ("[1, 2]", "must be a JSON object"),
 ])
 def test_bad_pack_config_is_rejected(tmp_path: Path, content: str, problem: str) -> None:
     config_file = tmp_path / "pack.json"
