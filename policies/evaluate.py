@@ -155,6 +155,7 @@ class _Stack:
 
 
 def _blind_spots(result: harness.ProgramResult, secret_keys: tuple[str, ...]) -> list[Note]:
+    """What this run could not see as the engine would, one note per kind of blind spot."""
     notes = []
     parents = {r.parent for r in result.resources}
     for resource in result.resources:
