@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from policies.cli import app as policy_app
 from runners.errors import HmlError
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 targets_app = typer.Typer(help="List the profile's targets, or trust an SSH target's host keys.")
 app.add_typer(targets_app, name="targets")
+app.add_typer(policy_app, name="policy")
 
 
 class Output(StrEnum):
@@ -89,6 +91,9 @@ def submit(
         list[str] | None,
         typer.Option("--set", "-s", help="Override: key=value (a param) or dotted.field=value"),
     ] = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Fail at once when the target has no free capacity")
+    ] = False,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Validate the job, profile and target; run nothing")
     ] = False,
@@ -102,7 +107,7 @@ def submit(
         resolved = plan(job, target, set_ or [], _state["config"])
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         return
-    record = do_submit(job, target, set_ or [], _state["config"])
+    record = do_submit(job, target, set_ or [], _state["config"], wait=not no_wait)
     say = sys.stderr if output is Output.json else sys.stdout
     print(
         f"hml: run {record.run_id} on target {record.target!r} ({record.tracking_uri})",
@@ -238,6 +243,30 @@ def run(argv: list[str] | None = None) -> int:
         print("\n".join(f"hml: error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+@targets_app.command("trust")
+def targets_trust(
+    name: Annotated[str, typer.Argument(help="An ssh target of the profile")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Record without asking")] = False,
+) -> None:
+    """Show the hosts' SSH key fingerprints and, once confirmed, record them in known_hosts."""
+    from runners.backends import make_backend
+    from runners.profile import load_profile
+
+    profile = load_profile(_state["config"])
+    profile.pick(name)
+
+    def confirm(found: list[tuple[str, str, str]]) -> bool:
+        for host, kind, fp in found:
+            print(f"{host} {kind} {fp}")
+        return yes or typer.confirm("Do these fingerprints match what the hosts' admin published?")
+
+    with make_backend(name, profile.targets[name]) as backend:
+        recorded = backend.trust(confirm)
+    if not recorded:
+        raise HmlError("nothing recorded")
+    print(f"recorded {len(recorded)} host key(s)")
 
 
 def main() -> None:

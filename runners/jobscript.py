@@ -13,6 +13,7 @@ WRAPPER = "job.sh"
 ENV_FILE = "env.sh"
 OUTPUT = "output.log"
 EXIT_CODE = "exit_code"
+PID = "pid"
 
 
 def env_lines(env: dict[str, str]) -> str:
@@ -25,6 +26,7 @@ def render(exec_dir: str, workdir: str, setup: str | None, run: str, run_id: str
     wrapper = f"""#!/usr/bin/env bash
 # hybridml job wrapper for run {run_id}
 EXEC={q_exec}
+echo $$ > "$EXEC/{PID}"
 set -a; . "$EXEC/{ENV_FILE}"; set +a; rm -f "$EXEC/{ENV_FILE}"
 finish() {{ echo "$1" > "$EXEC/{EXIT_CODE}.tmp"; mv "$EXEC/{EXIT_CODE}.tmp" "$EXEC/{EXIT_CODE}"; exit "$1"; }}
 cd {q_work} || {{ echo "hml: workdir {q_work} is missing"; finish 127; }}

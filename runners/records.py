@@ -35,6 +35,7 @@ class RunRecord(BaseModel):
     reason: str = ""
     exit_code: int | None = None
     attempt: int = 0
+    wait_for_capacity: bool = True
     handle: dict[str, Any] | None = None
     usage: dict[str, Any] = Field(default_factory=dict)
     submitted_at: float = Field(default_factory=time.time)

@@ -7,7 +7,7 @@ import time
 from typing import TextIO
 
 from runners import records, supervisor, tracking
-from runners.backends import backend_class
+from runners.backends import make_backend
 from runners.profile import load_profile
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
@@ -20,7 +20,9 @@ def _prepare(job_path: str, target: str | None, overrides: list[str], config: st
     profile = load_profile(config)
     name = profile.pick(target)
     raw = profile.targets[name]
-    backend_class(raw["kind"]).check(spec, name)
+    with make_backend(name, raw) as backend:
+        backend.check(spec, name)
+        backend.preflight(spec, workdir)
     redact = Redactor(list(resolve(spec.secrets, profile.vault).values()))
     return spec, workdir, profile, name, raw, redact
 
@@ -36,8 +38,13 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     }
 
 
-def submit(job_path: str, target: str | None, overrides: list[str], config: str | None) -> RunRecord:
-    """Validate everything, open the MLflow run, record it, and hand it to a supervisor."""
+def submit(
+    job_path: str, target: str | None, overrides: list[str], config: str | None, wait: bool = True
+) -> RunRecord:
+    """Validate everything, open the MLflow run, record it, and hand it to a supervisor.
+
+    ``wait``: when the target has no room now, wait for it (else the run fails at once).
+    """
     spec, workdir, profile, name, raw, redact = _prepare(job_path, target, overrides, config)
     spec_dict = redact.tree(spec.model_dump(mode="json"))  # the record and MLflow see no secret
     params = {k: str(v) for k, v in spec_dict["params"].items()}
@@ -56,6 +63,7 @@ def submit(job_path: str, target: str | None, overrides: list[str], config: str 
         workdir=str(workdir),
         secrets=list(spec.secrets),
         vault=profile.vault,
+        wait_for_capacity=wait,
     )
     record.save()
     supervisor.spawn(run_id)
@@ -73,6 +81,7 @@ def follow(run_id: str, out: TextIO = sys.stdout, keep_following: bool = True) -
     record = records.load(run_id)
     ensure_supervised(record)
     pos = 0
+    checked = time.monotonic()
     while True:
         done = record.terminal  # read the log once more after seeing the end
         try:
@@ -89,3 +98,6 @@ def follow(run_id: str, out: TextIO = sys.stdout, keep_following: bool = True) -
             return record
         time.sleep(0.1)
         record = records.load(run_id)
+        if time.monotonic() - checked > 5:  # a supervisor that died is restarted while we watch
+            ensure_supervised(record)
+            checked = time.monotonic()

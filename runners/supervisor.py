@@ -20,7 +20,7 @@ from typing import IO
 from runners import records, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
-from runners.errors import BackendError, HmlError, TrackingError
+from runners.errors import BackendError, HmlError, NoCapacityError, TrackingError
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
 from runners.spec import JobSpec
@@ -28,6 +28,7 @@ from runners.spec import JobSpec
 LOST_AFTER_S = 30.0
 """How long a target may stay unreachable before the job counts as lost (host died)."""
 FINALIZE_TRIES = 30
+CAPACITY_RETRY_S = 5.0
 
 
 def lock(record: RunRecord) -> IO[str] | None:
@@ -79,14 +80,13 @@ class Supervisor:
         self._out.flush()
 
     def _copy_output(self, handle: Handle, final: bool = False) -> None:
-        chunk = self.backend.read_output(handle, self.rec.usage.get("offset", 0))
+        chunk = self.backend.read_output(handle)
         if chunk:
-            self.rec.usage["offset"] = self.rec.usage.get("offset", 0) + len(chunk)
             text = self._pending + chunk.decode("utf-8", errors="replace")
             head, _, self._pending = text.rpartition("\n")  # redact whole lines only
             if head:
                 self._out.write(self.redact(head + "\n"))
-            self.rec.save()  # the offset: a restarted supervisor must not copy lines twice
+            self.rec.save()  # the handle's read position: a restarted supervisor copies no line twice
         if final and self._pending:
             self._out.write(self.redact(self._pending) + "\n")
             self._pending = ""
@@ -108,15 +108,15 @@ class Supervisor:
         )
         handle, usage = self.backend.launch(request)
         self.rec.handle = handle
-        self.rec.usage = {**usage.__dict__, "offset": 0}
-        self.rec.status = "RUNNING"
+        self.rec.usage = dict(usage.__dict__)
+        self.rec.status, self.rec.reason = "RUNNING", ""
         self.rec.started_at = self.rec.started_at or time.time()
         self.rec.save()
         self.note(f"attempt {self.rec.attempt + 1} started on {', '.join(usage.hosts) or self.rec.target}")
         return handle
 
     def _cost(self) -> float:
-        u = Usage(**{k: v for k, v in self.rec.usage.items() if k != "offset"})
+        u = Usage(**self.rec.usage)
         hours = (time.time() - (self.rec.started_at or time.time())) / 3600
         return round(hours * u.nodes * u.gpus_per_node * u.gpu_hour_usd, 6)
 
@@ -132,6 +132,10 @@ class Supervisor:
             except BackendError as exc:
                 unreachable_since = unreachable_since or time.time()
                 if time.time() - unreachable_since > LOST_AFTER_S:
+                    try:  # stop what still runs elsewhere (other nodes) before any retry
+                        self.backend.cancel(handle)
+                    except BackendError as cancel_exc:
+                        self.note(f"could not stop every node: {cancel_exc}")
                     return None, JobState(running=False, detail=f"target unreachable: {exc}")
                 time.sleep(1.0)
                 continue
@@ -162,6 +166,16 @@ class Supervisor:
                 break
             try:
                 handle = self.rec.handle or self._launch()
+            except NoCapacityError as exc:
+                if not self.rec.wait_for_capacity:
+                    self._end("FAILED", None, f"no capacity: {exc}")
+                    break
+                if self.rec.reason != "waiting for capacity":
+                    self.note(f"waiting for capacity: {exc}")
+                    self.rec.reason = "waiting for capacity"
+                    self.rec.save()
+                time.sleep(CAPACITY_RETRY_S)
+                continue
             except HmlError as exc:
                 self.note(f"launch failed: {exc}")
                 self._end("FAILED", None, f"launch failed: {exc}")
@@ -238,6 +252,23 @@ def job_env(rec: RunRecord) -> dict[str, str]:
     return env
 
 
+def _supervise(sup: Supervisor) -> None:
+    """Drive the run; a bug here must still end the run FAILED, never leave it PENDING forever."""
+    try:
+        sup.run()
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        if sup.rec.handle:
+            try:
+                sup.backend.cancel(sup.rec.handle)
+            except HmlError:
+                pass
+        sup._end("FAILED", None, f"runner error: {type(exc).__name__}: {exc} (see supervisor.log)")
+        sup.finalize()
+
+
 def main(run_id: str) -> int:
     # one finalize attempt must fail fast when the server is down; our loop does the waiting
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -255,7 +286,7 @@ def main(run_id: str) -> int:
         if record.terminal:
             sup.finalize()
         else:
-            sup.run()
+            _supervise(sup)
     finally:
         backend.close()
         held.close()

@@ -98,3 +98,6 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HML_HOME", str(home))
     monkeypatch.delenv("HML_CONFIG", raising=False)
     return home
+
+
+from tests.sshbed import ssh_bed  # noqa: E402,F401  (real sshd hosts, session-wide)

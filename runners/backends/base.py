@@ -8,6 +8,7 @@ max_runtime, logs, cost) is the supervisor's and is written once for all backend
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -82,6 +83,9 @@ class Backend(abc.ABC):
         if gaps:
             raise UsageError(f"target {target or cls.kind!r} cannot run this job: " + "; ".join(gaps))
 
+    def preflight(self, spec: JobSpec, workdir: Path) -> None:
+        """Cheap checks at submit time (host keys, workdir size) so bad input fails before a run exists."""
+
     @abc.abstractmethod
     def launch(self, request: LaunchRequest) -> tuple[Handle, Usage]:
         """Start the job detached (it survives the caller) and return how to find it."""
@@ -91,8 +95,12 @@ class Backend(abc.ABC):
         """The job's real state now; raises BackendError when the target cannot be asked."""
 
     @abc.abstractmethod
-    def read_output(self, handle: Handle, offset: int) -> bytes:
-        """Combined stdout/stderr from byte ``offset`` on (all nodes, rank-prefixed)."""
+    def read_output(self, handle: Handle) -> bytes:
+        """Output not returned before for this handle (all nodes, complete lines, node-prefixed).
+
+        The read position lives in the handle, which the supervisor persists, so a restarted
+        supervisor goes on where the last one stopped.
+        """
 
     @abc.abstractmethod
     def cancel(self, handle: Handle) -> None:
@@ -100,6 +108,10 @@ class Backend(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
+
+    def trust(self, confirm: Callable[[list[tuple[str, str, str]]], bool]) -> list[tuple[str, str, str]]:
+        """Record the target's host keys once ``confirm`` accepts their (host, type, fingerprint)."""
+        raise UsageError(f"target kind {self.kind!r} has no host keys to trust")
 
     def close(self) -> None:
         """Release connections; a backend is cheap to make again."""

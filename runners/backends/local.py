@@ -103,13 +103,15 @@ class LocalBackend(Backend):
             return JobState(running=True)
         return JobState(running=False, detail="the job's process ended without an exit code")
 
-    def read_output(self, handle: Handle, offset: int) -> bytes:
+    def read_output(self, handle: Handle) -> bytes:
         try:
             with open(Path(handle["exec_dir"]) / jobscript.OUTPUT, "rb") as fh:
-                fh.seek(offset)
-                return fh.read()
+                fh.seek(handle.get("offset", 0))
+                data = fh.read()
         except FileNotFoundError:
             return b""
+        handle["offset"] = handle.get("offset", 0) + len(data)
+        return data
 
     def cancel(self, handle: Handle) -> None:
         pgid = handle["pid"]

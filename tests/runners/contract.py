@@ -69,14 +69,15 @@ class BackendContract:
         assert "about to fail" in log.stdout
 
     def test_cancel_kills_every_process(self, target, tmp_path, mlflow_server):
-        marker = f"hmlcancel{uuid.uuid4().hex[:8]}"
-        job = write_job(tmp_path / "w", run=f"sleep 300 & sleep 301; echo {marker}")
+        nonce = str(uuid.uuid4().int)[:9]
+        sleeper = f"sleep 987.{nonce}"
+        job = write_job(tmp_path / "w", run=f"{sleeper} & {sleeper}; echo never")
         summary, out = self.submit(target, job, "--detach")
         assert out.returncode == 0, out.stderr
         run_id = summary["run_id"]
         wait_status(run_id, {"RUNNING"})
         time.sleep(1.0)
-        assert processes_matching("sleep 30[01]"), "the job never started"
+        assert len(processes_matching(sleeper)) == 2, "the job never started"
         cancelled = hml("cancel", run_id, "--output", "json")
         assert cancelled.returncode == 0, cancelled.stderr
         assert status(run_id)["status"] == "KILLED"
@@ -84,9 +85,10 @@ class BackendContract:
         assert run.info.status == "KILLED"
         assert run.data.tags["hml.reason"] == "cancelled by user"
         deadline = time.monotonic() + 10
-        while processes_matching(f"{run_id}") and time.monotonic() < deadline:
+        while processes_matching(sleeper) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not processes_matching(f"{run_id}/"), "a process of the job is left"
+        assert not processes_matching(sleeper), "a process of the job is left"
+        assert not processes_matching(f"{run_id}/"), "the job's wrapper is left"
 
     def test_max_runtime_stops_the_job_as_failed(self, target, tmp_path, mlflow_server):
         job = write_job(tmp_path / "w", run="sleep 120", max_runtime=2)

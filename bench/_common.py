@@ -1,0 +1,49 @@
+"""Timing helpers shared by the benchmarks: medians of repeated wall-clock runs."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+import sys
+
+BIN = Path(sys.executable).parent
+
+
+def wall(cmd: list[str], repeat: int = 5, **kw) -> float:
+    """Median seconds of running ``cmd`` to completion."""
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, **kw)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def median_of(fn: Callable[[], float], repeat: int) -> float:
+    return statistics.median(fn() for _ in range(repeat))
+
+
+def first_line_latency(cmd: list[str], expect: str, **kw) -> float:
+    """Seconds from starting ``cmd`` until a line containing ``expect`` appears on its stdout."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **kw)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if expect in line:
+            elapsed = time.perf_counter() - start
+            break
+    else:
+        raise RuntimeError(f"{expect!r} never appeared from {cmd}")
+    proc.wait()
+    return elapsed
+
+
+def report(title: str, rows: list[tuple[str, float, float]]) -> None:
+    """rows: (what, seconds, baseline seconds); prints each with its ratio."""
+    print(f"\n## {title}")
+    print(f"{'measure':58} {'seconds':>9} {'baseline':>9} {'ratio':>8}")
+    for name, value, base in rows:
+        print(f"{name:58} {value:9.3f} {base:9.3f} {value / base:8.1f}x")

@@ -1,0 +1,185 @@
+"""SSH connections whose host keys are verified, shared by the ssh target and the inventory.
+
+paramiko is imported lazily. An unknown or changed host key is refused with the fingerprint
+and the fix; keys are only ever recorded by the explicit ``hml targets trust``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from runners.errors import BackendError, HostKeyError
+
+if TYPE_CHECKING:
+    import paramiko
+
+
+class SshHost(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = Field(min_length=1)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1)
+    identity_file: str | None = None
+    """Private key file; without it the SSH agent is asked."""
+    gpus: int | None = Field(default=None, ge=0)
+    """GPU count; detected with nvidia-smi when not given (0 without it)."""
+    labels: dict[str, str] = {}
+    remote_root: str | None = None
+    """This host's own remote root, overriding the target's."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.user}@{self.address}:{self.port}"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _known_name(host: SshHost) -> str:
+    return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+
+
+def _refusing_policy(target: str) -> Any:
+    import paramiko
+
+    class Refuse(paramiko.MissingHostKeyPolicy):
+        def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+            raise HostKeyError(
+                f"{hostname}: host key not trusted ({key.get_name()} {fingerprint(key)}); "
+                f"check it with the host's admin, then run: hml targets trust {target or 'TARGET'}"
+            )
+
+    return Refuse()
+
+
+def connect(host: SshHost, known_hosts: str | Path, timeout: float = 10.0, target: str = "") -> Any:
+    """An authenticated ``paramiko.SSHClient``; raises HostKeyError or BackendError."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    path = Path(known_hosts).expanduser()
+    if path.is_file():
+        client.load_host_keys(str(path))
+    client.set_missing_host_key_policy(_refusing_policy(target))
+    key_file = str(Path(host.identity_file).expanduser()) if host.identity_file else None
+    try:
+        client.connect(
+            host.address,
+            port=host.port,
+            username=host.user,
+            key_filename=key_file,
+            allow_agent=key_file is None,
+            look_for_keys=False,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+        )
+    except HostKeyError:
+        client.close()
+        raise
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyError(
+            f"{_known_name(host)}: host key CHANGED (now {fingerprint(exc.key)}, known "
+            f"{fingerprint(exc.expected_key)}); this may be an attack. If the host was reinstalled, "
+            f"delete its line from {path} and run: hml targets trust {target or 'TARGET'}"
+        ) from None
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        raise BackendError(
+            f"{host.label}: authentication failed ({exc}); check identity_file and user"
+        ) from None
+    except (OSError, EOFError, paramiko.SSHException) as exc:
+        client.close()
+        raise BackendError(f"{host.label}: unreachable ({str(exc) or type(exc).__name__})") from None
+    return client
+
+
+def run(client: Any, command: str, timeout: float = 60.0, text: bool = True) -> tuple[int, Any, str]:
+    """Run ``command`` on the host; (exit status, stdout, stderr). Raises BackendError on I/O loss.
+
+    stdout is bytes when ``text`` is false (job output is cut at byte offsets).
+    """
+    try:
+        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        raw = stdout.read()
+        err = stderr.read().decode("utf-8", errors="replace")
+        out = raw.decode("utf-8", errors="replace") if text else raw
+        return stdout.channel.recv_exit_status(), out, err
+    except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike on a lost host
+        raise BackendError(f"command failed on the host: {str(exc) or type(exc).__name__}") from None
+
+
+def scan_key(host: SshHost, timeout: float = 10.0) -> Any:
+    """The host's key as offered now, without authenticating (for ``hml targets trust``)."""
+    import paramiko
+
+    try:
+        sock = socket.create_connection((host.address, host.port), timeout=timeout)
+        transport = paramiko.Transport(sock)
+        transport.start_client(timeout=timeout)
+        key = transport.get_remote_server_key()
+        transport.close()
+    except (OSError, paramiko.SSHException) as exc:
+        raise BackendError(f"{host.label}: cannot read its host key ({exc})") from None
+    return key
+
+
+def trust(
+    hosts: list[SshHost], known_hosts: str | Path, confirm: Callable[[list[tuple[str, str, str]]], bool]
+) -> list[tuple[str, str, str]]:
+    """Show each host's current key to ``confirm``; if accepted, record them in ``known_hosts``."""
+    import paramiko
+
+    path = Path(known_hosts).expanduser()
+    scanned = [(_known_name(host), scan_key(host)) for host in hosts]
+    found = [(name, key.get_name(), fingerprint(key)) for name, key in scanned]
+    if not confirm(found):
+        return []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = paramiko.HostKeys(str(path)) if path.is_file() else paramiko.HostKeys()
+    for name, key in scanned:
+        keys.add(name, key.get_name(), key)
+    keys.save(str(path))
+    path.chmod(0o600)
+    return found
+
+
+def probe_host(host: dict[str, Any], known_hosts: str, remote_root: str) -> dict[str, Any]:
+    """Connect (verified), read the GPUs and prepare the remote root: what registration records."""
+    from runners.gpus import QUERY, parse
+
+    spec = SshHost.model_validate(host)
+    root = spec.remote_root or remote_root
+    client = connect(spec, known_hosts)
+    try:
+        rc, out, err = run(client, f"mkdir -p {_q(root)}/code {_q(root)}/blobs {_q(root)}/runs && echo ok")
+        if rc != 0 or "ok" not in out:
+            raise BackendError(f"{spec.label}: cannot prepare {root}: {err.strip()}")
+        _, gpu_out, _ = run(client, f"command -v nvidia-smi >/dev/null && {QUERY} || true")
+        names = parse(gpu_out)
+    finally:
+        client.close()
+    return {
+        "address": spec.address,
+        "port": spec.port,
+        "gpus": spec.gpus if spec.gpus is not None else len(names),
+        "gpu_names": names,
+        "remote_root": root,
+    }
+
+
+def _q(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
