@@ -20,7 +20,8 @@ import pulumi_kubernetes as k8s
 from pydantic import Field, field_validator, model_validator
 
 from components.base import Args, OrgTags, Platform, PlatformComponent
-from components.inventory import GpuHost, SshHost
+from components.inventory import GpuHost
+from runners.sshhost import SshHost
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true"}
 GPU_AMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"

@@ -17,8 +17,9 @@ AWS_POOL = {"cluster_name": "ml-eks", "vpc_id": "vpc-1", "subnet_ids": ["subnet-
             "ssh_ingress_cidrs": ["10.8.0.0/16"],
             "artifact_bucket_arn": "arn:aws:s3:::artifacts"}
 ONPREM_POOL = {"nodes": ["gpu-node-1", "gpu-node-2"],
-               "hosts": [{"address": "10.0.0.5", "gpus": 4, "labels": {"rack": "a"}},
-                         {"address": "10.0.0.6", "port": 2222, "gpus": 2}]}
+               "hosts": [{"address": "10.0.0.5", "user": "hml", "gpus": 4,
+                          "identity_file": "~/.ssh/id_ed25519", "labels": {"rack": "a"}},
+                         {"address": "10.0.0.6", "port": 2222, "user": "hml"}]}
 
 
 def _deploy(**overrides):
@@ -115,15 +116,17 @@ def test_onprem_device_plugin_tolerates_the_taint_on_pool_nodes_only():
 
 def test_onprem_hosts_are_registered_and_listed_for_the_runner():
     result = _onprem()
-    hosts = result.by_type("pulumi-python:dynamic:Resource")
-    assert sorted(h.name for h in hosts) == ["gpu-host-10.0.0.5-22", "gpu-host-10.0.0.6-2222"]
-    assert hosts[0].inputs["known_hosts"] == "~/.hybridml/known_hosts"
-    assert hosts[0].inputs["remote_root"] == "/var/lib/hybridml"
+    hosts = {h.name: h.inputs for h in result.by_type("pulumi-python:dynamic:Resource")}
+    assert sorted(hosts) == ["gpu-host-10.0.0.5-22", "gpu-host-10.0.0.6-2222"]
+    first = hosts["gpu-host-10.0.0.5-22"]
+    assert (first["known_hosts"], first["remote_root"]) == ("~/.hybridml/known_hosts",
+                                                            "/var/lib/hybridml")
+    assert first["host"]["address"] == "10.0.0.5"
+    # Until the first `up` probes them, a host lists its configured GPUs (or none).
     assert result.outputs["pool"] == [
         {"address": "10.0.0.5", "port": 22, "user": "hml", "identity_file": "~/.ssh/id_ed25519",
          "gpus": 4, "labels": {"rack": "a"}},
-        {"address": "10.0.0.6", "port": 2222, "user": "hml",
-         "identity_file": "~/.ssh/id_ed25519", "gpus": 2, "labels": {}}]
+        {"address": "10.0.0.6", "port": 2222, "user": "hml", "labels": {}}]
 
 
 @pytest.mark.parametrize("run", [_deploy, _onprem])
