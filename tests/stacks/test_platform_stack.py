@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from components.harness import load_stack_config
-from runners.profile import Profile
+from runners.profile import Profile, load_profile
 from tests.stacks.examples import PROJECT, SECRETS, STACKS
 
 
@@ -127,3 +127,11 @@ def test_every_component_is_ours_and_registers_real_outputs(evaluated, stack):
         assert component.type.startswith("hybridml:") and component.type.count(":") == 2
         assert component.outputs, component.urn
         assert all(v is not None for v in component.outputs.values()), component.urn
+
+
+def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
+    path = tmp_path / "hybridml.yaml"
+    path.write_text(json.dumps(evaluated["onprem"].outputs["runnerProfile"]))
+    profile = load_profile(str(path))  # validates every target with its backend's config
+    assert sorted(profile.target_names()) == ["local", "onprem"]
+    assert profile.pick(None) == "onprem"
