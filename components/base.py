@@ -85,8 +85,8 @@ class OrgTags(Args):
                              "starting and ending with a letter or digit")
         return value
 
-    def aws(self, **extra: str) -> dict[str, str]:
-        """AWS tags (also used as Kubernetes labels: the keys are valid there too)."""
+    def as_tags(self, **extra: str) -> dict[str, str]:
+        """The tags as a map: AWS tags, and Kubernetes labels (the keys are valid for both)."""
         return {"team": self.team, "cost-center": self.cost_center,
                 "environment": self.environment, **extra}
 

@@ -146,7 +146,7 @@ class GpuNodePool(PlatformComponent):
         self.register_outputs(outputs)
 
     def _aws(self, args: GpuNodePoolArgs, pool: AwsPool) -> dict[str, Any]:
-        tags = args.tags.aws()
+        tags = args.tags.as_tags()
         node_role, attachments = self._role("node-role", NODE_POLICIES, tags)
         node_group = aws.eks.NodeGroup(
             self.child_name("nodes"), cluster_name=pool.cluster_name,
@@ -212,7 +212,7 @@ class GpuNodePool(PlatformComponent):
         return iam_role, attachments
 
     def _onprem(self, args: GpuNodePoolArgs, pool: OnpremPool) -> dict[str, Any]:
-        labels = {**args.tags.aws(), **self.pool_labels}
+        labels = {**args.tags.as_tags(), **self.pool_labels}
         for node in pool.nodes:
             k8s.core.v1.NodePatch(
                 self.child_name(f"node-{node}"),

@@ -130,7 +130,7 @@ class KeyVault(PlatformComponent):
             self.child_name("key"), description=f"hybridml key vault {args.prefix}",
             enable_key_rotation=True, deletion_window_in_days=30,
             policy=account.account_id.apply(lambda a: key_policy(a, args.key_user_principals)),
-            tags=args.tags.aws(), opts=self.child_opts())
+            tags=args.tags.as_tags(), opts=self.child_opts())
         aws.kms.Alias(self.child_name("alias"), name=f"alias/{args.prefix.replace('/', '-')}",
                       target_key_id=key.key_id, opts=self.child_opts())
         self.key_arn = key.arn
@@ -139,7 +139,7 @@ class KeyVault(PlatformComponent):
             secret = aws.secretsmanager.Secret(
                 self.child_name(secret_name), name=f"{args.prefix}/{secret_name}",
                 kms_key_id=key.arn, recovery_window_in_days=7,
-                tags=args.tags.aws(), opts=self.child_opts())
+                tags=args.tags.as_tags(), opts=self.child_opts())
             aws.secretsmanager.SecretPolicy(
                 self.child_name(f"{secret_name}-policy"), secret_arn=secret.arn,
                 policy=secret_read_policy(args.reader_principals), opts=self.child_opts())
@@ -151,7 +151,7 @@ class KeyVault(PlatformComponent):
 
     def _onprem(self, args: KeyVaultArgs) -> dict[str, str]:
         secret_name = args.prefix.replace("/", "-").lower()
-        labels = args.tags.aws(**{"app.kubernetes.io/part-of": "hybridml"})
+        labels = args.tags.as_tags(**{"app.kubernetes.io/part-of": "hybridml"})
         meta = {"namespace": args.namespace, "labels": labels}
         k8s.core.v1.Secret(self.child_name("secret"), metadata={**meta, "name": secret_name},
                            type="Opaque", string_data=self._values, opts=self.child_opts())

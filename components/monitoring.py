@@ -83,7 +83,7 @@ class Monitoring(PlatformComponent):
         self.register_outputs(outputs)
 
     def _aws(self, args: MonitoringArgs) -> dict[str, Any]:
-        tags = args.tags.aws()
+        tags = args.tags.as_tags()
         topic = aws.sns.Topic(self.child_name("alerts"), tags=tags, opts=self.child_opts())
         aws.sns.TopicPolicy(self.child_name("alerts-policy"), arn=topic.arn,
                             policy=topic.arn.apply(_topic_policy), opts=self.child_opts())
@@ -123,7 +123,7 @@ class Monitoring(PlatformComponent):
                 "dashboard": dashboard.dashboard_name}
 
     def _onprem(self, args: MonitoringArgs) -> dict[str, Any]:
-        labels = args.tags.aws(**{"app.kubernetes.io/part-of": "hybridml"})
+        labels = args.tags.as_tags(**{"app.kubernetes.io/part-of": "hybridml"})
         meta = {"namespace": args.namespace, "labels": labels}
         rules = k8s.apiextensions.CustomResource(
             self.child_name("rules"), api_version="monitoring.coreos.com/v1",

@@ -147,7 +147,7 @@ class ObjectStore(PlatformComponent):
         super().__init__("hybridml:storage:ObjectStore", name, opts)
         child = self.child_opts(provider=args.provider) if args.provider else self.child_opts()
         bucket = aws.s3.Bucket(self.child_name("bucket"), force_destroy=args.force_destroy,
-                               tags=args.tags.aws(), opts=child)
+                               tags=args.tags.as_tags(), opts=child)
         # The policy and lifecycle rules apply once versioning and the access block are on.
         locked_down: list[pulumi.Resource] = [aws.s3.BucketVersioning(
             self.child_name("versioning"), bucket=bucket.id,

@@ -51,7 +51,7 @@ class Platform:
         section = getattr(self.config, platform)
         provider = k8s.Provider(f"{platform}-k8s", context=section.kube_context)
         k8s.core.v1.Namespace(f"{platform}-namespace", metadata={
-            "name": self.config.namespace, "labels": self.tags.aws()},
+            "name": self.config.namespace, "labels": self.tags.as_tags()},
             opts=pulumi.ResourceOptions(provider=provider))
         return pulumi.ResourceOptions(providers=[provider])
 

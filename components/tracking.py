@@ -82,7 +82,7 @@ class TrackingServer(PlatformComponent):
                  opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("hybridml:tracking:TrackingServer", name, opts)
         app = {"app.kubernetes.io/name": "mlflow", "app.kubernetes.io/instance": name}
-        labels = args.tags.aws(**app, **{"app.kubernetes.io/part-of": "hybridml"})
+        labels = args.tags.as_tags(**app, **{"app.kubernetes.io/part-of": "hybridml"})
         meta = {"namespace": args.namespace, "labels": labels}
         db_uri = pulumi.Output.secret(args.db_uri)
         data = {"MLFLOW_BACKEND_STORE_URI": db_uri,

@@ -135,7 +135,7 @@ def test_children_parented_and_tagged(run):
     (pool,) = result.by_type("hybridml:compute:GpuNodePool")
     custom = [r for r in result.resources if r.custom]
     assert custom and all(r.parent == pool.urn and r.name.startswith("gpu-") for r in custom)
-    assert result.missing_tags(TAGS.aws()) == []
+    assert result.missing_tags(TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -80,7 +80,7 @@ def test_onprem_secret_is_readable_only_through_the_bound_role():
     assert binding.inputs["roleRef"]["name"] == role.inputs["metadata"]["name"]
     assert result.by_type("aws:kms/key:Key") == []
     assert result.plaintext_occurrences("s3cr3t-pw") == []
-    assert result.missing_tags(TAGS.aws()) == []
+    assert result.missing_tags(TAGS.as_tags()) == []
 
 
 def test_onprem_sync_reads_the_aws_vault_and_keeps_it_secret():
@@ -93,7 +93,7 @@ def test_onprem_sync_reads_the_aws_vault_and_keeps_it_secret():
 
 
 def test_tags_on_everything_taggable():
-    assert _vault().missing_tags(TAGS.aws()) == []
+    assert _vault().missing_tags(TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize("overrides, message", [

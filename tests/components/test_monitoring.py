@@ -89,7 +89,7 @@ def test_children_parented_and_tagged(platform):
     (mon,) = result.by_type("hybridml:observability:Monitoring")
     custom = [r for r in result.resources if r.custom]
     assert custom and all(r.parent == mon.urn and r.name.startswith("mon-") for r in custom)
-    assert result.missing_tags(TAGS.aws()) == []
+    assert result.missing_tags(TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize("budget, message", [

@@ -64,7 +64,7 @@ class ObjectStoreContract:
         custom = [r for r in result.resources if r.custom and not r.is_provider]
         assert custom and all(r.parent == store.urn for r in custom)
         assert all(r.name.startswith("data-") for r in custom)
-        assert result.missing_tags(TAGS.aws()) == []
+        assert result.missing_tags(TAGS.as_tags()) == []
 
     def test_bad_prefix_names_the_field(self):
         with pytest.raises(ArgsError, match="labeller_prefix: .*must look like 'labelling/'"):

@@ -83,7 +83,7 @@ def test_children_parented_and_tagged():
     (server,) = result.by_type("hybridml:tracking:TrackingServer")
     custom = [r for r in result.resources if r.custom]
     assert len(custom) == 5 and all(r.parent == server.urn for r in custom)
-    assert result.missing_tags(TAGS.aws()) == []
+    assert result.missing_tags(TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize("overrides, message", [
