@@ -117,7 +117,9 @@ class Monitoring(PlatformComponent):
             treat_missing_data="notBreaching", alarm_description="a training job failed",
             **alarm)
         dashboard = aws.cloudwatch.Dashboard(
-            self.child_name("dashboard"), dashboard_name=self.child_name("dashboard"),
+            self.child_name("dashboard"),
+            # Dashboard names are account-wide: the stack's name keeps two stacks apart.
+            dashboard_name=f"hybridml-{pulumi.get_stack()}-{self.child_name('dashboard')}",
             dashboard_body=json.dumps(_cloudwatch_dashboard(args)), opts=self.child_opts())
         return {"alerts": topic.arn, "budget": budget.name,
                 "dashboard": dashboard.dashboard_name}

@@ -59,6 +59,7 @@ def test_aws_alarms_watch_idle_gpus_and_failed_jobs():
         ("HybridML", "JobsFailed", 1)
     (dashboard,) = result.by_type("aws:cloudwatch/dashboard:Dashboard")
     assert len(json.loads(dashboard.inputs["dashboardBody"])["widgets"]) == 2
+    assert dashboard.inputs["dashboardName"] == "hybridml-stack-mon-dashboard"
 
 
 def test_onprem_gpu_hour_budget_rules_and_mail_routing():
