@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-import sys
 
 BIN = Path(sys.executable).parent
 

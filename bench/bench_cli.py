@@ -30,7 +30,9 @@ def main() -> None:
         job = Path(tmp) / "job.yaml"
         job.write_text(f"name: bench\nrun: {JOB_CMD}\n")
         hml = str(BIN / "hml")
-        out = subprocess.run([hml, "submit", str(job), "-o", "json"], env=env, capture_output=True, text=True)
+        out = subprocess.run(
+            [hml, "submit", str(job), "-o", "json"], env=env, capture_output=True, text=True
+        )
         run_id = json.loads(out.stdout)["run_id"]
 
         python = wall([sys.executable, "-c", "pass"], repeat=10)
@@ -40,11 +42,11 @@ def main() -> None:
             "import sys; from runners import cli; cli.run(sys.argv[1:]); "
             f"print([m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)"
         )
-        imported = {
-            name: subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True)
-            .stderr.strip().splitlines()[-1]
-            for name, args in (("--help", ["--help"]), ("status", ["status", run_id]))
-        }
+        imported = {}
+        for name, args in (("--help", ["--help"]), ("status", ["status", run_id])):
+            cmd = [sys.executable, "-c", probe, *args]
+            got = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            imported[name] = got.stderr.strip().splitlines()[-1]
         report("(a) CLI start-up (median of 10)", [
             ("hml --help", help_s, python),
             ("hml status RUN", status_s, python),

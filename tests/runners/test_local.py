@@ -123,9 +123,29 @@ def test_fast_commands_import_no_heavy_library(tmp_path, command):
     assert out.returncode == 0, out.stderr
     args = [a.format(run_id=summary["run_id"]) for a in command]
     probe = (
-        "import sys; from runners import cli; rc = cli.run(%r); "
-        "print(sorted(m for m in %r if m in sys.modules)); sys.exit(rc)" % (args, HEAVY)
+        f"import sys; from runners import cli; rc = cli.run({args!r}); "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(rc)"
     )
     got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert got.returncode == 0, got.stderr
     assert got.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (runs on GPU machines, not in CI)")
+def test_digits_on_a_gpu(tmp_path, mlflow_server):
+    profile = local_profile(tmp_path / "hybridml.yaml", mlflow_server.url)
+    job = ROOT / "examples" / "digits" / "job.yaml"
+    summary, out = submit_json(
+        str(job), "--set", "resources.gpus=1", "--set", "epochs=5", env={"HML_CONFIG": str(profile)}
+    )
+    assert out.returncode == 0, out.stderr
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert run.data.params["device"] == "cuda"
+    assert run.data.metrics["test_accuracy"] >= 0.9

@@ -245,3 +245,16 @@ def test_host_dies_without_retries_fails_within_60s(tmp_path, ssh_bed, mlflow_se
         assert wait_finalized(mlflow_server.client(), run_id).info.status == "FAILED"
     finally:
         victim.thaw()
+
+
+def test_max_cost_usd_stops_the_job_and_cost_is_recorded(tmp_path, ssh_bed, mlflow_server):
+    hosts = [{**h, "gpus": 1} for h in ssh_bed.target(tmp_path / "k")["hosts"]]
+    # one GPU hour costs 3600 USD here: the job burns one dollar a second
+    profile = ssh_profile(tmp_path, ssh_bed, mlflow_server.url, hosts=hosts, gpu_hour_usd=3600)
+    job = write_job(tmp_path / "w", run="sleep 120", resources={"gpus": 1}, max_cost_usd=3)
+    started = time.monotonic()
+    summary, out = submit_json(str(job), "--target", "onprem", env={"HML_CONFIG": str(profile)})
+    assert out.returncode == 1 and time.monotonic() - started < 60
+    assert summary["status"] == "FAILED" and "max_cost_usd" in summary["reason"]
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert 3 <= run.data.metrics["hml.cost_usd"] < 15
