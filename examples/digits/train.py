@@ -35,7 +35,7 @@ def parse_args() -> argparse.Namespace:
     params = json.loads(os.environ.get("HML_PARAMS", "{}"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=int(params.get("epochs", 15)))
-    p.add_argument("--lr", type=float, default=float(params.get("lr", 0.01)))
+    p.add_argument("--lr", type=float, default=float(params.get("lr", 0.003)))
     p.add_argument("--batch-size", type=int, default=int(params.get("batch_size", 64)))
     p.add_argument("--hidden", type=int, default=int(params.get("hidden", 128)))
     p.add_argument("--seed", type=int, default=int(params.get("seed", 0)))
