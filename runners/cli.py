@@ -79,7 +79,7 @@ def _print_summary(record: RunRecord, output: Output) -> None:
 
 
 def _exit_for(record: RunRecord) -> int:
-    return 0 if record.status == "FINISHED" else 1 if record.terminal else 0
+    return 1 if record.terminal and record.status != "FINISHED" else 0
 
 
 @app.command()
@@ -104,7 +104,13 @@ def submit(
     from runners.submit import submit as do_submit
 
     if dry_run:
-        resolved = plan(job, target, set_ or [], _state["config"])
+        checked = plan(job, target, set_ or [], _state["config"])
+        resolved = {
+            "job": checked.public(),
+            "workdir": str(checked.workdir),
+            "target": checked.target,
+            "tracking_uri": checked.tracking_uri,
+        }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         return
     record = do_submit(job, target, set_ or [], _state["config"], wait=not no_wait)

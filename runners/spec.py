@@ -58,15 +58,6 @@ class Resources(_Strict):
             raise ValueError(f"{value!r} is not a size; use e.g. '16GB' or 16 (GB)")
         return str(value).strip()
 
-    @property
-    def memory_gb(self) -> float | None:
-        if self.memory is None:
-            return None
-        match = _MEMORY.match(self.memory)
-        assert match is not None  # validated above
-        unit = (match.group(2) or "G")[0].upper()
-        return float(match.group(1)) * {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1, "T": 1024}[unit]
-
 
 Scalar = str | int | float | bool
 

@@ -4,18 +4,37 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 from runners import records, supervisor, tracking
 from runners.backends import make_backend
 from runners.profile import load_profile
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
-from runners.spec import load_job
+from runners.spec import JobSpec, load_job
 
 
-def _prepare(job_path: str, target: str | None, overrides: list[str], config: str | None):  # noqa: ANN202
-    """Every check that needs no tracking server: job file, profile, target, secrets."""
+@dataclass(frozen=True)
+class Plan:
+    """A submission checked end to end, before anything exists: what submit will run where."""
+
+    spec: JobSpec
+    workdir: Path
+    target: str
+    target_config: dict[str, Any]
+    tracking_uri: str
+    vault: dict[str, Any] | None
+    redact: Redactor
+
+    def public(self) -> dict[str, Any]:
+        """The resolved job as it is shown and recorded: secret values redacted."""
+        return self.redact.tree(self.spec.model_dump(mode="json"))
+
+
+def plan(job_path: str, target: str | None, overrides: list[str], config: str | None) -> Plan:
+    """Every check that needs no tracking server: job file, profile, target, host keys, secrets."""
     spec, workdir = load_job(job_path, overrides)
     profile = load_profile(config)
     name = profile.pick(target)
@@ -24,18 +43,7 @@ def _prepare(job_path: str, target: str | None, overrides: list[str], config: st
         backend.check(spec, name)
         backend.preflight(spec, workdir)
     redact = Redactor(list(resolve(spec.secrets, profile.vault).values()))
-    return spec, workdir, profile, name, raw, redact
-
-
-def plan(job_path: str, target: str | None, overrides: list[str], config: str | None) -> dict:
-    """What submit would do (``--dry-run``): the resolved job, target and tracking server."""
-    spec, workdir, profile, name, _, _ = _prepare(job_path, target, overrides, config)
-    return {
-        "job": spec.model_dump(mode="json"),
-        "workdir": str(workdir),
-        "target": name,
-        "tracking_uri": profile.resolved_tracking_uri(),
-    }
+    return Plan(spec, workdir, name, raw, profile.resolved_tracking_uri(), profile.vault, redact)
 
 
 def submit(
@@ -45,24 +53,23 @@ def submit(
 
     ``wait``: when the target has no room now, wait for it (else the run fails at once).
     """
-    spec, workdir, profile, name, raw, redact = _prepare(job_path, target, overrides, config)
-    spec_dict = redact.tree(spec.model_dump(mode="json"))  # the record and MLflow see no secret
+    p = plan(job_path, target, overrides, config)
+    spec_dict = p.public()
     params = {k: str(v) for k, v in spec_dict["params"].items()}
-    tracking_uri = profile.resolved_tracking_uri()
     run_id, experiment_id = tracking.start_run(
-        tracking_uri, spec_dict, spec.experiment_name, name, workdir, params
+        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params
     )
     record = RunRecord(
         run_id=run_id,
-        job=spec.name,
+        job=p.spec.name,
         experiment_id=experiment_id,
-        target=name,
-        target_config=raw,
-        tracking_uri=tracking_uri,
+        target=p.target,
+        target_config=p.target_config,
+        tracking_uri=p.tracking_uri,
         spec=spec_dict,
-        workdir=str(workdir),
-        secrets=list(spec.secrets),
-        vault=profile.vault,
+        workdir=str(p.workdir),
+        secrets=list(p.spec.secrets),
+        vault=p.vault,
         wait_for_capacity=wait,
     )
     record.save()
