@@ -51,6 +51,21 @@ def test_digits_example_trains_and_records_everything(tmp_path, mlflow_server):
     assert any(m.source_run_id == run.info.run_id for m in models), "no model logged"
 
 
+def test_git_commit_of_the_workdir_is_tagged(tmp_path, mlflow_server):
+    profile = local_profile(tmp_path / "hybridml.yaml", mlflow_server.url)
+    work = tmp_path / "repo"
+    job = write_job(work, run="true")
+    git = ["git", "-C", str(work), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    summary, out = submit_json(str(job), env={"HML_CONFIG": str(profile)})
+    assert out.returncode == 0, out.stderr
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert run.data.tags["hml.git_commit"] == head == run.data.tags["mlflow.source.git.commit"]
+
+
 def test_embedded_default_needs_no_server(tmp_path, hml_home):
     code = "import mlflow; mlflow.log_metric('m', 7)"
     job = write_job(tmp_path / "w", run=f'{sys.executable} -c "{code}"')
