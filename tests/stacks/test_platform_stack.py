@@ -135,3 +135,18 @@ def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
     profile = load_profile(str(path))  # validates every target with its backend's config
     assert sorted(profile.target_names()) == ["local", "onprem"]
     assert profile.pick(None) == "onprem"
+
+
+def test_hybrid_profile_loads_and_the_aws_target_says_it_cannot_run_yet(evaluated, tmp_path):
+    from tests.runners.helpers import hml, write_job
+
+    path = tmp_path / "hybridml.yaml"
+    path.write_text(json.dumps(evaluated["hybrid"].outputs["runnerProfile"]))
+    profile = load_profile(str(path))
+    kinds = {name: raw["kind"] for name, raw in profile.targets.items()}
+    assert "aws" in kinds.values() and "ssh" in kinds.values()
+    aws_target = next(name for name, kind in kinds.items() if kind == "aws")
+    job = write_job(tmp_path / "w", run="true")
+    out = hml("submit", str(job), "--target", aws_target, env={"HML_CONFIG": str(path)})
+    assert out.returncode == 2
+    assert "not in this release" in out.stderr and "Traceback" not in out.stderr
