@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
-APT_PACKAGES = ["openssh-server", "openssh-client", "iproute2", "procps", "git"]
+APT_PACKAGES = ["openssh-server", "openssh-client", "procps", "util-linux", "git"]
+NEEDED_TOOLS = ["ssh-keygen", "pgrep", "pkill", "flock", "git"]
 
 
 def sh(*cmd: str, **kw: object) -> None:
@@ -43,7 +44,7 @@ def venv(extras: str) -> None:
 
 def debian_packages() -> None:
     """The tests start real sshd hosts: install Debian's openssh-server when it is missing."""
-    if Path("/usr/sbin/sshd").exists() and shutil.which("ip") and shutil.which("ssh-keygen"):
+    if Path("/usr/sbin/sshd").exists() and all(shutil.which(tool) for tool in NEEDED_TOOLS):
         return
     prefix = [] if os.geteuid() == 0 else ["sudo"]
     if prefix and not shutil.which("sudo"):
