@@ -20,7 +20,6 @@ app = typer.Typer(
     name="hml",
     help="Run the same training job on your laptop, on-prem GPU hosts or AWS; track it in MLflow.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -35,17 +34,42 @@ class Output(StrEnum):
 
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json")]
+RunArg = Annotated[
+    str, typer.Argument(metavar="RUN", help="Run id, or a unique prefix of it (as `hml list` shows)")
+]
 _state: dict[str, Any] = {"config": None}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"hml (hybridml) {version('hybridml')}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _main(
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", help="Environment profile (default: $HML_CONFIG, ./hybridml.yaml)"),
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="PROFILE",
+            help="Environment profile (default: $HML_CONFIG, ./hybridml.yaml, the embedded default)",
+        ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit"),
+    ] = False,
 ) -> None:
     _state["config"] = config
+
+
+def _next_steps(run_id: str) -> str:
+    short = run_id[:8]
+    return f"follow it: hml logs {short} --follow; stop it: hml cancel {short}; state: hml status {short}"
 
 
 def _summary(record: RunRecord) -> dict[str, Any]:
@@ -84,27 +108,39 @@ def _exit_for(record: RunRecord) -> int:
 
 @app.command()
 def submit(
-    job: Annotated[str, typer.Argument(help="The job file (YAML)")],
-    target: Annotated[str | None, typer.Option("--target", "-t", help="A target of the profile")] = None,
+    job: Annotated[str, typer.Argument(metavar="JOB", help="The job file (YAML)")],
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", metavar="TARGET", help="A target of the profile")
+    ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the job is started")] = False,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", "-s", help="Override: key=value (a param) or dotted.field=value"),
+        typer.Option(
+            "--set",
+            "-s",
+            metavar="KEY=VALUE",
+            help="Override a param (lr=0.1) or a job field by its dotted path (resources.gpus=2)",
+        ),
     ] = None,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Fail at once when the target has no free capacity")
     ] = False,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Validate the job, profile and target; run nothing")
+        bool, typer.Option("--dry-run", help="Check job, profile, tracking server and target; run nothing")
     ] = False,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Submit a job; stream its output and wait unless --detach. Exit 0 success, 1 failure."""
+    """Submit a job; stream its output and wait unless --detach. Exit 0 success, 1 failure, 2 bad input."""
     from runners.submit import follow, plan
     from runners.submit import submit as do_submit
 
     if dry_run:
-        checked = plan(job, target, set_ or [], _state["config"])
+        try:
+            checked = plan(job, target, set_ or [], _state["config"])
+        except HmlError as exc:
+            _print_error(exc)
+            print(f"not ready: {str(exc).splitlines()[0]}", file=sys.stderr)
+            raise typer.Exit(2) from None
         resolved = {
             "job": checked.public(),
             "workdir": str(checked.workdir),
@@ -112,32 +148,35 @@ def submit(
             "tracking_uri": checked.tracking_uri,
         }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
+        kind = checked.target_config["kind"]
+        verdict = f"ready: would run on {checked.target!r} ({kind}), tracked in {checked.tracking_uri}"
+        print(verdict, file=sys.stderr if output is Output.json else sys.stdout)
         return
+    # one request to a server that went down must fail in seconds, not minutes of retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     record = do_submit(job, target, set_ or [], _state["config"], wait=not no_wait)
     say = sys.stderr if output is Output.json else sys.stdout
     print(
-        f"hml: run {record.run_id} on target {record.target!r} ({record.tracking_uri})",
+        f"hml: run {record.run_id[:8]} ({record.run_id}) on target {record.target!r} ({record.tracking_uri})",
         file=sys.stderr,
     )
     if detach:
         _print_summary(record, output)
+        print(f"hml: {_next_steps(record.run_id)}", file=sys.stderr)
         return
     try:
         record = follow(record.run_id, out=say)
     except KeyboardInterrupt:
-        print(
-            f"\nhml: detached; the job goes on. Re-attach: hml logs {record.run_id} --follow; "
-            f"stop it: hml cancel {record.run_id}",
-            file=sys.stderr,
-        )
-        raise typer.Exit(0) from None
+        print(f"\nhml: detached; the job goes on. {_next_steps(record.run_id)}", file=sys.stderr)
+        raise typer.Exit(130) from None
     _print_summary(record, output)
     raise typer.Exit(_exit_for(record))
 
 
 @app.command()
 def status(
-    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix)")],
+    run: RunArg,
     output: OutputOpt = Output.text,
 ) -> None:
     """Show a run's state; restarts its supervisor if that died."""
@@ -151,7 +190,7 @@ def status(
 
 @app.command()
 def logs(
-    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix)")],
+    run: RunArg,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")] = False,
 ) -> None:
     """Print a run's output (redacted), from any shell."""
@@ -162,7 +201,7 @@ def logs(
 
 @app.command()
 def cancel(
-    run: Annotated[str, typer.Argument(help="Run id (or a unique prefix)")],
+    run: RunArg,
     output: OutputOpt = Output.text,
 ) -> None:
     """Kill every process of a run and mark it KILLED."""
@@ -184,24 +223,93 @@ def cancel(
         raise HmlError(f"run {record.run_id} did not stop within 60 s; see {record.dir}/supervisor.log")
 
 
+class State(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+def _since(value: str | None) -> float | None:
+    """A cut-off time from ``2h`` / ``3d`` (ago) or a date ``2026-11-30[T12:00]``."""
+    if value is None:
+        return None
+    import time
+    from datetime import datetime
+
+    from runners.spec import parse_duration
+
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise typer.BadParameter(f"{value!r}: use an age like 2h or 3d, or a date like 2026-11-30") from None
+
+
+def _duration(record: RunRecord) -> str:
+    import time
+
+    if not record.started_at:
+        return ""
+    seconds = int((record.ended_at or time.time()) - record.started_at)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 @app.command("list")
 def list_(
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most recent N runs")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N", help="Most recent N runs")] = 20,
+    state: Annotated[
+        list[State] | None,
+        typer.Option("--state", metavar="STATE", help="Only runs in this state (repeat it)"),
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", "-t", metavar="TARGET", help="Only runs on this target")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", metavar="AGE|DATE", help="Only runs submitted since: 2h, 3d, 2026-11-30"),
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
-    """List recent runs submitted from this machine."""
+    """List recent runs submitted from this machine (short ids work in every command)."""
+    from datetime import datetime
+
     from runners import records
 
-    rows = [_summary(r) for r in records.all_records()[:limit]]
+    cutoff = _since(since)
+    wanted = {s.value for s in state or []}
+    chosen = [
+        r
+        for r in records.all_records()
+        if (not wanted or r.status in wanted)
+        and (target is None or r.target == target)
+        and (cutoff is None or r.submitted_at >= cutoff)
+    ][:limit]
     if output is Output.json:
-        print(json.dumps(rows))
+        print(json.dumps([{**_summary(r), "short_id": r.run_id[:8]} for r in chosen]))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run_id", "job", "target", "status", "reason")
-    for row in rows:
-        table.add_row(row["run_id"], row["job"], row["target"], row["status"], row["reason"])
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("RUN", no_wrap=True, min_width=8)
+    table.add_column("JOB", overflow="fold")
+    table.add_column("TARGET", overflow="fold")
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("STARTED", no_wrap=True)
+    table.add_column("TIME", no_wrap=True, justify="right")
+    table.add_column("COST", no_wrap=True, justify="right")
+    for r in chosen:
+        started = datetime.fromtimestamp(r.started_at or r.submitted_at).strftime("%m-%d %H:%M")
+        table.add_row(r.run_id[:8], r.job, r.target, r.status, started, _duration(r), f"${r.cost_usd:.2f}")
     Console().print(table)
 
 
@@ -239,21 +347,33 @@ def targets(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     print(f"tracking: {profile.resolved_tracking_uri()}")
 
 
+def _print_error(exc: BaseException) -> None:
+    print("\n".join(f"hml: error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI; every HmlError becomes one line per problem and its exit code."""
+    from hmlkit.extras import EXTRA_OF, MissingExtra
+
     try:
         app(args=argv, prog_name="hml")  # click handles usage errors itself: exit 2
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except HmlError as exc:
-        print("\n".join(f"hml: error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+    except (HmlError, MissingExtra) as exc:
+        _print_error(exc)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in EXTRA_OF:
+            raise
+        missing = MissingExtra(exc.name or "")
+        _print_error(missing)
+        return missing.exit_code
     return 0
 
 
 @targets_app.command("trust")
 def targets_trust(
-    name: Annotated[str, typer.Argument(help="An ssh target of the profile")],
+    name: Annotated[str, typer.Argument(metavar="TARGET", help="An ssh target of the profile")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Record without asking")] = False,
 ) -> None:
     """Show the hosts' SSH key fingerprints and, once confirmed, record them in known_hosts."""
@@ -276,6 +396,7 @@ def targets_trust(
 
 
 def main() -> None:
+    os.umask(0o077)  # run records, logs and the embedded store are the user's alone
     try:
         sys.exit(run())
     except BrokenPipeError:

@@ -10,6 +10,8 @@ HmlError                 anything the runner reports to a user without a traceba
 |   +-- HostKeyError     an SSH host key is unknown or changed (never auto-accepted)
 |   +-- NoCapacityError  nothing in the target fits the job right now
 +-- TrackingError        the tracking server refused or could not be reached
++-- NotReady             the tracking server or the target did not answer in time; nothing
+                         was started (exit code 2: fix it and submit again)
 """
 
 from __future__ import annotations
@@ -58,3 +60,7 @@ class TrackingError(HmlError):
 
 class RunNotFound(InvalidInput):
     pass
+
+
+class NotReady(HmlError):
+    exit_code = 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,13 +20,24 @@ from runners.validation import read_yaml, validate
 PROFILE_FILE = "hybridml.yaml"
 
 
+class Vault(BaseModel):
+    """Where secrets come from: ``HML_SECRET_<NAME>`` variables, or AWS Secrets Manager."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["env", "aws"] = "env"
+    prefix: str = ""
+    region: str | None = None
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tracking_uri: str | None = None
     default_target: str | None = None
-    vault: dict[str, Any] | None = None
-    """Where secrets come from: {kind: env} (default) or {kind: aws, prefix, region}."""
+    vault: Vault | None = None
+    probe_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long the tracking server and each target may take to answer before submit gives up."""
     targets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {"kind": "local"}})
     source: str = Field(default="embedded default", exclude=True)
 

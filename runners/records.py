@@ -30,6 +30,8 @@ class RunRecord(BaseModel):
     spec: dict[str, Any]
     workdir: str
     secrets: list[str] = []
+    inherited_env: dict[str, str] = {}
+    """The submitter's allow-listed variables (runners.jobenv.FORWARDED): a restart sees the same."""
     vault: dict[str, Any] | None = None
     status: str = "PENDING"  # PENDING, RUNNING, then one of TERMINAL
     reason: str = ""

@@ -10,6 +10,7 @@ import os
 import re
 from typing import Any
 
+from hmlkit.extras import require
 from runners.errors import UsageError
 
 REDACTED = "***"
@@ -39,7 +40,7 @@ def _lookup(name: str, vault: dict[str, Any]) -> str | None:
     if vault.get("kind") == "env":
         return os.environ.get(f"HML_SECRET_{name}")
     if vault.get("kind") == "aws":
-        import boto3  # lazy: only profiles with an AWS vault pay for it
+        boto3 = require("boto3", "an aws vault")  # lazy: only profiles with an AWS vault pay for it
 
         client = boto3.client("secretsmanager", region_name=vault.get("region"))
         try:

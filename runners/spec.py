@@ -6,6 +6,7 @@ file runs on the laptop, on-prem and on AWS; the target is chosen at submit time
 
 from __future__ import annotations
 
+import posixpath
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,6 +22,24 @@ _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 RESERVED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")
+_PARAM_KEY = re.compile(r"^[/\w.\- :]+$")
+MAX_PARAM_KEY = 250
+MAX_PARAM_VALUE = 6000
+"""MLflow's limits (mlflow.utils.validation): a run is only opened for params it will accept."""
+
+
+def param_problems(key: str, value: Any) -> list[str]:
+    """Why MLflow would refuse this param, so the refusal comes before the run exists."""
+    problems = []
+    if not _PARAM_KEY.match(key):
+        problems.append(f"{key!r}: use letters, digits, spaces and _ - . / : only")
+    elif len(key) > MAX_PARAM_KEY:
+        problems.append(f"{key[:20]!r}...: longer than {MAX_PARAM_KEY} characters")
+    elif posixpath.normpath(key) != key or key == "." or key.startswith(("..", "/")):
+        problems.append(f"{key!r}: must be a plain path-like name (no leading /, no // or ..)")
+    if len(str(value)) > MAX_PARAM_VALUE:
+        problems.append(f"{key!r}: value longer than {MAX_PARAM_VALUE} characters; log it as an artifact")
+    return problems
 
 
 def parse_duration(value: Any) -> float:
@@ -71,7 +90,7 @@ class JobSpec(_Strict):
     setup: str | None = None
     run: Annotated[str, Field(min_length=1)]
     envs: dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN)], Scalar] = {}
-    params: dict[Annotated[str, Field(min_length=1, max_length=250)], Scalar] = {}
+    params: dict[str, Scalar] = {}
     secrets: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = []
     max_runtime: float | None = Field(default=None, description="seconds, or '30m', '2h'")
     retries: Annotated[int, Field(ge=0, le=10)] = 0
@@ -90,29 +109,46 @@ class JobSpec(_Strict):
             raise ValueError(f"{', '.join(reserved)}: set by hml for every job; remove it")
         return value
 
+    @field_validator("params")
+    @classmethod
+    def _params(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
+        problems = [p for k, v in value.items() for p in param_problems(k, v)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.name
 
 
-def _set_path(data: dict[str, Any], dotted: str, raw: str) -> None:
-    """Apply one ``--set key=value``: a job field by its dotted path, any other bare key a param."""
+def _set_path(data: dict[str, Any], dotted: str, raw: str) -> str | None:
+    """Apply one ``--set key=value``; a problem line, or None.
+
+    A job field goes by its dotted path, any other bare key is a param; the value is read as a
+    YAML scalar, so ``lr=0.1`` is a number and ``name='007'`` a string.
+    """
     import yaml
 
+    if raw.strip() == "":
+        return f"{dotted}: empty value; give one, e.g. --set {dotted}=0.01 (an empty string: {dotted}='')"
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
     parts = dotted.split(".")
-    if len(parts) == 1 and dotted not in JobSpec.model_fields:
+    if parts[0] == "params" and len(parts) > 1:
+        parts = ["params", ".".join(parts[1:])]  # a param's own name may hold dots
+    elif len(parts) == 1 and dotted not in JobSpec.model_fields:
         parts = ["params", dotted]
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise SpecError("--set", [f"{dotted}: {part} is not a mapping"])
+            return f"{dotted}: {part} is not a mapping"
         node = child
     node[parts[-1]] = value
+    return None
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> tuple[JobSpec, Path]:
@@ -125,7 +161,9 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> tuple[JobS
         if not sep or not key.strip():
             problems.append(f"{item!r}: expected key=value, e.g. --set lr=0.01")
         elif isinstance(data, dict):
-            _set_path(data, key.strip(), value)
+            problem = _set_path(data, key.strip(), value)
+            if problem:
+                problems.append(problem)
     if problems:
         raise SpecError("--set", problems)
     spec = validate(JobSpec, data, str(path))

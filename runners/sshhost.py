@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hmlkit.extras import require
 from runners.errors import BackendError, HostKeyError
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def _known_name(host: SshHost) -> str:
 
 
 def _refusing_policy(target: str) -> Any:
-    import paramiko
+    paramiko = _paramiko()
 
     class Refuse(paramiko.MissingHostKeyPolicy):
         def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
@@ -64,7 +65,7 @@ def _refusing_policy(target: str) -> Any:
 
 def connect(host: SshHost, known_hosts: str | Path, timeout: float = 10.0, target: str = "") -> Any:
     """An authenticated ``paramiko.SSHClient``; raises HostKeyError or BackendError."""
-    import paramiko
+    paramiko = _paramiko()
 
     client = paramiko.SSHClient()
     path = Path(known_hosts).expanduser()
@@ -122,7 +123,7 @@ def run(client: Any, command: str, timeout: float = 60.0, text: bool = True) -> 
 
 def scan_key(host: SshHost, timeout: float = 10.0) -> Any:
     """The host's key as offered now, without authenticating (for ``hml targets trust``)."""
-    import paramiko
+    paramiko = _paramiko()
 
     try:
         sock = socket.create_connection((host.address, host.port), timeout=timeout)
@@ -139,7 +140,7 @@ def trust(
     hosts: list[SshHost], known_hosts: str | Path, confirm: Callable[[list[tuple[str, str, str]]], bool]
 ) -> list[tuple[str, str, str]]:
     """Show each host's current key to ``confirm``; if accepted, record them in ``known_hosts``."""
-    import paramiko
+    paramiko = _paramiko()
 
     path = Path(known_hosts).expanduser()
     scanned = [(_known_name(host), scan_key(host)) for host in hosts]
@@ -177,6 +178,10 @@ def probe_host(host: dict[str, Any], known_hosts: str, remote_root: str) -> dict
         "gpu_names": names,
         "remote_root": root,
     }
+
+
+def _paramiko() -> Any:
+    return require("paramiko", "SSH (ssh targets, hml targets trust, the GPU host inventory)")
 
 
 def _q(text: str) -> str:

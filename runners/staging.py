@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hmlkit.extras import require
 from runners.errors import BackendError, UsageError
 
 IGNORE_FILES = (".gitignore", ".hmlignore")
@@ -45,7 +46,7 @@ class Manifest:
 
 
 def _ignore_spec(workdir: Path) -> Any:
-    import pathspec
+    pathspec = require("pathspec", "code staging for ssh targets")
 
     patterns = list(ALWAYS_IGNORED)
     for name in IGNORE_FILES:

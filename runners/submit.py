@@ -10,7 +10,11 @@ from typing import Any, TextIO
 
 from runners import records, supervisor, tracking
 from runners.backends import make_backend
+from runners.errors import BackendError, HostKeyError, NotReady, TrackingError
+from runners.jobenv import forwarded
+from runners.probe import check_tracking
 from runners.profile import load_profile
+from runners.progress import step
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
 from runners.spec import JobSpec, load_job
@@ -34,16 +38,30 @@ class Plan:
 
 
 def plan(job_path: str, target: str | None, overrides: list[str], config: str | None) -> Plan:
-    """Every check that needs no tracking server: job file, profile, target, host keys, secrets."""
+    """Every check that can come before a run exists: bad input first, then reachability.
+
+    Job file, profile, target, secrets and what the target could ever hold are input (exit 2);
+    then the tracking server and the target are asked, with short time-outs (NotReady, exit 2).
+    """
     spec, workdir = load_job(job_path, overrides)
     profile = load_profile(config)
     name = profile.pick(target)
     raw = profile.targets[name]
+    vault = profile.vault.model_dump() if profile.vault else None
+    redact = Redactor(list(resolve(spec.secrets, vault).values()))
+    uri = profile.resolved_tracking_uri()
+    with step(f"checking tracking server {uri}"):
+        check_tracking(uri, profile.probe_timeout_s, profile.source)
     with make_backend(name, raw) as backend:
         backend.check(spec, name)
-        backend.preflight(spec, workdir)
-    redact = Redactor(list(resolve(spec.secrets, profile.vault).values()))
-    return Plan(spec, workdir, name, raw, profile.resolved_tracking_uri(), profile.vault, redact)
+        with step(f"checking target {name!r}"):
+            try:
+                backend.preflight(spec, workdir)
+            except (BackendError, TrackingError) as exc:
+                if isinstance(exc, HostKeyError):
+                    raise
+                raise NotReady(f"target {name!r}: {exc}") from None
+    return Plan(spec, workdir, name, raw, uri, vault, redact)
 
 
 def submit(
@@ -51,7 +69,8 @@ def submit(
 ) -> RunRecord:
     """Validate everything, open the MLflow run, record it, and hand it to a supervisor.
 
-    ``wait``: when the target has no room now, wait for it (else the run fails at once).
+    ``wait``: when the target has no room now, wait for it (else the run fails at once). A
+    failure once the MLflow run exists ends it FAILED with the reason: no run is left RUNNING.
     """
     p = plan(job_path, target, overrides, config)
     spec_dict = p.public()
@@ -69,11 +88,17 @@ def submit(
         spec=spec_dict,
         workdir=str(p.workdir),
         secrets=list(p.spec.secrets),
+        inherited_env=forwarded(),
         vault=p.vault,
         wait_for_capacity=wait,
     )
-    record.save()
-    supervisor.spawn(run_id)
+    try:
+        record.save()
+        supervisor.spawn(run_id)
+    except BaseException as exc:
+        reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
+        tracking.fail_run(p.tracking_uri, run_id, reason)
+        raise
     return record
 
 

@@ -21,6 +21,7 @@ from runners import records, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.errors import BackendError, HmlError, NoCapacityError, TrackingError
+from runners.jobenv import job_env, tracking_credentials
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
 from runners.spec import JobSpec
@@ -76,7 +77,7 @@ class Supervisor:
 
     # -- output -----------------------------------------------------------------
     def note(self, text: str) -> None:
-        self._out.write(f"[hml] {text}\n")
+        self._out.write(self.redact(f"[hml] {text}\n"))
         self._out.flush()
 
     def _copy_output(self, handle: Handle, final: bool = False) -> None:
@@ -95,13 +96,22 @@ class Supervisor:
     # -- lifecycle --------------------------------------------------------------
     def _launch(self) -> Handle:
         self.backend.check(self.spec)
-        secrets = resolve(self.rec.secrets, self.rec.vault)
+        secrets = {**tracking_credentials(), **resolve(self.rec.secrets, self.rec.vault)}
         self.redact = Redactor(list(secrets.values()))
+        rec = self.rec
         request = LaunchRequest(
-            run_id=self.rec.run_id,
+            run_id=rec.run_id,
             spec=self.spec,
-            workdir=Path(self.rec.workdir),
-            env=job_env(self.rec),
+            workdir=Path(rec.workdir),
+            env=job_env(
+                rec.spec,
+                rec.inherited_env,
+                rec.run_id,
+                rec.experiment_id,
+                rec.target,
+                rec.tracking_uri,
+                rec.attempt,
+            ),
             secrets=secrets,
             attempt=self.rec.attempt,
             state_dir=self.rec.dir,
@@ -229,29 +239,6 @@ class Supervisor:
             return
 
 
-def job_env(rec: RunRecord) -> dict[str, str]:
-    import json
-
-    spec = rec.spec
-    env = {k: str(v) for k, v in spec.get("envs", {}).items()}
-    params = {k: str(v) for k, v in spec.get("params", {}).items()}
-    env.update({f"HML_PARAM_{k.upper().replace('-', '_').replace('.', '_')}": v for k, v in params.items()})
-    env.update(
-        {
-            "HML_PARAMS": json.dumps(params),
-            "HML_RUN_ID": rec.run_id,
-            "HML_JOB": rec.job,
-            "HML_TARGET": rec.target,
-            "HML_ATTEMPT": str(rec.attempt),
-            "MLFLOW_TRACKING_URI": rec.tracking_uri,
-            "MLFLOW_RUN_ID": rec.run_id,
-            "MLFLOW_EXPERIMENT_ID": rec.experiment_id,
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
 def _supervise(sup: Supervisor) -> None:
     """Drive the run; a bug here must still end the run FAILED, never leave it PENDING forever."""
     try:
@@ -270,6 +257,7 @@ def _supervise(sup: Supervisor) -> None:
 
 
 def main(run_id: str) -> int:
+    os.umask(0o077)  # the run's files are its owner's alone
     # one finalize attempt must fail fast when the server is down; our loop does the waiting
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")

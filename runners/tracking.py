@@ -88,16 +88,28 @@ def start_run(
         commit = git_commit(workdir)
         if commit:
             tags["hml.git_commit"] = tags["mlflow.source.git.commit"] = commit
-        run = client.create_run(experiment_id, tags=tags, run_name=spec["name"])
-        run_id = run.info.run_id
-        if params:
-            client.log_batch(run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
-        client.log_dict(run_id, spec, SPEC_ARTIFACT)
-    except TrackingError:
-        raise
+        run_id = client.create_run(experiment_id, tags=tags, run_name=spec["name"]).info.run_id
     except Exception as exc:  # mlflow raises many kinds: connection, REST, sqlalchemy
         raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+    try:
+        if params:
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        client.log_dict(run_id, spec, SPEC_ARTIFACT)
+    except Exception as exc:
+        reason = f"the tracking server refused the run's params or job file: {_short(exc)}"
+        fail_run(tracking_uri, run_id, reason)
+        raise TrackingError(f"tracking server {tracking_uri}: {reason}") from exc
     return run_id, experiment_id
+
+
+def fail_run(tracking_uri: str, run_id: str, reason: str) -> None:
+    """End a run FAILED that will never get a job; best effort (the server may be what failed)."""
+    try:
+        client = _client(tracking_uri)
+        client.set_tag(run_id, "hml.reason", reason[:5000])
+        client.set_terminated(run_id, status="FAILED")
+    except Exception:  # noqa: BLE001 - the caller reports the original error
+        pass
 
 
 def finalize(

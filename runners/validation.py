@@ -20,13 +20,37 @@ def format_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"{path}: {msg}")
     return lines
+
+
+def _loader() -> Any:
+    """A safe YAML loader that refuses duplicate keys (plain YAML keeps the last, silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the constructor reports it
+                    continue
+                if first != line:
+                    raise yaml.MarkedYAMLError(
+                        problem=f"duplicate key {key!r} (lines {first} and {line}); keep one",
+                        problem_mark=key_node.start_mark,
+                    )
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def read_yaml(path: Path, error: type[InvalidInput] = SpecError) -> Any:
@@ -39,11 +63,13 @@ def read_yaml(path: Path, error: type[InvalidInput] = SpecError) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise error(str(path), [f"cannot read file: {exc}"]) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if problem.startswith("duplicate key"):
+            where = ""
         raise error(str(path), [f"{where}not valid YAML: {problem}"]) from None
 
 

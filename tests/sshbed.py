@@ -47,8 +47,12 @@ def _keygen(path: Path, comment: str) -> None:
     since ssh-keygen would otherwise stop and ask before overwriting)."""
     for old in (path, path.with_name(path.name + ".pub")):
         old.unlink(missing_ok=True)
-    subprocess.run(["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-C", comment, "-f", str(path)],
-                   check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["ssh-keygen", "-t", "ed25519", "-N", "", "-q", "-C", comment, "-f", str(path)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
 
 
 def _free_port(address: str) -> int:
@@ -69,7 +73,7 @@ def _proc_table() -> dict[int, tuple[int, str]]:
         except OSError:
             continue
         # The command name in parentheses may contain spaces; fields after it are fixed.
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         table[int(entry.name)] = (int(fields[1]), fields[0])
     return table
 
@@ -150,8 +154,13 @@ class Host:
 
     def fingerprint(self) -> str:
         """``SHA256:...`` of the host key, exactly as ``ssh-keygen -lf`` prints it."""
-        out = subprocess.run(["ssh-keygen", "-lf", str(self.host_key) + ".pub"], check=True,
-                             capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(
+            ["ssh-keygen", "-lf", str(self.host_key) + ".pub"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
         return out.split()[1]
 
     def processes(self) -> list[int]:
@@ -232,23 +241,31 @@ class Host:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege-separation dir
         with self.log.open("ab") as log:
             # A minimal environment: the listener must not pass any marker of ours on.
-            self._proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(self.config)],
-                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                start_new_session=True,
+            )
         self.pid = self._proc.pid
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"sshd of {self.name} exited with {self._proc.returncode}:\n"
-                                   f"{self.log.read_text(errors='replace')}")
+                raise RuntimeError(
+                    f"sshd of {self.name} exited with {self._proc.returncode}:\n"
+                    f"{self.log.read_text(errors='replace')}"
+                )
             try:
                 with socket.create_connection((self.address, self.port), timeout=1):
                     return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"sshd of {self.name} does not accept on {self.address}:{self.port}:\n"
-                           f"{self.log.read_text(errors='replace')}")
+        raise RuntimeError(
+            f"sshd of {self.name} does not accept on {self.address}:{self.port}:\n"
+            f"{self.log.read_text(errors='replace')}"
+        )
 
     def rotate_host_key(self) -> None:
         """Replace the host key and restart sshd (open connections stay), for "changed host
@@ -264,37 +281,57 @@ class Host:
         self.start()
 
     def write_config(self, authorized_keys: Path) -> None:
-        self.config.write_text("\n".join([
-            f"ListenAddress {self.address}:{self.port}",
-            f"HostKey {self.host_key}",
-            f"PidFile {self.dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {authorized_keys}",
-            "PermitRootLogin prohibit-password",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "StrictModes no",
-            "PrintMotd no",
-            "Subsystem sftp internal-sftp",
-            f"SetEnv {MARKER_VAR}={self.marker}",
-            # Runners open many channels and connections at once; the defaults (10) are low.
-            "MaxSessions 100",
-            "MaxStartups 100",
-            "LogLevel ERROR",
-            "",
-        ]))
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {self.address}:{self.port}",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {authorized_keys}",
+                    "PermitRootLogin prohibit-password",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PrintMotd no",
+                    "Subsystem sftp internal-sftp",
+                    f"SetEnv {MARKER_VAR}={self.marker}",
+                    # Runners open many channels and connections at once; the defaults (10) are low.
+                    "MaxSessions 100",
+                    "MaxStartups 100",
+                    "LogLevel ERROR",
+                    "",
+                ]
+            )
+        )
 
     def state(self) -> dict:
-        return {"name": self.name, "address": self.address, "port": self.port, "user": self.user,
-                "identity_file": str(self.identity_file), "remote_root": str(self.remote_root),
-                "marker": self.marker, "dir": str(self.dir), "pid": self.pid}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "port": self.port,
+            "user": self.user,
+            "identity_file": str(self.identity_file),
+            "remote_root": str(self.remote_root),
+            "marker": self.marker,
+            "dir": str(self.dir),
+            "pid": self.pid,
+        }
 
     @classmethod
     def from_state(cls, data: dict) -> Host:
-        return cls(name=data["name"], address=data["address"], port=data["port"], user=data["user"],
-                   identity_file=Path(data["identity_file"]), remote_root=Path(data["remote_root"]),
-                   marker=data["marker"], dir=Path(data["dir"]), pid=data["pid"])
+        return cls(
+            name=data["name"],
+            address=data["address"],
+            port=data["port"],
+            user=data["user"],
+            identity_file=Path(data["identity_file"]),
+            remote_root=Path(data["remote_root"]),
+            marker=data["marker"],
+            dir=Path(data["dir"]),
+            pid=data["pid"],
+        )
 
 
 @dataclass
@@ -310,11 +347,22 @@ class SshBed:
     def target(self, known_hosts: Path, **extra) -> dict:
         """An hml profile target of kind ``ssh`` for these hosts; the caller chooses the
         known_hosts file so each test decides what it trusts."""
-        return {"kind": "ssh",
-                "hosts": [{"address": h.address, "port": h.port, "user": h.user,
-                           "identity_file": str(h.identity_file), "remote_root": str(h.remote_root)}
-                          for h in self.hosts],
-                "known_hosts": str(known_hosts), "remote_root": str(self.root / "shared-root"), **extra}
+        return {
+            "kind": "ssh",
+            "hosts": [
+                {
+                    "address": h.address,
+                    "port": h.port,
+                    "user": h.user,
+                    "identity_file": str(h.identity_file),
+                    "remote_root": str(h.remote_root),
+                }
+                for h in self.hosts
+            ],
+            "known_hosts": str(known_hosts),
+            "remote_root": str(self.root / "shared-root"),
+            **extra,
+        }
 
     def stop(self) -> None:
         """Kill every sshd and marked process; files stay."""
@@ -350,9 +398,16 @@ def start_bed(root: Path, n: int = 2) -> SshBed:
         for i in range(1, n + 1):
             address = f"127.0.0.{i + 1}"
             host_dir = root / f"h{i}"
-            host = Host(name=f"h{i}", address=address, port=_free_port(address), user=getpass.getuser(),
-                        identity_file=identity, remote_root=host_dir / "root",
-                        marker=f"hml-bed-{bed_id}-h{i}", dir=host_dir)
+            host = Host(
+                name=f"h{i}",
+                address=address,
+                port=_free_port(address),
+                user=getpass.getuser(),
+                identity_file=identity,
+                remote_root=host_dir / "root",
+                marker=f"hml-bed-{bed_id}-h{i}",
+                dir=host_dir,
+            )
             host.remote_root.mkdir(parents=True, exist_ok=True)
             _keygen(host.host_key, f"h{i}-host")
             host.write_config(authorized)
@@ -384,8 +439,9 @@ def _load(directory: Path) -> SshBed:
 
 def _up(directory: Path, n: int) -> None:
     if (directory / STATE_FILE).exists() and any(h.alive() for h in _load(directory).hosts):
-        raise SystemExit(f"a test bed already runs in {directory}; run: python -m tests.sshbed down --dir "
-                         f"{directory}")
+        raise SystemExit(
+            f"a test bed already runs in {directory}; run: python -m tests.sshbed down --dir {directory}"
+        )
     bed = start_bed(directory, n)
     bed.save_state()
     known_hosts = bed.root / "known_hosts"
@@ -393,14 +449,20 @@ def _up(directory: Path, n: int) -> None:
     profile = {"targets": {"local": {"kind": "local"}, "onprem": bed.target(known_hosts)}}
     text = yaml.safe_dump(profile, sort_keys=False)
     (bed.root / "hybridml.yaml").write_text(text)
-    lines = [f"# hybridml test bed: {n} sshd host(s) under {bed.root}",
-             f"# known_hosts written to {known_hosts} (host keys trusted because you started this bed):"]
+    lines = [
+        f"# hybridml test bed: {n} sshd host(s) under {bed.root}",
+        f"# known_hosts written to {known_hosts} (host keys trusted because you started this bed):",
+    ]
     lines += [f"#   {h.name} [{h.address}]:{h.port} {h.fingerprint()}" for h in bed.hosts]
     lines += ["# log in:"]
-    lines += [f"#   ssh -i {h.identity_file} -o UserKnownHostsFile={known_hosts} -p {h.port} "
-              f"{h.user}@{h.address}" for h in bed.hosts]
-    lines += [f"# this profile is also in {bed.root / 'hybridml.yaml'}; stop with: "
-              f"python -m tests.sshbed down --dir {bed.root}"]
+    lines += [
+        f"#   ssh -i {h.identity_file} -o UserKnownHostsFile={known_hosts} -p {h.port} {h.user}@{h.address}"
+        for h in bed.hosts
+    ]
+    lines += [
+        f"# this profile is also in {bed.root / 'hybridml.yaml'}; stop with: "
+        f"python -m tests.sshbed down --dir {bed.root}"
+    ]
     print("\n".join(lines) + "\n" + text, end="")
 
 

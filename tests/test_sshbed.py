@@ -33,9 +33,17 @@ def connect(host: Host, timeout: float = 10) -> paramiko.SSHClient:
     entry = paramiko.hostkeys.HostKeyEntry.from_line(host.host_key_line())
     for name in entry.hostnames:
         client.get_host_keys().add(name, entry.key.get_name(), entry.key)
-    client.connect(host.address, port=host.port, username=host.user, key_filename=str(host.identity_file),
-                   timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
-                   allow_agent=False, look_for_keys=False)
+    client.connect(
+        host.address,
+        port=host.port,
+        username=host.user,
+        key_filename=str(host.identity_file),
+        timeout=timeout,
+        banner_timeout=timeout,
+        auth_timeout=timeout,
+        allow_agent=False,
+        look_for_keys=False,
+    )
     return client
 
 
@@ -77,8 +85,15 @@ def test_unknown_host_key_is_rejected(bed: SshBed) -> None:
     entry = paramiko.hostkeys.HostKeyEntry.from_line(h2.host_key_line())  # the wrong host's key
     client.get_host_keys().add(f"[{h1.address}]:{h1.port}", entry.key.get_name(), entry.key)
     with pytest.raises(paramiko.BadHostKeyException):
-        client.connect(h1.address, port=h1.port, username=h1.user, key_filename=str(h1.identity_file),
-                       timeout=10, allow_agent=False, look_for_keys=False)
+        client.connect(
+            h1.address,
+            port=h1.port,
+            username=h1.user,
+            key_filename=str(h1.identity_file),
+            timeout=10,
+            allow_agent=False,
+            look_for_keys=False,
+        )
     client.close()
 
 
@@ -155,9 +170,15 @@ def test_rotate_host_key_changes_fingerprint_and_old_key_is_refused(bed: SshBed)
     old = paramiko.hostkeys.HostKeyEntry.from_line(old_line)
     client.get_host_keys().add(old.hostnames[0], old.key.get_name(), old.key)
     with pytest.raises(paramiko.BadHostKeyException):
-        client.connect(host.address, port=host.port, username=host.user,
-                       key_filename=str(host.identity_file), timeout=10,
-                       allow_agent=False, look_for_keys=False)
+        client.connect(
+            host.address,
+            port=host.port,
+            username=host.user,
+            key_filename=str(host.identity_file),
+            timeout=10,
+            allow_agent=False,
+            look_for_keys=False,
+        )
     client.close()
     with connect(host) as fresh:
         assert run(fresh, "echo $HML_TESTBED_HOST") == host.marker

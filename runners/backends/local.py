@@ -20,7 +20,9 @@ from runners.backends.base import (
     TargetConfig,
     Usage,
 )
-from runners.errors import NoCapacityError
+from runners.errors import NoCapacityError, UsageError
+from runners.jobenv import HOST_LOGIN
+from runners.spec import JobSpec
 
 
 class LocalConfig(TargetConfig):
@@ -57,6 +59,18 @@ class LocalBackend(Backend):
     Config = LocalConfig
     unsupported = {Feature.MULTI_NODE: "the local target is one machine; use an ssh or aws target"}
 
+    def preflight(self, spec: JobSpec, workdir: Path) -> None:
+        if spec.resources.gpus:
+            from runners.gpus import local_gpus
+
+            have = len(local_gpus())
+            if have < spec.resources.gpus:
+                raise UsageError(
+                    f"target {self.name!r} can never run this job: resources.gpus is "
+                    f"{spec.resources.gpus}, this machine has {have} GPU(s); lower it or pick "
+                    "another --target"
+                )
+
     def launch(self, request: LaunchRequest) -> tuple[Handle, Usage]:
         gpus = request.spec.resources.gpus
         if gpus:
@@ -73,15 +87,18 @@ class LocalBackend(Backend):
             request.spec.setup,
             request.spec.run,
             request.run_id,
+            list(request.secrets),
         )
         for name, text in files.items():
             (exec_dir / name).write_text(text)
         env_file = exec_dir / jobscript.ENV_FILE
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            # the interpreter hml runs under comes first: `python` in a job means that environment
-            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-            fh.write(jobscript.env_lines({**request.env, "PATH": path, **request.secrets}))
+            fh.write(jobscript.env_lines({**request.env, **request.secrets}))
+        # this machine's login variables only (runners.jobenv): never the supervisor's whole
+        # environment; the interpreter hml runs under comes first, so `python` means it
+        login = {k: os.environ[k] for k in HOST_LOGIN if k in os.environ}
+        login["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{login.get('PATH', os.defpath)}"
         with open(exec_dir / jobscript.OUTPUT, "ab") as out:
             proc = subprocess.Popen(
                 ["bash", str(exec_dir / jobscript.WRAPPER)],
@@ -89,6 +106,7 @@ class LocalBackend(Backend):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=login,
             )
         handle = {"pid": proc.pid, "started": _start_time(proc.pid), "exec_dir": str(exec_dir)}
         usage = Usage(gpus_per_node=gpus, gpu_hour_usd=self.config.gpu_hour_usd, hosts=["localhost"])

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 from runners import jobscript
 from runners.backends import ssh_scripts as scripts
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, TargetConfig, Usage
-from runners.errors import BackendError, HostKeyError, NoCapacityError
+from runners.errors import BackendError, HostKeyError, NoCapacityError, UsageError
 from runners.spec import JobSpec
 from runners.sshhost import SshHost, connect, run, trust
 
@@ -124,19 +124,50 @@ class SshBackend(Backend):
 
     # -- the protocol -----------------------------------------------------------
     def preflight(self, spec: JobSpec, workdir: Path) -> None:
+        """Host keys verified, hosts reached (all at once: one time-out, not one per host), and a
+        job no host could ever hold refused with what the hosts have."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from runners.staging import scan
 
         scan(workdir, int(self.config.max_workdir_mb * 1e6))
-        unreachable = []
-        for host in self.config.hosts:
+        hosts = self.config.hosts
+        if spec.num_nodes > len(hosts):
+            raise UsageError(
+                f"target {self.name!r} can never run this job: num_nodes is {spec.num_nodes}, "
+                f"it has {len(hosts)} host(s)"
+            )
+
+        def total_gpus(host: SshHost) -> int | BackendError:
             try:
-                self._client(host)  # verifies the host key: HostKeyError goes to the user
+                rc, out, _ = self._exec(host, scripts.probe(self._root(host), host.gpus))
             except HostKeyError:
                 raise
             except BackendError as exc:
-                unreachable.append(str(exc))
-        if len(unreachable) == len(self.config.hosts):
-            raise BackendError(f"target {self.name!r}: no host reachable: {'; '.join(unreachable)}")
+                return exc
+            return int(out.split()[1]) if rc == 0 and out.startswith("TOTAL") else 0
+
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
+            totals = list(pool.map(total_gpus, hosts))
+        unreachable = [str(t) for t in totals if isinstance(t, BackendError)]
+        if len(unreachable) == len(hosts):
+            raise BackendError(f"no host reachable: {'; '.join(unreachable)}")
+        want = spec.resources.gpus
+        # an unreachable host counts as able when its configured count allows it
+        able = [
+            h
+            for h, t in zip(hosts, totals, strict=True)
+            if (t >= want if isinstance(t, int) else h.gpus is None or h.gpus >= want)
+        ]
+        if len(able) < spec.num_nodes:
+            have = ", ".join(
+                f"{h.label}: {t if isinstance(t, int) else 'unreachable'}"
+                for h, t in zip(hosts, totals, strict=True)
+            )
+            raise UsageError(
+                f"target {self.name!r} can never run this job: it needs {spec.num_nodes} host(s) "
+                f"with {want} GPU(s) each; GPUs per host: {have}"
+            )
 
     def launch(self, request: LaunchRequest) -> tuple[Handle, Usage]:
         from runners.staging import scan
@@ -188,7 +219,7 @@ class SshBackend(Backend):
         client = self._client(host)
         staged = stage(client, manifest, request.workdir, root)
         exec_dir = f"{root}/runs/{request.run_id}/attempt-{request.attempt}/node-{rank}"
-        self._exec(host, f"mkdir -p {_q(exec_dir)}")
+        self._exec(host, f"umask 077 && mkdir -p {_q(exec_dir)}")  # private to the login
         node = {
             "host": host.model_dump(),
             "rank": rank,
@@ -197,7 +228,9 @@ class SshBackend(Backend):
         }
         handle["nodes"].append(node)
         run_text = torchrun_line(request.spec.run, distributed)
-        files = jobscript.render(exec_dir, staged.code_dir, request.spec.setup, run_text, request.run_id)
+        files = jobscript.render(
+            exec_dir, staged.code_dir, request.spec.setup, run_text, request.run_id, list(request.secrets)
+        )
         env = {
             **request.env,
             **rendezvous,
@@ -209,6 +242,7 @@ class SshBackend(Backend):
         try:
             for name, text in files.items():
                 with sftp.open(f"{exec_dir}/{name}", "w") as fh:
+                    fh.chmod(0o600)
                     fh.write(text)
             with sftp.open(f"{exec_dir}/{jobscript.ENV_FILE}", "w") as fh:
                 fh.chmod(0o600)

@@ -39,7 +39,7 @@ def launch(root: str, exec_dir: str, want: int, gpus: int | None) -> str:
 
     Prints ``STARTED <devices>`` or ``NOCAPACITY <free>``.
     """
-    return f"""set -u
+    return f"""set -u; umask 077
 ROOT={shlex.quote(root)}; EXEC={shlex.quote(exec_dir)}; WANT={want}; GPUS={"" if gpus is None else gpus}
 {_CLAIM_FREE}
 mkdir -p "$ROOT/gpus"
@@ -56,7 +56,7 @@ fi
 devices=${{got#,}}
 [ "$WANT" -gt 0 ] && echo "export CUDA_VISIBLE_DEVICES=$devices" >> "$EXEC/env.sh"
 cd "$EXEC" || exit 1
-nohup setsid bash "$EXEC/job.sh" > "$EXEC/output.log" 2>&1 < /dev/null 9>&- &
+nohup setsid bash "$EXEC/job.sh" >> "$EXEC/output.log" 2>&1 < /dev/null 9>&- &
 for _ in $(seq 100); do [ -s "$EXEC/pid" ] && break; sleep 0.05; done
 echo "STARTED $devices"
 """

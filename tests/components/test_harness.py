@@ -14,20 +14,28 @@ from components.harness import Secret, load_stack_config, run_program, run_proje
 def _program() -> None:
     password = pulumi.Config("platform").require_secret("password")
     parent = pulumi.ComponentResource("hybridml:test:Thing", "thing")
-    bucket = aws.s3.Bucket("thing-bucket", tags={"team": "ml"},
-                           opts=pulumi.ResourceOptions(parent=parent, protect=True))
+    bucket = aws.s3.Bucket(
+        "thing-bucket", tags={"team": "ml"}, opts=pulumi.ResourceOptions(parent=parent, protect=True)
+    )
     aws.secretsmanager.SecretVersion(
-        "thing-secret", secret_id=bucket.id, secret_string=password,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=[bucket]))
+        "thing-secret",
+        secret_id=bucket.id,
+        secret_string=password,
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[bucket]),
+    )
     parent.register_outputs({"bucket": bucket.bucket})
     pulumi.export("bucketArn", bucket.arn)
     pulumi.export("password", password)
 
 
 def _run():
-    return run_program(_program, project="proj", stack="dev",
-                       config={"platform:password": "hunter2"},
-                       secret_keys=("platform:password",))
+    return run_program(
+        _program,
+        project="proj",
+        stack="dev",
+        config={"platform:password": "hunter2"},
+        secret_keys=("platform:password",),
+    )
 
 
 def test_records_types_parents_options_and_outputs():
@@ -69,7 +77,8 @@ def test_program_errors_propagate():
 
 
 def test_project_dir_and_stack_config(tmp_path):
-    (tmp_path / "Pulumi.yaml").write_text(textwrap.dedent("""\
+    (tmp_path / "Pulumi.yaml").write_text(
+        textwrap.dedent("""\
         name: demo
         runtime: python
         config:
@@ -77,27 +86,35 @@ def test_project_dir_and_stack_config(tmp_path):
         template:
           config:
             demo:token: {description: an API token, secret: true}
-    """))
-    (tmp_path / "Pulumi.dev.yaml").write_text(textwrap.dedent("""\
+    """)
+    )
+    (tmp_path / "Pulumi.dev.yaml").write_text(
+        textwrap.dedent("""\
         config:
           size: 3
           demo:tags: {team: ml}
           demo:apiKey:
             secure: v1:AAAA
-    """))
-    (tmp_path / "__main__.py").write_text(textwrap.dedent("""\
+    """)
+    )
+    (tmp_path / "__main__.py").write_text(
+        textwrap.dedent("""\
         import pulumi
         cfg = pulumi.Config()
         pulumi.export("size", cfg.require_int("size"))
         pulumi.export("tags", cfg.require_object("tags"))
         pulumi.export("apiKey", cfg.require_secret("apiKey"))
         pulumi.export("token", cfg.require_secret("token"))
-    """))
+    """)
+    )
     loaded = load_stack_config(tmp_path, "dev")
     assert loaded.secret_keys == ("demo:apiKey", "demo:token")
     result = run_project(tmp_path, "dev", secrets={"token": "t0k"})
-    assert result.raw_outputs == {"size": 3, "tags": {"team": "ml"},
-                                  "apiKey": Secret("mock-secret:demo:apiKey"),
-                                  "token": Secret("t0k")}
+    assert result.raw_outputs == {
+        "size": 3,
+        "tags": {"team": "ml"},
+        "apiKey": Secret("mock-secret:demo:apiKey"),
+        "token": Secret("t0k"),
+    }
     with pytest.raises(FileNotFoundError, match="stacks here: dev"):
         run_project(tmp_path, "prod")

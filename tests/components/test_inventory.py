@@ -18,8 +18,7 @@ from tests.sshbed import SshBed, ssh_bed  # noqa: F401 - the fixture
 
 def _registered(host: dict, known_hosts: Path, remote_root: Path) -> tuple[dict, GpuHostProvider]:
     """The inputs the engine would receive for one GpuHost, and its unpickled provider."""
-    result = run_program(lambda: GpuHost("h", SshHost(**host), str(known_hosts),
-                                         str(remote_root)))
+    result = run_program(lambda: GpuHost("h", SshHost(**host), str(known_hosts), str(remote_root)))
     (resource,) = result.by_type("pulumi-python:dynamic:Resource")
     props = dict(resource.inputs)
     # What pulumi's dynamic-provider process does with the "__provider" input.
@@ -36,12 +35,20 @@ def known_hosts(ssh_bed: SshBed, tmp_path: Path) -> Path:  # noqa: F811 - fixtur
 
 def _host(bed: SshBed, index: int = 0) -> dict:
     host = bed.hosts[index]
-    return {"address": host.address, "port": host.port, "user": host.user,
-            "identity_file": str(host.identity_file), "labels": {"rack": "a"}}
+    return {
+        "address": host.address,
+        "port": host.port,
+        "user": host.user,
+        "identity_file": str(host.identity_file),
+        "labels": {"rack": "a"},
+    }
 
 
-def test_registration_probes_gpus_and_prepares_the_remote_root(ssh_bed, known_hosts,  # noqa: F811
-                                                               tmp_path):
+def test_registration_probes_gpus_and_prepares_the_remote_root(
+    ssh_bed,
+    known_hosts,  # noqa: F811
+    tmp_path,
+):
     root = tmp_path / "hml-root"
     props, provider = _registered(_host(ssh_bed), known_hosts, root)
     created = provider.create(props)
@@ -62,8 +69,11 @@ def test_unknown_host_key_is_refused(ssh_bed, tmp_path):  # noqa: F811
     assert not (tmp_path / "root").exists()
 
 
-def test_update_probes_again_and_moving_a_host_replaces_it(ssh_bed, known_hosts,  # noqa: F811
-                                                           tmp_path):
+def test_update_probes_again_and_moving_a_host_replaces_it(
+    ssh_bed,
+    known_hosts,  # noqa: F811
+    tmp_path,
+):
     root = tmp_path / "root"
     props, provider = _registered(_host(ssh_bed), known_hosts, root)
     olds = provider.create(props).outs

@@ -20,13 +20,19 @@ DB_URI = "postgresql://mlflow:s3cr3t-pw@db.internal:5432/mlflow"
 def _vault(**overrides):
     def program():
         cfg = pulumi.Config("platform")
-        args = {"platform": "aws", "tags": TAGS, "prefix": "hybridml/prod",
-                "secrets": {"tracking-db-uri": cfg.require_secret("dbUri")},
-                "reader_principals": [READER], "key_user_principals": [DS], **overrides}
+        args = {
+            "platform": "aws",
+            "tags": TAGS,
+            "prefix": "hybridml/prod",
+            "secrets": {"tracking-db-uri": cfg.require_secret("dbUri")},
+            "reader_principals": [READER],
+            "key_user_principals": [DS],
+            **overrides,
+        }
         vault = KeyVault("vault", KeyVaultArgs(**args))
         pulumi.export("refs", vault.secret_refs)
-    return run_program(program, config={"platform:dbUri": DB_URI},
-                       secret_keys=("platform:dbUri",))
+
+    return run_program(program, config={"platform:dbUri": DB_URI}, secret_keys=("platform:dbUri",))
 
 
 def test_aws_key_rotates_and_only_key_users_use_it():
@@ -66,17 +72,20 @@ def test_a_plain_string_value_is_still_made_secret():
 
 
 def test_onprem_secret_is_readable_only_through_the_bound_role():
-    result = _vault(platform="onprem", reader_principals=["ServiceAccount:hybridml:mlflow"],
-                    key_user_principals=[])
+    result = _vault(
+        platform="onprem", reader_principals=["ServiceAccount:hybridml:mlflow"], key_user_principals=[]
+    )
     (secret,) = result.by_type("kubernetes:core/v1:Secret")
     assert secret.raw_inputs["stringData"] == Secret({"tracking-db-uri": DB_URI})
     assert secret.inputs["metadata"]["namespace"] == "hybridml"
     (role,) = result.by_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
-    assert role.inputs["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
-                                     "resourceNames": ["hybridml-prod"], "verbs": ["get"]}]
+    assert role.inputs["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["hybridml-prod"], "verbs": ["get"]}
+    ]
     (binding,) = result.by_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
-    assert binding.inputs["subjects"] == [{"kind": "ServiceAccount", "name": "mlflow",
-                                           "namespace": "hybridml"}]
+    assert binding.inputs["subjects"] == [
+        {"kind": "ServiceAccount", "name": "mlflow", "namespace": "hybridml"}
+    ]
     assert binding.inputs["roleRef"]["name"] == role.inputs["metadata"]["name"]
     assert result.by_type("aws:kms/key:Key") == []
     assert result.plaintext_occurrences("s3cr3t-pw") == []
@@ -84,8 +93,12 @@ def test_onprem_secret_is_readable_only_through_the_bound_role():
 
 
 def test_onprem_sync_reads_the_aws_vault_and_keeps_it_secret():
-    result = _vault(platform="onprem", reader_principals=["Group:ml-admins"],
-                    secrets={"tracking-db-uri": None}, sync_from_aws_prefix="hybridml/prod")
+    result = _vault(
+        platform="onprem",
+        reader_principals=["Group:ml-admins"],
+        secrets={"tracking-db-uri": None},
+        sync_from_aws_prefix="hybridml/prod",
+    )
     (secret,) = result.by_type("kubernetes:core/v1:Secret")
     synced = "mock-secret:hybridml/prod/tracking-db-uri"
     assert secret.raw_inputs["stringData"] == Secret({"tracking-db-uri": synced})
@@ -96,13 +109,16 @@ def test_tags_on_everything_taggable():
     assert _vault().missing_tags(TAGS.as_tags()) == []
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"reader_principals": []}, "reader_principals: List should have at least 1 item"),
-    ({"platform": "onprem", "reader_principals": ["mlflow"]}, "are not Kubernetes subjects"),
-    ({"reader_principals": ["mlflow"]}, "on platform 'aws' give IAM role ARNs"),
-    ({"secrets": {"Bad_Name": "x"}}, "secret name 'Bad_Name' must be lowercase"),
-    ({"secrets": {"db": None}}, r"secrets \['db'\] have no value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"reader_principals": []}, "reader_principals: List should have at least 1 item"),
+        ({"platform": "onprem", "reader_principals": ["mlflow"]}, "are not Kubernetes subjects"),
+        ({"reader_principals": ["mlflow"]}, "on platform 'aws' give IAM role ARNs"),
+        ({"secrets": {"Bad_Name": "x"}}, "secret name 'Bad_Name' must be lowercase"),
+        ({"secrets": {"db": None}}, r"secrets \['db'\] have no value"),
+    ],
+)
 def test_bad_args_say_what_to_fix(overrides, message):
     with pytest.raises(ArgsError, match=message):
         _vault(**overrides)

@@ -44,8 +44,9 @@ class ObjectStoreContract:
         assert current.get("transitions", []) == self.expected_transitions(200)
 
     def test_tls_only_policy(self):
-        deny = next(s for s in self._policy(self.deploy())["Statement"]
-                    if s["Sid"] == "DenyInsecureTransport")
+        deny = next(
+            s for s in self._policy(self.deploy())["Statement"] if s["Sid"] == "DenyInsecureTransport"
+        )
         assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
         assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
 
@@ -73,25 +74,34 @@ class ObjectStoreContract:
 
 class TestAwsObjectStore(ObjectStoreContract):
     def build(self, **overrides) -> ObjectStore:
-        args = {"platform": "aws", "tags": TAGS, "region": "eu-west-1",
-                "kms_key_id": "arn:aws:kms:eu-west-1:123456789012:key/k1",
-                "data_scientist_principals": DS, "labeller_principals": LABELLERS, **overrides}
+        args = {
+            "platform": "aws",
+            "tags": TAGS,
+            "region": "eu-west-1",
+            "kms_key_id": "arn:aws:kms:eu-west-1:123456789012:key/k1",
+            "data_scientist_principals": DS,
+            "labeller_principals": LABELLERS,
+            **overrides,
+        }
         return ObjectStore("data", ObjectStoreArgs(**args))
 
     def expected_transitions(self, days: int) -> list[dict]:
         return [{"days": days, "storageClass": "GLACIER"}]
 
     def test_kms_encryption_with_the_vault_key(self):
-        sse = self._one(self.deploy(), "aws:s3/bucketServerSideEncryptionConfiguration:"
-                                       "BucketServerSideEncryptionConfiguration")
+        sse = self._one(
+            self.deploy(),
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        )
         default = sse["rules"][0]["applyServerSideEncryptionByDefault"]
-        assert default == {"sseAlgorithm": "aws:kms",
-                           "kmsMasterKeyId": "arn:aws:kms:eu-west-1:123456789012:key/k1"}
+        assert default == {
+            "sseAlgorithm": "aws:kms",
+            "kmsMasterKeyId": "arn:aws:kms:eu-west-1:123456789012:key/k1",
+        }
 
     def test_public_access_blocked(self):
         block = self._one(self.deploy(), "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
-        flags = ["blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
-                 "restrictPublicBuckets"]
+        flags = ["blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets"]
         assert all(block[f] is True for f in flags)
 
     def test_policy_waits_for_the_access_block(self):
@@ -108,8 +118,7 @@ class TestAwsObjectStore(ObjectStoreContract):
         assert by_sid["LabellersReadWritePrefix"]["Principal"] == {"AWS": LABELLERS}
         assert by_sid["LabellersReadWritePrefix"]["Resource"].endswith("/labelling/*")
         # The rendered document is valid for a real S3 API (moto server).
-        s3.create_bucket(Bucket="data-bucket",
-                         CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        s3.create_bucket(Bucket="data-bucket", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
         text = json.dumps(policy)
         s3.put_bucket_policy(Bucket="data-bucket", Policy=text)
         assert json.loads(s3.get_bucket_policy(Bucket="data-bucket")["Policy"]) == json.loads(text)
@@ -132,12 +141,18 @@ class TestOnpremObjectStore(ObjectStoreContract):
     ENDPOINT = StorageEndpoint.minio("https://minio.lab.internal:9000", cold_storage_class="COLD")
 
     def build(self, **overrides) -> ObjectStore:
-        provider = self.ENDPOINT.provider("minio", access_key="AKIAMINIO",
-                                          secret_key="minio-secret-key")
-        args = {"platform": "onprem", "tags": TAGS, "region": "onprem",
-                "kms_key_id": "hybridml-data", "data_scientist_principals": ["data-scientists"],
-                "labeller_principals": ["labelling-vendor"], "endpoint": self.ENDPOINT,
-                "provider": provider, **overrides}
+        provider = self.ENDPOINT.provider("minio", access_key="AKIAMINIO", secret_key="minio-secret-key")
+        args = {
+            "platform": "onprem",
+            "tags": TAGS,
+            "region": "onprem",
+            "kms_key_id": "hybridml-data",
+            "data_scientist_principals": ["data-scientists"],
+            "labeller_principals": ["labelling-vendor"],
+            "endpoint": self.ENDPOINT,
+            "provider": provider,
+            **overrides,
+        }
         return ObjectStore("data", ObjectStoreArgs(**args))
 
     def expected_transitions(self, days: int) -> list[dict]:
@@ -171,5 +186,10 @@ class TestOnpremObjectStore(ObjectStoreContract):
 
     def test_onprem_without_provider_is_refused(self):
         with pytest.raises(ArgsError, match="platform 'onprem' needs endpoint="):
-            ObjectStoreArgs(platform="onprem", tags=TAGS, region="onprem", kms_key_id="k",
-                            data_scientist_principals=["ds"])
+            ObjectStoreArgs(
+                platform="onprem",
+                tags=TAGS,
+                region="onprem",
+                kms_key_id="k",
+                data_scientist_principals=["ds"],
+            )

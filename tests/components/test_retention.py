@@ -31,12 +31,23 @@ def test_default_plan_is_one_year_cold_three_years_delete():
     assert noncurrent["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
 
 
-@pytest.mark.parametrize("plan, cold_class", [
-    (RetentionPlan(), None),
-    (RetentionPlan(cold_after_days=90, delete_after_days=2555, noncurrent_expire_days=7,
-                   abort_incomplete_upload_days=1, cold_storage_class="DEEP_ARCHIVE"), None),
-    (RetentionPlan(), ""),  # an endpoint without a cold tier: deletion only
-])
+@pytest.mark.parametrize(
+    "plan, cold_class",
+    [
+        (RetentionPlan(), None),
+        (
+            RetentionPlan(
+                cold_after_days=90,
+                delete_after_days=2555,
+                noncurrent_expire_days=7,
+                abort_incomplete_upload_days=1,
+                cold_storage_class="DEEP_ARCHIVE",
+            ),
+            None,
+        ),
+        (RetentionPlan(), ""),  # an endpoint without a cold tier: deletion only
+    ],
+)
 def test_rules_round_trip_through_the_s3_api(s3, plan, cold_class, request):
     rules = plan.s3_rules(cold_class)
     stored = _roundtrip(s3, f"retention-{request.node.callspec.id.lower()}"[:60], rules)
@@ -45,9 +56,13 @@ def test_rules_round_trip_through_the_s3_api(s3, plan, cold_class, request):
 
 def test_pulumi_rules_are_the_s3_rules_in_pulumi_names():
     rule = RetentionPlan(cold_after_days=30, delete_after_days=60).pulumi_rules()[0]
-    assert rule == {"id": "retention-current", "status": "Enabled", "filter": {"prefix": ""},
-                    "expiration": {"days": 60},
-                    "transitions": [{"days": 30, "storage_class": "GLACIER"}]}
+    assert rule == {
+        "id": "retention-current",
+        "status": "Enabled",
+        "filter": {"prefix": ""},
+        "expiration": {"days": 60},
+        "transitions": [{"days": 30, "storage_class": "GLACIER"}],
+    }
     second = RetentionPlan().pulumi_rules()[1]
     assert second["noncurrent_version_expiration"] == {"noncurrent_days": 30}
     assert second["abort_incomplete_multipart_upload"] == {"days_after_initiation": 7}
@@ -58,8 +73,10 @@ def test_delete_before_cold_is_refused():
         RetentionPlan(cold_after_days=400, delete_after_days=365)
 
 
-@pytest.mark.parametrize("field", ["cold_after_days", "delete_after_days",
-                                   "noncurrent_expire_days", "abort_incomplete_upload_days"])
+@pytest.mark.parametrize(
+    "field",
+    ["cold_after_days", "delete_after_days", "noncurrent_expire_days", "abort_incomplete_upload_days"],
+)
 def test_non_positive_days_name_the_field(field):
     with pytest.raises(ArgsError, match=f"{field}: Input should be greater than 0"):
         RetentionPlan(**{field: 0})
@@ -82,16 +99,23 @@ def test_unknown_key_is_refused():
         RetentionPlan(cold_days=3)
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(cold=st.integers(1, 3000), extra=st.integers(1, 3000), noncurrent=st.integers(1, 400),
-       abort=st.integers(1, 30), cold_class=st.sampled_from(["GLACIER", "DEEP_ARCHIVE",
-                                                               "GLACIER_IR", "STANDARD_IA"]))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    cold=st.integers(1, 3000),
+    extra=st.integers(1, 3000),
+    noncurrent=st.integers(1, 400),
+    abort=st.integers(1, 30),
+    cold_class=st.sampled_from(["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR", "STANDARD_IA"]),
+)
 def test_any_valid_plan_round_trips(s3, cold, extra, noncurrent, abort, cold_class):
     cold = max(cold, 30) if cold_class == "STANDARD_IA" else cold
-    plan = RetentionPlan(cold_after_days=cold, delete_after_days=cold + extra,
-                         noncurrent_expire_days=noncurrent, abort_incomplete_upload_days=abort,
-                         cold_storage_class=cold_class)
+    plan = RetentionPlan(
+        cold_after_days=cold,
+        delete_after_days=cold + extra,
+        noncurrent_expire_days=noncurrent,
+        abort_incomplete_upload_days=abort,
+        cold_storage_class=cold_class,
+    )
     rules = plan.s3_rules()
     bucket = f"prop-{next(_BUCKETS)}"
     assert _roundtrip(s3, bucket, rules) == rules

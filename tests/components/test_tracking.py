@@ -18,20 +18,31 @@ MINIO_SECRET = "minio-s3cr3t"
 def _deploy(**overrides):
     def program():
         cfg = pulumi.Config("platform")
-        args = {"platform": "aws", "tags": TAGS, "hostname": "mlflow.example.com",
-                "db_uri": cfg.require_secret("db"), "admin_password": cfg.require_secret("adm"),
-                "artifact_bucket": "artifacts-bucket",
-                "service_account_role_arn": "arn:aws:iam::123456789012:role/mlflow",
-                **overrides}
+        args = {
+            "platform": "aws",
+            "tags": TAGS,
+            "hostname": "mlflow.example.com",
+            "db_uri": cfg.require_secret("db"),
+            "admin_password": cfg.require_secret("adm"),
+            "artifact_bucket": "artifacts-bucket",
+            "service_account_role_arn": "arn:aws:iam::123456789012:role/mlflow",
+            **overrides,
+        }
         if args["platform"] == "onprem":
-            args.update(s3_endpoint_url="https://minio.lab:9000", s3_access_key="minio",
-                        s3_secret_key=cfg.require_secret("minio"),
-                        service_account_role_arn=None)
+            args.update(
+                s3_endpoint_url="https://minio.lab:9000",
+                s3_access_key="minio",
+                s3_secret_key=cfg.require_secret("minio"),
+                service_account_role_arn=None,
+            )
         server = TrackingServer("mlflow", TrackingServerArgs(**args))
         pulumi.export("url", server.url)
-    return run_program(program, config={"platform:db": DB_URI, "platform:adm": ADMIN,
-                                         "platform:minio": MINIO_SECRET},
-                       secret_keys=("platform:db", "platform:adm", "platform:minio"))
+
+    return run_program(
+        program,
+        config={"platform:db": DB_URI, "platform:adm": ADMIN, "platform:minio": MINIO_SECRET},
+        secret_keys=("platform:db", "platform:adm", "platform:minio"),
+    )
 
 
 def _container(result):
@@ -48,8 +59,7 @@ def test_one_url_auth_on_and_artifacts_in_the_object_store(platform):
     assert args[args.index("--artifacts-destination") + 1] == "s3://artifacts-bucket/mlflow"
     assert args[args.index("--backend-store-uri") + 1] == "$(MLFLOW_BACKEND_STORE_URI)"
     (ingress,) = result.by_type("kubernetes:networking.k8s.io/v1:Ingress")
-    assert ingress.inputs["spec"]["tls"] == [{"hosts": ["mlflow.example.com"],
-                                              "secretName": "mlflow-tls"}]
+    assert ingress.inputs["spec"]["tls"] == [{"hosts": ["mlflow.example.com"], "secretName": "mlflow-tls"}]
 
 
 @pytest.mark.parametrize("platform", ["aws", "onprem"])
@@ -67,15 +77,15 @@ def test_aws_reaches_the_bucket_through_irsa():
     result = _deploy()
     (account,) = result.by_type("kubernetes:core/v1:ServiceAccount")
     assert account.inputs["metadata"]["annotations"] == {
-        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/mlflow"}
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/mlflow"
+    }
     assert "MLFLOW_S3_ENDPOINT_URL" not in {e["name"] for e in _container(result)["env"]}
 
 
 def test_onprem_reaches_the_endpoint_with_secret_keys():
     env = {e["name"]: e for e in _container(_deploy(platform="onprem"))["env"]}
     assert env["MLFLOW_S3_ENDPOINT_URL"]["value"] == "https://minio.lab:9000"
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == \
-        "AWS_SECRET_ACCESS_KEY"
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "AWS_SECRET_ACCESS_KEY"
 
 
 def test_children_parented_and_tagged():
@@ -86,11 +96,14 @@ def test_children_parented_and_tagged():
     assert result.missing_tags(TAGS.as_tags()) == []
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"hostname": "https://x"}, "hostname: String should match pattern"),
-    ({"s3_endpoint_url": "https://minio"}, "platform 'aws' reaches S3 through"),
-    ({"replicas": 0}, "replicas: Input should be greater than or equal to 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"hostname": "https://x"}, "hostname: String should match pattern"),
+        ({"s3_endpoint_url": "https://minio"}, "platform 'aws' reaches S3 through"),
+        ({"replicas": 0}, "replicas: Input should be greater than or equal to 1"),
+    ],
+)
 def test_bad_args_say_what_to_fix(overrides, message):
     with pytest.raises(ArgsError, match=message):
         _deploy(**overrides)
@@ -98,5 +111,11 @@ def test_bad_args_say_what_to_fix(overrides, message):
 
 def test_onprem_without_endpoint_keys_is_refused():
     with pytest.raises(ArgsError, match="platform 'onprem' needs s3_endpoint_url"):
-        TrackingServerArgs(platform="onprem", tags=TAGS, hostname="m.example.com", db_uri="x",
-                           admin_password="y", artifact_bucket="b")
+        TrackingServerArgs(
+            platform="onprem",
+            tags=TAGS,
+            hostname="m.example.com",
+            db_uri="x",
+            admin_password="y",
+            artifact_bucket="b",
+        )

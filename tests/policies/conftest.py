@@ -39,30 +39,53 @@ def urn(resource_type: str, name: str) -> str:
     return f"urn:pulumi:test::proj::{resource_type}::{name}"
 
 
-def check_resource(rule_id: str, resource_type: str, props: Mapping[str, Any],
-                   config: Mapping[str, Any] | None = None) -> list[str]:
+def check_resource(
+    rule_id: str, resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any] | None = None
+) -> list[str]:
     """The messages the pack's policy reports for one resource, as during ``pulumi up``."""
     messages: list[str] = []
-    args = ResourceValidationArgs(resource_type, unknown_checking_proxy(dict(props)),
-                                  urn(resource_type, "r"), "r", _OPTS, None, config)
+    args = ResourceValidationArgs(
+        resource_type, unknown_checking_proxy(dict(props)), urn(resource_type, "r"), "r", _OPTS, None, config
+    )
     POLICIES[rule_id].validate(args, lambda message, _urn=None: messages.append(message))
     return messages
 
 
-def res(resource_type: str, name: str, props: Mapping[str, Any] | None = None, *,
-        provider: Mapping[str, Any] | None = None,
-        deps: Mapping[str, PolicyResource] | None = None) -> PolicyResource:
+def res(
+    resource_type: str,
+    name: str,
+    props: Mapping[str, Any] | None = None,
+    *,
+    provider: Mapping[str, Any] | None = None,
+    deps: Mapping[str, PolicyResource] | None = None,
+) -> PolicyResource:
     """A stack member; ``deps`` maps an input to the resource whose output fed it."""
-    prov = (PolicyProviderResource("pulumi:providers:aws", unknown_checking_proxy(dict(provider)),
-                                   urn("pulumi:providers:aws", "p"), "p")
-            if provider is not None else None)
-    return PolicyResource(resource_type, unknown_checking_proxy(dict(props or {})),
-                          urn(resource_type, name), name, _OPTS, prov, None, [],
-                          {key: [target] for key, target in (deps or {}).items()})
+    prov = (
+        PolicyProviderResource(
+            "pulumi:providers:aws",
+            unknown_checking_proxy(dict(provider)),
+            urn("pulumi:providers:aws", "p"),
+            "p",
+        )
+        if provider is not None
+        else None
+    )
+    return PolicyResource(
+        resource_type,
+        unknown_checking_proxy(dict(props or {})),
+        urn(resource_type, name),
+        name,
+        _OPTS,
+        prov,
+        None,
+        [],
+        {key: [target] for key, target in (deps or {}).items()},
+    )
 
 
-def check_stack(rule_id: str, resources: list[PolicyResource],
-                config: Mapping[str, Any] | None = None) -> list[tuple[str | None, str]]:
+def check_stack(
+    rule_id: str, resources: list[PolicyResource], config: Mapping[str, Any] | None = None
+) -> list[tuple[str | None, str]]:
     reported: list[tuple[str | None, str]] = []
     args = StackValidationArgs(resources, config)
     POLICIES[rule_id].validate(args, lambda message, u=None: reported.append((u, message)))

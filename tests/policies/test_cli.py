@@ -18,8 +18,9 @@ runner = CliRunner()
 
 def test_bad_stack_exits_1_and_writes_both_reports(tmp_path: Path) -> None:
     markdown, sarif = tmp_path / "out" / "policy.md", tmp_path / "out" / "policy.sarif"
-    result = runner.invoke(app, ["check", str(BADSTACK), "--stack", "bad",
-                                 "--markdown", str(markdown), "--sarif", str(sarif)])
+    result = runner.invoke(
+        app, ["check", str(BADSTACK), "--stack", "bad", "--markdown", str(markdown), "--sarif", str(sarif)]
+    )
     assert result.exit_code == 1, result.output
     assert "FAIL: badstack/bad" in result.output and "kms-key-rotation" in result.output
     assert "| :no_entry: | `sg-no-public-ssh` |" in markdown.read_text()
@@ -32,15 +33,22 @@ def test_example_stack_exits_0_with_json_output() -> None:
     assert json.loads(result.stdout)["passed"] is True
 
 
-@pytest.mark.parametrize("args, message", [
-    (["check", "/nonexistent/project", "--stack", "dev"], "no Pulumi.yaml here"),
-    (["check", str(BADSTACK), "--stack", "nope"], "stacks here: bad, broken"),
-    (["check", str(BADSTACK), "--stack", "broken"],
-     "the program failed: ConfigMissingError: Missing required configuration variable "
-     "'badstack:environment'"),
-    (["check", str(BADSTACK), "--stack", "bad", "--pack-config", "/nonexistent.json"],
-     "cannot read the pack configuration"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["check", "/nonexistent/project", "--stack", "dev"], "no Pulumi.yaml here"),
+        (["check", str(BADSTACK), "--stack", "nope"], "stacks here: bad, broken"),
+        (
+            ["check", str(BADSTACK), "--stack", "broken"],
+            "the program failed: ConfigMissingError: Missing required configuration variable "
+            "'badstack:environment'",
+        ),
+        (
+            ["check", str(BADSTACK), "--stack", "bad", "--pack-config", "/nonexistent.json"],
+            "cannot read the pack configuration",
+        ),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2
@@ -65,19 +73,23 @@ def test_non_python_project_exits_2(tmp_path: Path) -> None:
 def test_unwritable_report_path_exits_2(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    result = runner.invoke(app, ["check", str(BADSTACK), "--stack", "bad",
-                                 "--markdown", str(blocker / "report.md")])
+    result = runner.invoke(
+        app, ["check", str(BADSTACK), "--stack", "bad", "--markdown", str(blocker / "report.md")]
+    )
     assert result.exit_code == 2 and "cannot write the report" in result.stderr
 
 
 def test_importing_the_cli_loads_no_pulumi() -> None:
-    code = ("import sys, policies.cli; "
-            "print([m for m in ('pulumi', 'pulumi_policy', 'pulumi_aws') if m in sys.modules])")
+    code = (
+        "import sys, policies.cli; "
+        "print([m for m in ('pulumi', 'pulumi_policy', 'pulumi_aws') if m in sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
 def test_runs_as_a_module() -> None:
-    done = subprocess.run([sys.executable, "-m", "policies.cli", "check", "--help"],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "policies.cli", "check", "--help"], capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0 and "--sarif" in done.stdout

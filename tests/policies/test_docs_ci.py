@@ -34,11 +34,14 @@ def test_workflow_check_step_runs_as_written(tmp_path: Path) -> None:
     """Run the workflow's own check script for one stack, with the variables Actions sets."""
     script = _steps()["Offline policy check"]["run"].replace("${{ matrix.stack }}", "aws-dev")
     outputs = tmp_path / "github_output"
-    env = {**os.environ, "GITHUB_OUTPUT": str(outputs),
-           "REPORT_MD": str(tmp_path / "policy.md"), "REPORT_SARIF": str(tmp_path / "p.sarif"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
+    env = {
+        **os.environ,
+        "GITHUB_OUTPUT": str(outputs),
+        "REPORT_MD": str(tmp_path / "policy.md"),
+        "REPORT_SARIF": str(tmp_path / "p.sarif"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, env=env, check=True, capture_output=True)
     assert outputs.read_text().strip() == "exit=0"
     assert (tmp_path / "policy.md").read_text().startswith("## :white_check_mark:")
     assert (tmp_path / "p.sarif").is_file()

@@ -91,21 +91,29 @@ def test_markdown_and_json_list_every_violation(bad_report: Report) -> None:
 
 def test_pack_config_sets_levels_and_limits(tmp_path: Path) -> None:
     config_file = tmp_path / "pack.json"
-    config_file.write_text(json.dumps({
-        "kms-key-rotation": "disabled",
-        "gpu-nodepool-max-size": {"maxNodes": 128},
-        "sg-no-public-ssh": {"enforcementLevel": "advisory"}}))
+    config_file.write_text(
+        json.dumps(
+            {
+                "kms-key-rotation": "disabled",
+                "gpu-nodepool-max-size": {"maxNodes": 128},
+                "sg-no-public-ssh": {"enforcementLevel": "advisory"},
+            }
+        )
+    )
     report = evaluate(BADSTACK, "bad", load_pack_config(config_file))
     ids = {f.rule.id for f in report.findings}
     assert "kms-key-rotation" not in ids and "gpu-nodepool-max-size" not in ids
     assert [f.mandatory for f in report.findings if f.rule.id == "sg-no-public-ssh"] == [False]
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("{not json", "cannot read the pack configuration"),
-    ('{"no-such-rule": "advisory"}', "unknown policy ids no-such-rule"),
-    ("[1, 2]", "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("{not json", "cannot read the pack configuration"),
+        ('{"no-such-rule": "advisory"}', "unknown policy ids no-such-rule"),
+        ("[1, 2]", "must be a JSON object"),
+    ],
+)
 def test_bad_pack_config_is_rejected(tmp_path: Path, content: str, problem: str) -> None:
     config_file = tmp_path / "pack.json"
     config_file.write_text(content)

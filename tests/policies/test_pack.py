@@ -24,11 +24,23 @@ from policies.registry import all_rules
 PACK_DIR = Path(__file__).resolve().parents[2] / "policies"
 #: The issue's list of what the pack must cover, by rule id.
 REQUIRED_COVERAGE = {
-    "s3-bucket-kms-encryption", "s3-dataset-versioning", "s3-public-access-blocked",
-    "s3-tls-only", "s3-retention-plan", "s3-retention-limits", "kms-key-rotation",
-    "no-plaintext-secrets", "workload-env-secret-refs", "gpu-nodepool-max-size",
-    "gpu-spot-outside-production", "budget-for-gpu-stacks", "required-tags",
-    "iam-no-wildcard-admin", "gpu-nodes-tainted", "tracking-server-auth", "sg-no-public-ssh",
+    "s3-bucket-kms-encryption",
+    "s3-dataset-versioning",
+    "s3-public-access-blocked",
+    "s3-tls-only",
+    "s3-retention-plan",
+    "s3-retention-limits",
+    "kms-key-rotation",
+    "no-plaintext-secrets",
+    "workload-env-secret-refs",
+    "gpu-nodepool-max-size",
+    "gpu-spot-outside-production",
+    "budget-for-gpu-stacks",
+    "required-tags",
+    "iam-no-wildcard-admin",
+    "gpu-nodes-tainted",
+    "tracking-server-auth",
+    "sg-no-public-ssh",
 }
 
 
@@ -44,8 +56,9 @@ def test_rules_carry_complete_metadata() -> None:
 @contextlib.contextmanager
 def serve_pack() -> Iterator[analyzer_pb2_grpc.AnalyzerStub]:
     """The pack as the CLI starts it: ``python -u __main__.py`` in policies/, port on stdout."""
-    proc = subprocess.Popen([sys.executable, "-u", "__main__.py"], cwd=PACK_DIR,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "__main__.py"], cwd=PACK_DIR, stdout=subprocess.PIPE, text=True
+    )
     try:
         port = int(proc.stdout.readline())
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -77,9 +90,14 @@ def _struct(values: dict) -> struct_pb2.Struct:
 
 def test_pack_analyzes_a_resource(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
     def analyze(props: dict) -> set[str]:
-        response = analyzer.Analyze(analyzer_pb2.AnalyzeRequest(
-            type="aws:kms/key:Key", properties=_struct(props), name="key",
-            urn="urn:pulumi:dev::p::aws:kms/key:Key::key"))
+        response = analyzer.Analyze(
+            analyzer_pb2.AnalyzeRequest(
+                type="aws:kms/key:Key",
+                properties=_struct(props),
+                name="key",
+                urn="urn:pulumi:dev::p::aws:kms/key:Key::key",
+            )
+        )
         return {d.policyName for d in response.diagnostics}
 
     assert analyze({"enableKeyRotation": False}) == {"kms-key-rotation"}
@@ -88,9 +106,13 @@ def test_pack_analyzes_a_resource(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> N
 
 def test_pack_analyzes_the_stack(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
     group = analyzer_pb2.AnalyzerResource(
-        type="aws:eks/nodeGroup:NodeGroup", name="gpu", urn="urn:pulumi:dev::p::ng::gpu",
-        properties=_struct({"amiType": "AL2_x86_64_GPU", "tags": {
-            "team": "ml", "cost-center": "c", "environment": "dev"}}))
+        type="aws:eks/nodeGroup:NodeGroup",
+        name="gpu",
+        urn="urn:pulumi:dev::p::ng::gpu",
+        properties=_struct(
+            {"amiType": "AL2_x86_64_GPU", "tags": {"team": "ml", "cost-center": "c", "environment": "dev"}}
+        ),
+    )
     response = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[group]))
     assert {d.policyName for d in response.diagnostics} == {"budget-for-gpu-stacks"}
 
@@ -98,35 +120,68 @@ def test_pack_analyzes_the_stack(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> No
 def test_pack_stack_rules_run_during_preview(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
     """A new bucket's provider-computed outputs are unknown in preview; rules still judge it."""
     bucket = analyzer_pb2.AnalyzerResource(
-        type="aws:s3/bucket:Bucket", name="b", urn="urn:pulumi:dev::p::aws:s3/bucket:Bucket::b",
-        properties=_struct({"bucket": UNKNOWN_STRING_VALUE, "acl": UNKNOWN_STRING_VALUE,
-                            "serverSideEncryptionConfiguration": UNKNOWN_OBJECT_VALUE,
-                            "tags": {"team": "ml", "cost-center": "c", "environment": "dev"}}))
+        type="aws:s3/bucket:Bucket",
+        name="b",
+        urn="urn:pulumi:dev::p::aws:s3/bucket:Bucket::b",
+        properties=_struct(
+            {
+                "bucket": UNKNOWN_STRING_VALUE,
+                "acl": UNKNOWN_STRING_VALUE,
+                "serverSideEncryptionConfiguration": UNKNOWN_OBJECT_VALUE,
+                "tags": {"team": "ml", "cost-center": "c", "environment": "dev"},
+            }
+        ),
+    )
     response = analyzer.AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[bucket]))
     assert {d.policyName for d in response.diagnostics} == {
-        "s3-bucket-kms-encryption", "s3-public-access-blocked", "s3-tls-only",
-        "s3-retention-plan", "s3-cold-tier"}
+        "s3-bucket-kms-encryption",
+        "s3-public-access-blocked",
+        "s3-tls-only",
+        "s3-retention-plan",
+        "s3-cold-tier",
+    }
     assert not [d.message for d in response.diagnostics if "during preview" in d.message]
 
 
 def test_pack_configuration_sets_level_and_limit() -> None:
     """``--policy-pack-config`` reaches the rules: an enforcement level and a property."""
-    group = {"amiType": "AL2_x86_64_GPU", "capacityType": "SPOT", "scalingConfig": {"maxSize": 64},
-             "taints": [{"key": "nvidia.com/gpu", "effect": "NO_SCHEDULE"}]}
+    group = {
+        "amiType": "AL2_x86_64_GPU",
+        "capacityType": "SPOT",
+        "scalingConfig": {"maxSize": 64},
+        "taints": [{"key": "nvidia.com/gpu", "effect": "NO_SCHEDULE"}],
+    }
 
     def levels(stub: analyzer_pb2_grpc.AnalyzerStub) -> dict[str, int]:
-        response = stub.Analyze(analyzer_pb2.AnalyzeRequest(
-            type="aws:eks/nodeGroup:NodeGroup", properties=_struct(group), name="gpu",
-            urn="urn:pulumi:dev::p::aws:eks/nodeGroup:NodeGroup::gpu"))
+        response = stub.Analyze(
+            analyzer_pb2.AnalyzeRequest(
+                type="aws:eks/nodeGroup:NodeGroup",
+                properties=_struct(group),
+                name="gpu",
+                urn="urn:pulumi:dev::p::aws:eks/nodeGroup:NodeGroup::gpu",
+            )
+        )
         return {d.policyName: d.enforcementLevel for d in response.diagnostics}
 
     with serve_pack() as stub:
         assert levels(stub) == {"gpu-nodepool-max-size": analyzer_pb2.MANDATORY}
-        stub.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
-            "gpu-nodepool-max-size": analyzer_pb2.PolicyConfig(
-                enforcementLevel=analyzer_pb2.ADVISORY, properties=_struct({"maxNodes": 32}))}))
+        stub.Configure(
+            analyzer_pb2.ConfigureAnalyzerRequest(
+                policyConfig={
+                    "gpu-nodepool-max-size": analyzer_pb2.PolicyConfig(
+                        enforcementLevel=analyzer_pb2.ADVISORY, properties=_struct({"maxNodes": 32})
+                    )
+                }
+            )
+        )
         assert levels(stub) == {"gpu-nodepool-max-size": analyzer_pb2.ADVISORY}
-        stub.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
-            "gpu-nodepool-max-size": analyzer_pb2.PolicyConfig(
-                enforcementLevel=analyzer_pb2.MANDATORY, properties=_struct({"maxNodes": 64}))}))
+        stub.Configure(
+            analyzer_pb2.ConfigureAnalyzerRequest(
+                policyConfig={
+                    "gpu-nodepool-max-size": analyzer_pb2.PolicyConfig(
+                        enforcementLevel=analyzer_pb2.MANDATORY, properties=_struct({"maxNodes": 64})
+                    )
+                }
+            )
+        )
         assert levels(stub) == {}

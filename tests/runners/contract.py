@@ -6,6 +6,7 @@ A subclass provides the ``target`` fixture: (profile path, target name) for a pr
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import uuid
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.runners.helpers import (
+    HML,
     hml,
     processes_matching,
     status,
@@ -133,27 +135,84 @@ class BackendContract:
         assert status(runs[0]["run_id"])["status"] == "FINISHED"
         assert wait_finalized(mlflow_server.client(), runs[0]["run_id"]).info.status == "FINISHED"
 
-    def test_secrets_reach_the_job_but_not_logs_or_params(self, target, tmp_path, mlflow_server):
+    @pytest.fixture
+    def host_dirs(self) -> list[Path]:
+        """Where the target keeps files on its hosts (searched for leaked secrets)."""
+        return []
+
+    def test_a_secret_never_reaches_a_file_mlflow_or_the_terminal(
+        self, target, host_dirs, tmp_path, mlflow_server, hml_home
+    ):
         secret = f"s3cr3t-{uuid.uuid4().hex}"
-        job = write_job(
-            tmp_path / "w",
-            run='echo "token is $API_TOKEN"; test -n "$API_TOKEN"',
-            secrets=["API_TOKEN"],
-            params={"note": secret},
+        undeclared = f"undeclared-{uuid.uuid4().hex}"
+        run = "\n".join(
+            [
+                'echo "token is $API_TOKEN, whole"',
+                'printf "split %s" "${API_TOKEN:0:9}"; sleep 0.6; '
+                'printf "%s across chunks\\n" "${API_TOKEN:9}"',
+                'echo "to stderr: [$API_TOKEN]" >&2',
+                "printf 'no newline at the end %s' \"$API_TOKEN\"; sleep 0.6; echo",
+                "env",  # everything the job was given: no undeclared variable may be among it
+                "echo checkpoint-reached; sleep 3",
+                'echo "after restart: $API_TOKEN"',
+            ]
         )
+        job = write_job(tmp_path / "w", run=run, secrets=["API_TOKEN"])
+        submitter = {
+            "HML_CONFIG": str(target[0]),
+            "HML_SECRET_API_TOKEN": secret,
+            "HML_SECRET_OTHER": undeclared,
+            "AWS_SECRET_ACCESS_KEY": undeclared,
+        }
+        printed = []
         summary, out = submit_json(
-            str(job),
-            "--target",
-            target[1],
-            env={"HML_CONFIG": str(target[0]), "HML_SECRET_API_TOKEN": secret},
+            str(job), "--target", target[1], "--detach", "--set", f"note={secret}", env=submitter
         )
+        printed += [out.stdout, out.stderr]
         assert out.returncode == 0, out.stderr
-        logs = hml("logs", summary["run_id"]).stdout
-        assert "token is ***" in logs and secret not in logs
-        run = wait_finalized(mlflow_server.client(), summary["run_id"])
-        assert secret not in str(run.data.params) and run.data.params["note"] == "***"
-        record = (Path(status(summary["run_id"])["log"]).parent / "record.json").read_text()
-        assert secret not in record
+        run_id = summary["run_id"]
+        deadline = time.monotonic() + 120
+        while "checkpoint-reached" not in hml("logs", run_id).stdout:
+            assert time.monotonic() < deadline, "the job never reached its checkpoint"
+            time.sleep(0.2)
+        import json
+        import os
+        import signal
+
+        record = json.loads((Path(summary["log"]).parent / "record.json").read_text())
+        os.kill(record["supervisor_pid"], signal.SIGKILL)  # the restart comes from a clean shell
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HML_SECRET_", "AWS_"))}
+        follow = subprocess.run(
+            [HML, "logs", run_id, "--follow"], env=clean, capture_output=True, text=True, timeout=120
+        )
+        printed += [follow.stdout, follow.stderr]
+        assert "after restart: ***" in follow.stdout
+        assert "token is ***, whole" in follow.stdout and "split *** across chunks" in follow.stdout
+        assert "to stderr: [***]" in follow.stdout and "no newline at the end ***" in follow.stdout
+        assert "HML_SECRET_OTHER" not in follow.stdout and "AWS_SECRET_ACCESS_KEY" not in follow.stdout
+        final = subprocess.run(
+            [HML, "status", run_id, "-o", "json"], env=clean, capture_output=True, text=True
+        )
+        printed += [final.stdout, final.stderr]
+        assert json.loads(final.stdout)["status"] == "FINISHED"
+        client = mlflow_server.client()
+        mlrun = wait_finalized(client, run_id)
+        assert mlrun.data.params["note"] == "***"
+        tracked = [str(mlrun.data.params), str(mlrun.data.tags), str(list(mlrun.data.metrics))]
+        art = Path(client.download_artifacts(run_id, "", str(tmp_path / "artifacts")))
+        assert "after restart: ***" in (art / "hml" / "output.log").read_text()
+        roots = [hml_home, art, mlflow_server.root, *host_dirs]
+        for value in (secret, undeclared):
+            assert not [t for t in printed + tracked if value in t], "printed or tracked"
+            leaked = [
+                p
+                for root in roots
+                for p in root.rglob("*")
+                if p.is_file() and value.encode() in p.read_bytes()
+            ]
+            assert not leaked, f"found in {leaked}"
+        run_files = [p for p in (hml_home / "runs" / run_id).rglob("*")]
+        assert run_files and all(p.stat().st_mode & 0o077 == 0 for p in run_files), "not private"
 
     def test_missing_secret_is_a_usage_error(self, target, tmp_path):
         job = write_job(tmp_path / "w", run="true", secrets=["NOT_SET_ANYWHERE"])

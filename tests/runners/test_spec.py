@@ -41,10 +41,10 @@ def test_durations(text, seconds):
     [
         ({"resources": {"gpus": -1}}, "resources.gpus: Input should be greater than or equal to 0"),
         ({"resources": {"gpu": 1}}, "resources.gpu: unknown field"),
-        ({"max_runtime": "soon"}, "max_runtime: Value error, 'soon' is not a duration"),
+        ({"max_runtime": "soon"}, "max_runtime: 'soon' is not a duration"),
         ({"num_nodes": 0}, "num_nodes: Input should be greater than or equal to 1"),
         ({"secrets": ["lower-case"]}, "secrets.0: String should match pattern"),
-        ({"envs": {"MLFLOW_RUN_ID": "x"}}, "envs: Value error, MLFLOW_RUN_ID: set by hml for every job"),
+        ({"envs": {"MLFLOW_RUN_ID": "x"}}, "envs: MLFLOW_RUN_ID: set by hml for every job"),
         ({"run": None}, "run: Input should be a valid string"),
         ({"name": "bad name!"}, "name: String should match pattern"),
     ],

@@ -38,6 +38,10 @@ class TestSsh(BackendContract):
     def target(self, tmp_path, ssh_bed, mlflow_server):
         return ssh_profile(tmp_path, ssh_bed, mlflow_server.url), "onprem"
 
+    @pytest.fixture
+    def host_dirs(self, ssh_bed):
+        return [ssh_bed.root / "shared-root", *(h.remote_root for h in ssh_bed.hosts)]
+
 
 def test_unknown_host_key_is_refused_with_fingerprint_and_fix(tmp_path, ssh_bed, mlflow_server):
     profile = ssh_profile(tmp_path, ssh_bed, mlflow_server.url, trusted=False)

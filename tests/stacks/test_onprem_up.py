@@ -36,22 +36,36 @@ class CreatingDynamicResources(PlatformMocks):
         return created.id, {**created.outs, "__provider": pickled}
 
 
-def test_up_registers_the_hosts_and_the_profile_reaches_them(ssh_bed: SshBed,  # noqa: F811
-                                                             tmp_path, monkeypatch):
+def test_up_registers_the_hosts_and_the_profile_reaches_them(
+    ssh_bed: SshBed,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
     known_hosts = tmp_path / "known_hosts"
     known_hosts.write_text(ssh_bed.known_hosts_text())
     root = tmp_path / "remote-root"
-    hosts = [{"address": h.address, "port": h.port, "user": h.user,
-              "identity_file": str(h.identity_file)} for h in ssh_bed.hosts]
-    onprem = {"kube_context": "lab", "s3_endpoint": "https://minio.lab:9000",
-              "cold_storage_class": "COLD", "known_hosts": str(known_hosts),
-              "remote_root": str(root), "pools": {"onprem": {"hosts": hosts}}}
-    result = run_project(PROJECT, "onprem", config={"platform:onprem": onprem},
-                         secrets=SECRETS, mocks=CreatingDynamicResources())
+    hosts = [
+        {"address": h.address, "port": h.port, "user": h.user, "identity_file": str(h.identity_file)}
+        for h in ssh_bed.hosts
+    ]
+    onprem = {
+        "kube_context": "lab",
+        "s3_endpoint": "https://minio.lab:9000",
+        "cold_storage_class": "COLD",
+        "known_hosts": str(known_hosts),
+        "remote_root": str(root),
+        "pools": {"onprem": {"hosts": hosts}},
+    }
+    result = run_project(
+        PROJECT,
+        "onprem",
+        config={"platform:onprem": onprem},
+        secrets=SECRETS,
+        mocks=CreatingDynamicResources(),
+    )
 
     registered = result.by_type(DYNAMIC)
-    assert sorted(r.id for r in registered) == sorted(
-        f"{h.user}@{h.address}:{h.port}" for h in ssh_bed.hosts)
+    assert sorted(r.id for r in registered) == sorted(f"{h.user}@{h.address}:{h.port}" for h in ssh_bed.hosts)
     assert all(r.outputs["gpu_names"] == [] for r in registered)  # no GPUs on this machine
     assert {p.name for p in root.iterdir()} == {"code", "blobs", "runs"}
 

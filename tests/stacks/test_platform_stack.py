@@ -14,17 +14,20 @@ from tests.stacks.examples import PROJECT, SECRETS, STACKS
 
 def _org(stack: str) -> dict[str, str]:
     org = load_stack_config(PROJECT, stack).values["platform:org"]
-    return {"team": org["team"], "cost-center": org["cost_center"],
-            "environment": org["environment"]}
+    return {"team": org["team"], "cost-center": org["cost_center"], "environment": org["environment"]}
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_example_stack_evaluates_with_all_components(evaluated, stack):
     result = evaluated[stack]
     kinds = {r.type for r in result.resources}
-    assert {"hybridml:storage:ObjectStore", "hybridml:security:KeyVault",
-            "hybridml:compute:GpuNodePool", "hybridml:observability:Monitoring",
-            "hybridml:tracking:TrackingServer"} <= kinds
+    assert {
+        "hybridml:storage:ObjectStore",
+        "hybridml:security:KeyVault",
+        "hybridml:compute:GpuNodePool",
+        "hybridml:observability:Monitoring",
+        "hybridml:tracking:TrackingServer",
+    } <= kinds
     assert len(result.by_type("hybridml:tracking:TrackingServer")) == 1
 
 
@@ -64,12 +67,19 @@ def test_aws_target_points_at_the_stacks_own_resources(evaluated):
     (template,) = result.by_type("aws:ec2/launchTemplate:LaunchTemplate")
     artifacts = result.named("artifacts-bucket")
     assert target == {
-        "kind": "aws", "region": "eu-west-1", "launch_template": template.id,
+        "kind": "aws",
+        "region": "eu-west-1",
+        "launch_template": template.id,
         "subnets": ["subnet-0aa11bb22cc33dd44", "subnet-0ee55ff66aa77bb88"],
         "instance_types": ["g5.xlarge", "g5.2xlarge"],
-        "artifact_bucket": artifacts.outputs["bucket"], "secrets_prefix": "hybridml/aws-dev"}
+        "artifact_bucket": artifacts.outputs["bucket"],
+        "secrets_prefix": "hybridml/aws-dev",
+    }
     assert result.outputs["runnerProfile"]["vault"] == {
-        "kind": "aws", "prefix": "hybridml/aws-dev", "region": "eu-west-1"}
+        "kind": "aws",
+        "prefix": "hybridml/aws-dev",
+        "region": "eu-west-1",
+    }
     secrets = [s.inputs["name"] for s in result.by_type("aws:secretsmanager/secret:Secret")]
     assert all(name.startswith("hybridml/aws-dev/") for name in secrets) and secrets
 
@@ -78,11 +88,19 @@ def test_onprem_target_lists_the_registered_hosts(evaluated):
     profile = evaluated["onprem"].outputs["runnerProfile"]
     target = profile["targets"]["onprem"]
     assert target["kind"] == "ssh" and profile["default_target"] == "onprem"
-    assert target["hosts"][0] == {"address": "10.0.0.5", "port": 22, "user": "hml",
-                                  "identity_file": "~/.ssh/id_ed25519", "gpus": 4,
-                                  "labels": {"rack": "a"}}
-    assert (target["known_hosts"], target["remote_root"], target["gpu_hour_usd"]) == \
-        ("~/.hybridml/known_hosts", "/var/lib/hybridml", 0.9)
+    assert target["hosts"][0] == {
+        "address": "10.0.0.5",
+        "port": 22,
+        "user": "hml",
+        "identity_file": "~/.ssh/id_ed25519",
+        "gpus": 4,
+        "labels": {"rack": "a"},
+    }
+    assert (target["known_hosts"], target["remote_root"], target["gpu_hour_usd"]) == (
+        "~/.hybridml/known_hosts",
+        "/var/lib/hybridml",
+        0.9,
+    )
     assert "vault" not in profile
 
 
@@ -91,19 +109,18 @@ def test_hybrid_has_both_targets_one_tracker_and_copies_secrets_on_prem(evaluate
     profile = result.outputs["runnerProfile"]
     assert set(profile["targets"]) == {"local", "onprem", "aws"}
     assert profile["tracking_uri"] == "https://mlflow.example.com"
-    (k8s_secret,) = [s for s in result.by_type("kubernetes:core/v1:Secret")
-                     if s.name == "vault-onprem-secret"]
+    (k8s_secret,) = [
+        s for s in result.by_type("kubernetes:core/v1:Secret") if s.name == "vault-onprem-secret"
+    ]
     assert set(k8s_secret.inputs["stringData"]) == {"tracking-db-uri", "tracking-admin-password"}
     buckets = {r.name: r for r in result.by_type("aws:s3/bucket:Bucket")}
     assert buckets["burst-datasets-bucket"].options.provider is None  # AWS S3 itself
-    assert buckets["datasets-bucket"].options.provider.startswith(
-        result.named("onprem-s3").urn)
+    assert buckets["datasets-bucket"].options.provider.startswith(result.named("onprem-s3").urn)
 
 
 def test_retention_from_config_reaches_every_bucket(evaluated):
     for stack in STACKS:
-        rules = evaluated[stack].by_type(
-            "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
+        rules = evaluated[stack].by_type("aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")
         assert rules
         for lifecycle in rules:
             current = lifecycle.inputs["rules"][0]

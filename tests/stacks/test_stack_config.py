@@ -19,36 +19,61 @@ def _aws(**changes):
     return {**aws, **changes}
 
 
-@pytest.mark.parametrize("config, expected", [
-    ({"platform:budget": {"monthly_usd": 0, "notify": ["a@example.com"]}},
-     "platform:budget.monthly_usd: Input should be greater than 0; set it with: "
-     "pulumi config set --path 'platform:budget.monthly_usd' <value>"),
-    ({"platform:budjet": {"monthly_usd": 5}},
-     "platform:budjet: unknown key; known keys: aws, budget, default_target"),
-    ({"platform:tracking": {"cluster": "gcp", "hostname": "m.example.com"}},
-     "platform:tracking.cluster: Input should be 'aws' or 'onprem'"),
-    ({"aws:region": None},
-     "aws:region: required with platform:aws; set it with: pulumi config set aws:region"),
-    ({"platform:org": None}, "platform:org: Field required; set it with"),
-    ({"platform:default_target": "gpu-cloud"},
-     "default_target: 'gpu-cloud' is not one of local, aws"),
-    ({"platform:storage": _storage(artifact_bucket="models")},
-     "platform:storage: artifact_bucket 'models' is not one of the buckets"),
-    ({"platform:storage": _storage(extra=1)}, "platform:storage.extra: unknown key"),
-    ({"platform:aws": _aws(pools={"aws": {"instance_types": ["m5.large"]}})},
-     "platform:aws.pools.aws.instance_types: ['m5.large'] are not GPU instance types"),
-    ({"platform:aws": _aws(pools={"aws": {"instance_types": ["g5.xlarge"],
-                                          "ssh_ingress_cidrs": ["0.0.0.0/0"]}})},
-     "ssh_ingress_cidrs: SSH from 0.0.0.0/0 (or ::/0) is not allowed"),
-    ({"platform:vault": None}, "vault.readers: required with platform:aws"),
-    ({"platform:storage": _storage(buckets={"artifacts": {"platform": "onprem"}})},
-     "platform: onprem: required, because a bucket or the tracking server is on 'onprem'"),
-    ({"platform:org": {"team": "ML Platform", "cost_center": "c", "environment": "dev"}},
-     "platform:org.team: 'ML Platform' must be 1-63 letters"),
-    ({"platform:storage": _storage(retention={"legal_minimum_days": {"eu-west-1": 3650}})},
-     "platform: storage.buckets.datasets: retention.delete_after_days: 1095 is shorter than "
-     "the legal minimum of 3650 days in eu-west-1"),
-])
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        (
+            {"platform:budget": {"monthly_usd": 0, "notify": ["a@example.com"]}},
+            "platform:budget.monthly_usd: Input should be greater than 0; set it with: "
+            "pulumi config set --path 'platform:budget.monthly_usd' <value>",
+        ),
+        (
+            {"platform:budjet": {"monthly_usd": 5}},
+            "platform:budjet: unknown key; known keys: aws, budget, default_target",
+        ),
+        (
+            {"platform:tracking": {"cluster": "gcp", "hostname": "m.example.com"}},
+            "platform:tracking.cluster: Input should be 'aws' or 'onprem'",
+        ),
+        (
+            {"aws:region": None},
+            "aws:region: required with platform:aws; set it with: pulumi config set aws:region",
+        ),
+        ({"platform:org": None}, "platform:org: Field required; set it with"),
+        ({"platform:default_target": "gpu-cloud"}, "default_target: 'gpu-cloud' is not one of local, aws"),
+        (
+            {"platform:storage": _storage(artifact_bucket="models")},
+            "platform:storage: artifact_bucket 'models' is not one of the buckets",
+        ),
+        ({"platform:storage": _storage(extra=1)}, "platform:storage.extra: unknown key"),
+        (
+            {"platform:aws": _aws(pools={"aws": {"instance_types": ["m5.large"]}})},
+            "platform:aws.pools.aws.instance_types: ['m5.large'] are not GPU instance types",
+        ),
+        (
+            {
+                "platform:aws": _aws(
+                    pools={"aws": {"instance_types": ["g5.xlarge"], "ssh_ingress_cidrs": ["0.0.0.0/0"]}}
+                )
+            },
+            "ssh_ingress_cidrs: SSH from 0.0.0.0/0 (or ::/0) is not allowed",
+        ),
+        ({"platform:vault": None}, "vault.readers: required with platform:aws"),
+        (
+            {"platform:storage": _storage(buckets={"artifacts": {"platform": "onprem"}})},
+            "platform: onprem: required, because a bucket or the tracking server is on 'onprem'",
+        ),
+        (
+            {"platform:org": {"team": "ML Platform", "cost_center": "c", "environment": "dev"}},
+            "platform:org.team: 'ML Platform' must be 1-63 letters",
+        ),
+        (
+            {"platform:storage": _storage(retention={"legal_minimum_days": {"eu-west-1": 3650}})},
+            "platform: storage.buckets.datasets: retention.delete_after_days: 1095 is shorter than "
+            "the legal minimum of 3650 days in eu-west-1",
+        ),
+    ],
+)
 def test_bad_config_names_the_key_and_the_fix(config, expected):
     with pytest.raises(StackConfigError) as info:
         run_project(PROJECT, "aws-dev", config=config)

@@ -1,0 +1,77 @@
+"""What a job's environment holds, and nothing else.
+
+A job never inherits the submitter's whole environment: another ``HML_SECRET_*``, cloud
+credentials or tokens in the shell that ran ``hml`` must not reach the job or its logs. It
+gets exactly: the host's login variables (the backend's: sshd's on a remote host, the
+``HOST_LOGIN`` names on this machine), the ``FORWARDED`` names of the submitter's
+environment, the tracking server's credentials (as secrets: redacted like them), the job
+file's ``envs`` and ``secrets``, and hml's own ``HML_*`` and ``MLFLOW_*`` variables.
+docs/security.md lists the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+FORWARDED = (
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TERM",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+FORWARDED_PREFIXES = ("LC_",)
+TRACKING_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+HOST_LOGIN = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
+"""What a job on this machine takes from it, as sshd gives a remote job its login's."""
+
+
+def forwarded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The submitter's variables a job may see (recorded at submit: no secret among them)."""
+    return {k: v for k, v in environ.items() if k in FORWARDED or k.startswith(FORWARDED_PREFIXES)}
+
+
+def tracking_credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    return {k: environ[k] for k in TRACKING_CREDENTIALS if environ.get(k)}
+
+
+def param_env_name(key: str) -> str:
+    return "HML_PARAM_" + "".join(c if c.isalnum() else "_" for c in key).upper()
+
+
+def job_env(
+    spec: Mapping[str, Any],
+    inherited: Mapping[str, str],
+    run_id: str,
+    experiment_id: str,
+    target: str,
+    tracking_uri: str,
+    attempt: int,
+) -> dict[str, str]:
+    """Everything but the secrets and the host's login variables."""
+    params = spec.get("params", {})
+    env = dict(inherited)
+    env.update({k: str(v) for k, v in spec.get("envs", {}).items()})
+    env.update({param_env_name(k): str(v) for k, v in params.items()})
+    env.update(
+        {
+            "HML_PARAMS": json.dumps(params),  # typed: --set lr=0.1 arrives as a number
+            "HML_RUN_ID": run_id,
+            "HML_JOB": spec["name"],
+            "HML_TARGET": target,
+            "HML_ATTEMPT": str(attempt),
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MLFLOW_RUN_ID": run_id,
+            "MLFLOW_EXPERIMENT_ID": experiment_id,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
