@@ -9,7 +9,8 @@ import pytest
 
 from components.base import ArgsError, OrgTags
 from components.gpu_pool import GPU_AMI_PARAMETER, GpuNodePool, GpuNodePoolArgs
-from components.harness import run_program
+from policies.offline import run_program
+from tests.programs import missing_tags
 
 TAGS = OrgTags(team="ml-platform", cost_center="cc-4711", environment="dev")
 AWS_POOL = {"cluster_name": "ml-eks", "vpc_id": "vpc-1", "subnet_ids": ["subnet-a", "subnet-b"],
@@ -135,7 +136,7 @@ def test_children_parented_and_tagged(run):
     (pool,) = result.by_type("hybridml:compute:GpuNodePool")
     custom = [r for r in result.resources if r.custom]
     assert custom and all(r.parent == pool.urn and r.name.startswith("gpu-") for r in custom)
-    assert result.missing_tags(TAGS.as_tags()) == []
+    assert missing_tags(result, TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize("overrides, message", [

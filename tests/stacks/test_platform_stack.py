@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from components.harness import load_stack_config
+from policies.offline import load_stack_config
 from runners.profile import Profile, load_profile
+from tests.programs import missing_tags, plaintext_occurrences
 from tests.stacks.examples import PROJECT, SECRETS, STACKS
 
 
@@ -32,12 +33,12 @@ def test_example_stack_evaluates_with_all_components(evaluated, stack):
 def test_no_secret_value_in_plain_inputs_or_outputs(evaluated, stack):
     result = evaluated[stack]
     for value in SECRETS.values():
-        assert result.plaintext_occurrences(value) == [], value
+        assert plaintext_occurrences(result, value) == [], value
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_org_tags_on_everything_taggable(evaluated, stack):
-    assert evaluated[stack].missing_tags(_org(stack)) == []
+    assert missing_tags(evaluated[stack], _org(stack)) == []
 
 
 @pytest.mark.parametrize("stack", STACKS)
