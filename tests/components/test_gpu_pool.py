@@ -139,9 +139,18 @@ def test_children_parented_and_tagged(run):
     assert missing_tags(result, TAGS.as_tags()) == []
 
 
+def test_aws_large_gpu_families_are_launchable():
+    result = _deploy(aws={**AWS_POOL, "instance_types": ["p4d.24xlarge", "p5.48xlarge"]})
+    (group,) = result.by_type("aws:eks/nodeGroup:NodeGroup")
+    assert group.inputs["instanceTypes"] == ["p4d.24xlarge", "p5.48xlarge"]
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"aws": {**AWS_POOL, "instance_types": ["m5.large"]}},
      r"\['m5.large'\] are not GPU instance types"),
+    ({"aws": {**AWS_POOL, "instance_types": ["g5.xlarge", "g5g.xlarge", "g4ad.xlarge"]}},
+     r"\['g5g.xlarge', 'g4ad.xlarge'\] are not GPU instance types this pool can launch "
+     r"\(NVIDIA GPUs on x86_64\); use a type of g4dn, g5, g6"),
     ({"aws": {**AWS_POOL, "ssh_ingress_cidrs": ["0.0.0.0/0"]}}, "is not allowed"),
     ({"aws": {**AWS_POOL, "capacity": "reserved"}}, "Input should be 'spot' or 'on_demand'"),
     ({"min_size": 3, "desired_size": 1}, "min_size <= desired_size <= max_size"),
