@@ -8,8 +8,8 @@ import pulumi
 import pytest
 
 from components.base import ArgsError, OrgTags
-from components.gpu_pool import GPU_AMI_PARAMETER, GpuNodePool, GpuNodePoolArgs
-from policies.offline import run_program
+from components.gpu_pool import GpuNodePool, GpuNodePoolArgs
+from policies.offline import OfflineMocks, run_program
 from tests.programs import missing_tags
 
 TAGS = OrgTags(team="ml-platform", cost_center="cc-4711", environment="dev")
@@ -23,6 +23,24 @@ ONPREM_POOL = {"nodes": ["gpu-node-1", "gpu-node-2"],
                          {"address": "10.0.0.6", "port": 2222, "user": "hml"}]}
 
 
+#: The one SSM parameter AWS publishes the Deep Learning AMI (NVIDIA driver, AL2023) under.
+DLAMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"
+                   "base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id")
+
+
+class SsmParameters(OfflineMocks):
+    """SSM holds only the Deep Learning AMI's parameter: any other name fails the lookup."""
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict:
+        if args.token == "aws:ssm/getParameter:getParameter":
+            values = {DLAMI_PARAMETER: "ami-0dlami"}
+            if args.args["name"] not in values:
+                raise KeyError(f"ParameterNotFound: {args.args['name']}")
+            return {"name": args.args["name"], "value": values[args.args["name"]],
+                    "type": "String"}
+        return super().call(args)
+
+
 def _deploy(**overrides):
     def program():
         args = {"platform": "aws", "tags": TAGS, "min_size": 0, "max_size": 4,
@@ -30,7 +48,7 @@ def _deploy(**overrides):
         pool = GpuNodePool("gpu", GpuNodePoolArgs(**args))
         pulumi.export("pool", {k: getattr(pool, k) for k in ("launch_template_id", "subnets")}
                       if args["platform"] == "aws" else pool.hosts)
-    return run_program(program)
+    return run_program(program, mocks=SsmParameters())
 
 
 def _onprem(**overrides):
@@ -60,7 +78,7 @@ def test_aws_launch_template_for_the_runner():
     (profile,) = result.by_type("aws:iam/instanceProfile:InstanceProfile")
     (group,) = result.by_type("aws:ec2/securityGroup:SecurityGroup")
     inputs = template.inputs
-    assert inputs["imageId"] == "ami-0mockgpu"  # looked up from the Deep Learning AMI parameter
+    assert inputs["imageId"] == "ami-0dlami"  # looked up from the Deep Learning AMI parameter
     assert inputs["iamInstanceProfile"] == {"arn": profile.outputs["arn"]}
     assert inputs["vpcSecurityGroupIds"] == [group.id]
     assert inputs["metadataOptions"]["httpTokens"] == "required"
@@ -69,7 +87,6 @@ def test_aws_launch_template_for_the_runner():
         assert spec["tags"]["cost-center"] == "cc-4711"
     assert result.outputs["pool"] == {"launch_template_id": template.id,
                                       "subnets": ["subnet-a", "subnet-b"]}
-    assert GPU_AMI_PARAMETER.endswith("/ami-id")
 
 
 def test_aws_runner_role_reaches_only_the_artifact_bucket():
