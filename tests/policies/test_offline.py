@@ -9,7 +9,7 @@ import pulumi_aws as aws
 import pytest
 
 from policies.offline import Secret, load_stack_config, run_program, run_project
-from tests.programs import plaintext_occurrences
+from tests.programs import missing_tags, plaintext_occurrences
 
 
 def _program() -> None:
@@ -51,6 +51,22 @@ def test_secrets_stay_marked_and_plaintext_search_finds_leaks():
     assert result.raw_outputs["password"] == Secret("hunter2")
     assert plaintext_occurrences(result, "hunter2") == []
     assert plaintext_occurrences(result, "thing-bucket")  # a plain value is found
+
+
+def test_missing_tags_reports_each_taggable_resource_without_them():
+    tags = {"team": "ml", "cost-center": "cc-1"}
+
+    def program() -> None:
+        aws.s3.Bucket("tagged", tags=tags)
+        aws.s3.Bucket("half", tags={"team": "ml"})
+        aws.lambda_.Function("fn", role="arn:aws:iam::1:role/r", package_type="Image",
+                             image_uri="repo/fn:1")
+        aws.iam.RolePolicy("inline", role="r", policy="{}")  # takes no tags
+
+    result = run_program(program)
+    assert missing_tags(result, tags) == [
+        f"{result.named('half').urn}: tags lacks {{'cost-center': 'cc-1'}}",
+        f"{result.named('fn').urn}: tags lacks {{'team': 'ml', 'cost-center': 'cc-1'}}"]
 
 
 def test_runs_are_isolated():

@@ -289,6 +289,9 @@ STACK_CASES = [
     StackCase("required-tags", lambda: [res("kubernetes:core/v1:ConfigMap", "c", {
         "metadata": {"labels": TAGS}})], False),
     StackCase("required-tags", lambda: [res("aws:iam/rolePolicy:RolePolicy", "p", {})], False),
+    StackCase("required-tags", lambda: [res("aws:lambda/function:Function", "f", {})], True),
+    StackCase("required-tags", lambda: [res("aws:newservice/widget:Widget", "w", {})], True),
+    StackCase("required-tags", lambda: [res("kubernetes:helm.sh/v3:Release", "r", {})], False),
     StackCase("budget-for-gpu-stacks", lambda: [GPU], True),
     StackCase("budget-for-gpu-stacks", lambda: [GPU, EMAIL_BUDGET], False),
     StackCase("budget-for-gpu-stacks", lambda: [DEVICE_PLUGIN], True),
@@ -315,6 +318,17 @@ def test_stack_rules_name_the_violating_resource() -> None:
     assert check_stack("s3-public-access-blocked", [bucket, block]) == [
         (block.urn, "public access block 'datasets-0' of bucket 'datasets' does not set "
                     "blockPublicAcls to true")]
+
+
+def test_missing_tags_are_named_per_resource() -> None:
+    bucket = res(BUCKET, "b", {"tags": {"team": "ml", "environment": ""}})
+    crd = res("kubernetes:monitoring.coreos.com/v1:PrometheusRule", "alerts",
+              {"metadata": {"labels": {**TAGS, "team": Secret("ml")}}})
+    config_map = res("kubernetes:core/v1:ConfigMap", "c", {"metadata": {"labels": {"team": "x"}}})
+    assert check_stack("required-tags", [bucket, crd, config_map]) == [
+        (bucket.urn, "Bucket 'b' lacks tags: cost-center, environment"),
+        (config_map.urn, "ConfigMap 'c' lacks labels: cost-center, environment")]
+    assert check_stack("required-tags", [bucket], {"tags": ["team"]}) == []
 
 
 def test_preview_unknowns_in_stack_rules() -> None:
