@@ -102,6 +102,10 @@ RESOURCE_CASES = [
                    "DB_URI": "postgresql://mlflow:$(DB_PASSWORD)@db/mlflow"}}, False),
     Case("no-plaintext-secrets", "kubernetes:core/v1:Secret",
          {"stringData": {"password": "hunter2hunter2"}}, False),
+    Case("no-plaintext-secrets", "aws:ssm/parameter:Parameter",
+         {"type": "SecureString", "value": "postgresql://mlflow:hunter2@db/mlflow"}, False),
+    Case("no-plaintext-secrets", "aws:ssm/parameter:Parameter",
+         {"type": "String", "value": "postgresql://mlflow:hunter2@db/mlflow"}, True),
     Case("no-plaintext-secrets", "kubernetes:core/v1:ConfigMap",
          {"data": {"API_TOKEN": UNKNOWN_STRING_VALUE}}, False),
     Case("no-plaintext-secrets", "pulumi-python:dynamic:Resource",
@@ -131,6 +135,8 @@ RESOURCE_CASES = [
          False),
     Case("iam-no-wildcard-admin", "aws:iam/policy:Policy", {"policy": iam("*", effect="Deny")},
          False),
+    Case("iam-no-wildcard-admin", "aws:iam/policy:Policy", {"policy": json.dumps(
+        {"Statement": [{"Action": "*:*", "Resource": "*"}]})}, True),  # Effect defaults to Allow
     Case("iam-no-wildcard-admin", "aws:iam/role:Role",
          {"inlinePolicies": [{"name": "all", "policy": iam(["*"], ["*"])}]}, True),
     Case("iam-no-wildcard-admin", "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
@@ -158,6 +164,8 @@ RESOURCE_CASES = [
     Case("gpu-spot-outside-production", LAUNCH_TEMPLATE, {"instanceType": "g5.xlarge"}, True),
     Case("gpu-spot-outside-production", LAUNCH_TEMPLATE, {
         "instanceType": "g5.xlarge", "instanceMarketOptions": {"marketType": "spot"}}, False),
+    Case("gpu-spot-outside-production", "aws:ec2/spotInstanceRequest:SpotInstanceRequest",
+         {"instanceType": "g5.xlarge"}, False),
     Case("gpu-ondemand-in-production", NODE_GROUP,
          gpu_group(tags={**TAGS, "environment": "prod"}), True),
     Case("gpu-ondemand-in-production", NODE_GROUP, gpu_group(
@@ -167,8 +175,15 @@ RESOURCE_CASES = [
          True),
     Case("gpu-instance-types-allowed", "aws:ec2/instance:Instance",
          {"instanceType": "p4d.24xlarge"}, False, {"allowedFamilies": ["p4d"]}),
+    Case("gpu-instance-types-allowed", "aws:ec2/instance:Instance",
+         {"instanceType": "g5g.xlarge"}, True),
+    Case("gpu-instance-types-allowed", LAUNCH_TEMPLATE, {"instanceType": "m5.large"}, False),
+    Case("gpu-instance-types-allowed", NODE_GROUP,
+         {"amiType": "AL2023_x86_64_STANDARD", "instanceTypes": ["m5.large"]}, False),
     Case("gpu-nodes-tainted", NODE_GROUP, gpu_group(), False),
     Case("gpu-nodes-tainted", NODE_GROUP, gpu_group(taints=[]), True),
+    Case("gpu-nodes-tainted", NODE_GROUP, gpu_group(
+        taints=[{"key": "nvidia.com/gpu", "effect": "PREFER_NO_SCHEDULE"}]), True),
     Case("gpu-nodes-tainted", "kubernetes:core/v1:NodePatch",
          {"metadata": {"labels": {"nvidia.com/gpu.present": "true"}}}, True),
     Case("gpu-nodes-tainted", "kubernetes:core/v1:NodePatch", {
@@ -180,6 +195,18 @@ RESOURCE_CASES = [
                                        "toPort": 0, "ipv6CidrBlocks": ["::/0"]}, True),
     Case("sg-no-public-ssh", SG_INGRESS, {"ipProtocol": "tcp", "fromPort": 20, "toPort": 30,
                                           "cidrIpv4": "0.0.0.0/0"}, True),
+    Case("sg-no-public-ssh", SG_INGRESS, {"ipProtocol": "tcp", "fromPort": 443, "toPort": 443,
+                                          "cidrIpv4": "0.0.0.0/0"}, False),
+    Case("sg-no-public-ssh", SG_INGRESS, {"ipProtocol": "-1", "fromPort": 443, "toPort": 443,
+                                          "cidrIpv6": "::/0"}, True),  # all protocols: all ports
+    Case("sg-no-public-ssh", SG_RULE, {"type": "egress", "protocol": "tcp", "fromPort": 22,
+                                       "toPort": 22, "cidrBlocks": ["0.0.0.0/0"]}, False),
+    Case("sg-no-public-ssh", SG_RULE, {"type": "ingress", "protocol": "tcp", "fromPort": 22,
+                                       "cidrBlocks": ["0.0.0.0/0"]}, True),
+    Case("sg-no-public-ssh", SG, {"ingress": [{"protocol": "tcp", "fromPort": 20, "toPort": 30,
+                                               "cidrBlocks": ["0.0.0.0/0"]}]}, True),
+    Case("sg-no-public-ssh", SG, {"ingress": [{"protocol": "all", "fromPort": 443,
+                                               "toPort": 443, "ipv6CidrBlocks": ["::/0"]}]}, True),
     Case("sg-public-ingress-restricted", SG, ingress(80), True),
     Case("sg-public-ingress-restricted", SG, ingress(443), False),
     Case("ec2-imdsv2-required", LAUNCH_TEMPLATE, {"metadataOptions": {"httpTokens": "required"}},
@@ -191,6 +218,9 @@ RESOURCE_CASES = [
         {"notificationType": "FORECASTED", "subscriberSnsTopicArns": ["arn:aws:sns:t"]}]}, False),
     Case("budget-alert-thresholds", "aws:budgets/budget:Budget", {"notifications": [
         {"notificationType": "ACTUAL", "subscriberEmailAddresses": ["a@example.com"]}]}, True),
+    Case("budget-alert-thresholds", "aws:budgets/budget:Budget", {"notifications": [
+        {"notificationType": "ACTUAL"},
+        {"notificationType": "FORECASTED", "subscriberSnsTopicArns": ["arn:aws:sns:t"]}]}, True),
     Case("tracking-server-auth", DEPLOYMENT, deployment(
         {"command": ["mlflow", "server"], "args": ["--app-name", "basic-auth"]}), False),
     Case("tracking-server-auth", DEPLOYMENT, deployment(
@@ -222,6 +252,12 @@ TLS = (POLICY, {"policy": json.dumps({"Statement": [{
     "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]})})
 PUBLIC_READ = (POLICY, {"policy": json.dumps({"Statement": [{
     "Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "s3:GetObject", "Resource": "*"}]})})
+
+
+def bucket_policy(statement: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return POLICY, {"policy": json.dumps({"Statement": [statement]})}
+
+
 GPU = res(NODE_GROUP, "gpu", gpu_group())
 EMAIL_BUDGET = res("aws:budgets/budget:Budget", "budget", {"notifications": [
     {"notificationType": "ACTUAL", "subscriberEmailAddresses": ["a@example.com"]}]})
@@ -260,6 +296,10 @@ STACK_CASES = [
         (VERSIONING, {"versioningConfiguration": {"status": "Suspended"}})), True),
     StackCase("s3-dataset-versioning", lambda: bucket_with(), True),
     StackCase("s3-dataset-versioning", lambda: bucket_with(name="logs"), False),
+    StackCase("s3-dataset-versioning", lambda: bucket_with(
+        name="b", bucket_props={"bucket": "ml-datasets"}), True),
+    StackCase("s3-dataset-versioning", lambda: bucket_with(
+        name="b", bucket_props={"tags": {**TAGS, "purpose": Secret("Datasets")}}), True),
     StackCase("s3-public-access-blocked", lambda: bucket_with(ALL_BLOCKED), False),
     StackCase("s3-public-access-blocked", lambda: bucket_with(), True),
     StackCase("s3-public-access-blocked", lambda: bucket_with(
@@ -269,12 +309,30 @@ STACK_CASES = [
     StackCase("s3-public-access-blocked", lambda: bucket_with(ALL_BLOCKED, PUBLIC_READ), True),
     StackCase("s3-public-access-blocked", lambda: bucket_with(TLS, provider=MINIO), False),
     StackCase("s3-public-access-blocked", lambda: bucket_with(PUBLIC_READ, provider=MINIO), True),
+    StackCase("s3-public-access-blocked", lambda: bucket_with(TLS, provider={
+        "endpoints": json.dumps([{"sts": "https://sts.lab"}])}), True),  # still AWS S3
+    StackCase("s3-public-access-blocked", lambda: bucket_with(ALL_BLOCKED, bucket_policy(
+        {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*"})), True),
+    StackCase("s3-public-access-blocked", lambda: bucket_with(ALL_BLOCKED, bucket_policy(
+        {"Effect": "Allow", "Principal": "*", "Action": "s3:GetObject", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:SourceVpce": "vpce-1"}}})), False),
+    StackCase("s3-public-access-blocked", lambda: bucket_with(ALL_BLOCKED, bucket_policy(
+        {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::1:role/ds"},
+         "Action": "s3:GetObject", "Resource": "*"})), False),
     StackCase("s3-tls-only", lambda: bucket_with(TLS), False),
     StackCase("s3-tls-only", lambda: bucket_with(PUBLIC_READ), True),
+    StackCase("s3-tls-only", lambda: bucket_with(bucket_policy(
+        {"Effect": "Allow", "Principal": "*", "Action": "s3:*", "Resource": "*",
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}})), True),
+    StackCase("s3-tls-only", lambda: bucket_with(bucket_policy(
+        {"Effect": "Deny", "Principal": "*", "Action": "*", "Resource": "*",
+         "Condition": {"Bool": {"aws:SecureTransport": "false"}}})), False),
     StackCase("s3-tls-only", lambda: [res(BUCKET, "b", {"bucket": "named"}),
                                       res(POLICY, "p", {"bucket": "named", **TLS[1]})], False),
     StackCase("s3-retention-plan", lambda: bucket_with((LIFECYCLE, lifecycle())), False),
     StackCase("s3-retention-plan", lambda: bucket_with(), True),
+    StackCase("s3-retention-plan", lambda: bucket_with(bucket_props={"lifecycleRules": [
+        {"enabled": True, "expiration": {"days": 1095}}]}), False),
     StackCase("s3-retention-plan", lambda: bucket_with((LIFECYCLE, lifecycle(expiration=None))),
               True),
     StackCase("s3-cold-tier", lambda: bucket_with((LIFECYCLE, lifecycle())), False),
@@ -296,6 +354,10 @@ STACK_CASES = [
     StackCase("budget-for-gpu-stacks", lambda: [GPU, EMAIL_BUDGET], False),
     StackCase("budget-for-gpu-stacks", lambda: [DEVICE_PLUGIN], True),
     StackCase("budget-for-gpu-stacks", lambda: [DEVICE_PLUGIN, GPU_HOUR_ALERT], False),
+    StackCase("budget-for-gpu-stacks", lambda: [res("kubernetes:core/v1:NodePatch", "n", {
+        "metadata": {"labels": {"nvidia.com/gpu.present": "true"}}})], True),
+    StackCase("budget-for-gpu-stacks", lambda: [GPU, res("aws:budgets/budget:Budget", "b", {
+        "notifications": [{"notificationType": "ACTUAL"}]})], True),  # alerts nobody
     StackCase("budget-for-gpu-stacks", lambda: bucket_with(), False),
 ]
 
@@ -318,6 +380,11 @@ def test_stack_rules_name_the_violating_resource() -> None:
     assert check_stack("s3-public-access-blocked", [bucket, block]) == [
         (block.urn, "public access block 'datasets-0' of bucket 'datasets' does not set "
                     "blockPublicAcls to true")]
+    bucket, lifecycle_config = bucket_with((LIFECYCLE, lifecycle(transition=None)),
+                                           provider=MINIO)
+    assert check_stack("s3-cold-tier", [bucket, lifecycle_config]) == [
+        (bucket.urn, "bucket 'datasets' (https://minio.lab:9000) never moves objects to cold "
+                     "storage")]
 
 
 def test_missing_tags_are_named_per_resource() -> None:
