@@ -333,6 +333,9 @@ STACK_CASES = [
     StackCase("s3-retention-plan", lambda: bucket_with(), True),
     StackCase("s3-retention-plan", lambda: bucket_with(bucket_props={"lifecycleRules": [
         {"enabled": True, "expiration": {"days": 1095}}]}), False),
+    StackCase("s3-retention-plan", lambda: bucket_with(  # the attached configuration wins
+        (LIFECYCLE, lifecycle(expiration=None)), bucket_props={"lifecycleRules": [
+            {"enabled": True, "expiration": {"days": 1095}}]}), True),
     StackCase("s3-retention-plan", lambda: bucket_with((LIFECYCLE, lifecycle(expiration=None))),
               True),
     StackCase("s3-cold-tier", lambda: bucket_with((LIFECYCLE, lifecycle())), False),
@@ -343,6 +346,8 @@ STACK_CASES = [
     StackCase("required-tags", lambda: [res(BUCKET, "b", {"tags": {"team": "ml"}}, provider={
         "defaultTags": json.dumps({"tags": {"cost-center": "cc", "environment": "dev"}})})],
         False),
+    StackCase("required-tags", lambda: [res(BUCKET, "b", {"tags": {"team": "ml"}}, provider={
+        "defaultTags": json.dumps({"tags": ["cost-center", "environment"]})})], True),
     StackCase("required-tags", lambda: [res("kubernetes:core/v1:ConfigMap", "c", {})], True),
     StackCase("required-tags", lambda: [res("kubernetes:core/v1:ConfigMap", "c", {
         "metadata": {"labels": TAGS}})], False),
@@ -358,6 +363,12 @@ STACK_CASES = [
         "metadata": {"labels": {"nvidia.com/gpu.present": "true"}}})], True),
     StackCase("budget-for-gpu-stacks", lambda: [GPU, res("aws:budgets/budget:Budget", "b", {
         "notifications": [{"notificationType": "ACTUAL"}]})], True),  # alerts nobody
+    StackCase("budget-for-gpu-stacks", lambda: [GPU, res(GPU_HOUR_ALERT.resource_type, "idle", {
+        "spec": {"groups": [{"name": "gpu", "rules": [
+            {"alert": "GpuIdle", "expr": "budget_left > 0 and gpu_util < 0.1"}]}]}})], True),
+    StackCase("budget-for-gpu-stacks", lambda: [res("kubernetes:apps/v1:DaemonSet", "exporter", {
+        "spec": {"template": {"spec": {"containers": [
+            {"name": "k8s-device-plugin-metrics", "image": "prom/node-exporter"}]}}}})], False),
     StackCase("budget-for-gpu-stacks", lambda: bucket_with(), False),
 ]
 
