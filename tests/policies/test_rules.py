@@ -296,6 +296,8 @@ STACK_CASES = [
         (VERSIONING, {"versioningConfiguration": {"status": "Suspended"}})), True),
     StackCase("s3-dataset-versioning", lambda: bucket_with(), True),
     StackCase("s3-dataset-versioning", lambda: bucket_with(name="logs"), False),
+    StackCase("s3-dataset-versioning", lambda: bucket_with(name="logs", bucket_props={
+        "loggings": [{"targetBucket": "datasets-access-logs"}]}), False),  # only names count
     StackCase("s3-dataset-versioning", lambda: bucket_with(
         name="b", bucket_props={"bucket": "ml-datasets"}), True),
     StackCase("s3-dataset-versioning", lambda: bucket_with(
