@@ -17,8 +17,8 @@ from typing import Any
 
 from bench_stacks import PROJECT, scaled_config
 
-from components.harness import run_project
 from policies.evaluate import evaluate
+from policies.offline import run_project
 from policies.report import Report
 
 STACK = "hybrid"

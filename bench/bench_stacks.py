@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.harness import ProgramResult, load_stack_config, run_project
+from policies.offline import ProgramResult, load_stack_config, run_project
 
 PROJECT = Path(__file__).resolve().parents[1] / "stacks" / "platform"
 STACKS = ("onprem", "aws-dev", "hybrid")

@@ -3,7 +3,6 @@
 Modules: ``object_store`` (ObjectStore), ``retention`` (RetentionPlan), ``keyvault``
 (KeyVault), ``gpu_pool`` and ``inventory`` (GpuNodePool, SSH GPU hosts), ``monitoring``
 (Monitoring), ``tracking`` (TrackingServer); ``platform_config``, ``platform`` and
-``profile`` compose them into the ``stacks/platform`` program; ``harness`` evaluates any
-Pulumi Python program under Pulumi's mocks. Nothing is imported here, so that importing one
-module does not load every provider SDK.
+``profile`` compose them into the ``stacks/platform`` program. Nothing is imported here, so
+that importing one module does not load every provider SDK.
 """

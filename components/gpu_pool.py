@@ -11,7 +11,6 @@ inventory of SSH GPU hosts the runner's ``ssh`` target uses. Both taint GPU node
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Literal
 
 import pulumi
@@ -21,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from components.base import Args, OrgTags, Platform, PlatformComponent
 from components.inventory import GpuHost
+from hmlkit.gpu_catalog import families, family_of, is_gpu_instance_type
 from runners.sshhost import SshHost
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "true"}
@@ -31,7 +31,8 @@ RUNNER_POLICIES = ("AmazonSSMManagedInstanceCore", "CloudWatchAgentServerPolicy"
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy",
                  "AmazonEC2ContainerRegistryReadOnly", *RUNNER_POLICIES)
 DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin"
-_GPU_FAMILY = re.compile(r"^(g4dn|g4ad|g5|g5g|g6|g6e|gr6|p3|p3dn|p4d|p4de|p5|p5e|p5en)\.")
+LAUNCHABLE_FAMILIES = families(vendor="nvidia", arch="x86_64")
+"""What the NVIDIA x86_64 AMIs above can boot: AMD (g4ad) and Graviton (g5g) GPUs cannot."""
 
 
 class AwsCapacity(Args):
@@ -47,10 +48,12 @@ class AwsCapacity(Args):
     @field_validator("instance_types")
     @classmethod
     def _gpu_types(cls, value: list[str]) -> list[str]:
-        bad = [t for t in value if not _GPU_FAMILY.match(t)]
+        bad = [t for t in value
+               if not (is_gpu_instance_type(t) and family_of(t) in LAUNCHABLE_FAMILIES)]
         if bad:
-            raise ValueError(f"{bad} are not GPU instance types; use g4dn, g5, g6, g6e, p3, "
-                             "p4d or p5 types such as g5.xlarge")
+            raise ValueError(f"{bad} are not GPU instance types this pool can launch (NVIDIA "
+                             f"GPUs on x86_64); use a type of {', '.join(LAUNCHABLE_FAMILIES)}"
+                             ", such as g5.xlarge")
         return value
 
     @field_validator("ssh_ingress_cidrs")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pulumi_policy import EnforcementLevel, PolicyPack
 
-# The CLI runs this file from policies/; the rules import the ``policies`` and ``components``
+# The CLI runs this file from policies/; the rules import the ``policies`` and ``hmlkit``
 # packages, which live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

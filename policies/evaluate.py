@@ -1,7 +1,7 @@
 """Offline evaluation: run a stack program under Pulumi's mocks and apply the pack's policies.
 
 A pull request from a fork has no engine, plugins or credentials, so ``hml policy check`` runs
-the program with ``components.harness`` and hands every registration to the very
+the program with ``policies.offline`` and hands every registration to the very
 ``Policy`` objects the CrossGuard pack serves (``policies.pack.build_policies``), wrapped in the
 SDK's own ``ResourceValidationArgs``/``StackValidationArgs``/``PolicyResource`` the way the engine
 fills them: inputs behind the SDK's unknown-checking proxy, resource references as ids/URNs,
@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pulumi_policy import (
@@ -37,10 +37,12 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
-from components import harness
 from policies.pack import build_policies
 from policies.registry import Rule, all_rules
 from policies.report import Finding, Location, Note, Report
+
+if TYPE_CHECKING:  # the program runner loads Pulumi's mock engine: only when a check runs
+    from policies.offline import ProgramResult, RegisteredResource
 
 DEFAULT_PROVIDER_PACKAGES = ("aws", "kubernetes")
 
@@ -85,8 +87,10 @@ def _level(config: Mapping[str, Any], policy_name: str, default: EnforcementLeve
 
 
 def _policy_value(value: Any) -> Any:
-    """The harness's view of an input as the policy SDK presents it (secrets marked)."""
-    if isinstance(value, harness.Secret):
+    """The program runner's view of an input as the policy SDK presents it (secrets marked)."""
+    from policies import offline
+
+    if isinstance(value, offline.Secret):
         return Secret(_policy_value(value.value))
     if isinstance(value, Mapping):
         return {k: _policy_value(v) for k, v in value.items()}
@@ -95,7 +99,7 @@ def _policy_value(value: Any) -> Any:
     return value
 
 
-def _locations(resource: harness.RegisteredResource, project_dir: Path
+def _locations(resource: RegisteredResource, project_dir: Path
                ) -> tuple[Location | None, Location | None]:
     """Where the program declared the resource, and the innermost call that registered it.
 
@@ -110,9 +114,9 @@ def _locations(resource: harness.RegisteredResource, project_dir: Path
 
 
 class _Stack:
-    """The harness result turned into the SDK's resource objects, built once per run."""
+    """The program run's result turned into the SDK's resource objects, built once per run."""
 
-    def __init__(self, result: harness.ProgramResult, config: Mapping[str, Any]) -> None:
+    def __init__(self, result: ProgramResult, config: Mapping[str, Any]) -> None:
         by_urn = {r.urn: r for r in result.resources}
         self.providers = {f"{r.urn}::{r.id}": r for r in result.resources if r.is_provider}
         # Resources without an explicit provider get the engine's default one, configured
@@ -133,28 +137,28 @@ class _Stack:
                 key: [self.policy_resources[d] for d in deps if d in self.policy_resources]
                 for key, deps in resource.options.property_dependencies.items()}
 
-    def provider(self, resource: harness.RegisteredResource) -> PolicyProviderResource | None:
+    def provider(self, resource: RegisteredResource) -> PolicyProviderResource | None:
         explicit = self.providers.get(resource.options.provider or "")
         if explicit is not None:
             return PolicyProviderResource(explicit.type, unknown_checking_proxy(
                 _policy_value(explicit.raw_inputs)), explicit.urn, explicit.name)
         return self.defaults.get(resource.type.split(":")[0]) if resource.custom else None
 
-    def options(self, resource: harness.RegisteredResource) -> PolicyResourceOptions:
+    def options(self, resource: RegisteredResource) -> PolicyResourceOptions:
         opts = resource.options
         return PolicyResourceOptions(
             opts.protect, list(opts.ignore_changes), opts.delete_before_replace, [],
             PolicyCustomTimeouts(0, 0, 0), list(opts.additional_secret_outputs), resource.parent)
 
-    def props(self, resource: harness.RegisteredResource) -> Mapping[str, Any]:
+    def props(self, resource: RegisteredResource) -> Mapping[str, Any]:
         return unknown_checking_proxy(_policy_value(resource.raw_inputs))
 
-    def _policy_resource(self, resource: harness.RegisteredResource) -> PolicyResource:
+    def _policy_resource(self, resource: RegisteredResource) -> PolicyResource:
         return PolicyResource(resource.type, self.props(resource), resource.urn, resource.name,
                               self.options(resource), self.provider(resource), None, [], {})
 
 
-def _blind_spots(result: harness.ProgramResult, secret_keys: tuple[str, ...]) -> list[Note]:
+def _blind_spots(result: ProgramResult, secret_keys: tuple[str, ...]) -> list[Note]:
     """What this run could not see as the engine would, one note per kind of blind spot."""
     notes = []
     parents = {r.parent for r in result.resources}
@@ -235,13 +239,15 @@ def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any]
     ``config`` overrides stack config keys (full ``namespace:key`` names), e.g. to scale a
     stack up for the benchmark.
     """
+    from policies import offline
+
     project_dir = Path(project_dir).resolve()
     if not (project_dir / "Pulumi.yaml").is_file():
         raise PolicyInputError(f"{project_dir}: no Pulumi.yaml here; give the directory of a "
                                "Pulumi project (e.g. stacks/platform)")
     _require_python(project_dir)
     try:
-        stack_config = harness.load_stack_config(project_dir, stack)
+        stack_config = offline.load_stack_config(project_dir, stack)
     except FileNotFoundError as exc:
         raise PolicyInputError(str(exc)) from exc
     except Exception as exc:  # malformed YAML or a project file without a name
@@ -249,7 +255,7 @@ def evaluate(project_dir: str | Path, stack: str, pack_config: Mapping[str, Any]
                                f"({type(exc).__name__}: {exc}); fix the YAML") from exc
     started = time.perf_counter()
     try:
-        result = harness.run_project(project_dir, stack, config=config)
+        result = offline.run_project(project_dir, stack, config=config)
     except Exception as exc:  # the program is user input: any failure is reported, not raised
         detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise PolicyInputError(f"{project_dir.name} stack {stack!r}: the program failed: "

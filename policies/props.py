@@ -9,18 +9,17 @@ inputs through these helpers so that it behaves the same on both paths.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from pulumi_policy import Secret
 from pulumi_policy.proxy import UnknownValueError
 
+from hmlkit.gpu_catalog import is_gpu_instance_type
+
 #: The organisation's tag keys, on every taggable AWS resource and as labels on Kubernetes objects.
 REQUIRED_TAGS = ("team", "cost-center", "environment")
 
-#: EC2 GPU instance families: p (training) and g (graphics/inference) generations.
-_GPU_INSTANCE = re.compile(r"^(?:p\d+[a-z]*|g\d+[a-z]*|gr\d+[a-z]*)\.", re.IGNORECASE)
 GPU_RESOURCE = "nvidia.com/gpu"
 PRODUCTION_NAMES = frozenset({"prod", "production"})
 
@@ -146,10 +145,6 @@ def environment_of(props: Mapping[str, Any]) -> str:
 
 def is_production(props: Mapping[str, Any]) -> bool:
     return environment_of(props) in PRODUCTION_NAMES
-
-
-def is_gpu_instance_type(instance_type: Any) -> bool:
-    return isinstance(instance_type, str) and bool(_GPU_INSTANCE.match(instance_type))
 
 
 def is_gpu_node_group(props: Mapping[str, Any]) -> bool:

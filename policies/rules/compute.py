@@ -1,8 +1,9 @@
 """GPU capacity and network rules: bounded, tainted, cost-aware node pools; closed ingress.
 
 GPU capacity is recognised by type, not by who declared it: EKS node groups with a GPU AMI
-type or GPU instance types, EC2 launch templates and instances of the p/g families, and
-Kubernetes nodes labelled with an NVIDIA GPU.
+type or GPU instance types, EC2 launch templates and instances whose family is in
+``hmlkit.gpu_catalog`` (the table the GPU pool validates against too), and Kubernetes nodes
+labelled with an NVIDIA GPU.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
+from hmlkit.gpu_catalog import GPU_FAMILIES, family_of, is_gpu_instance_type
 from policies.props import (
     GPU_RESOURCE,
     dig,
-    is_gpu_instance_type,
     is_gpu_node_group,
     is_production,
     items,
@@ -129,13 +130,14 @@ def gpu_ondemand_in_production(resource_type: str, props: Mapping[str, Any],
     remediation="Pick an instance type from allowedFamilies, or add the family to the pack "
     "configuration after finance approves its price.",
     types=_EC2_CAPACITY,
-    config={"allowedFamilies": {"type": "array", "items": {"type": "string"},
+    config={"allowedFamilies": {"type": "array",
+                                "items": {"type": "string", "enum": sorted(GPU_FAMILIES)},
                                 "default": ["g4dn", "g5", "g6", "g6e", "p3"]}},
 )
 def gpu_instance_types_allowed(resource_type: str, props: Mapping[str, Any],
                                config: Mapping[str, Any]) -> Iterator[str]:
     for instance_type in gpu_instance_types(resource_type, props):
-        if instance_type.split(".")[0].lower() not in config["allowedFamilies"]:
+        if family_of(instance_type) not in config["allowedFamilies"]:
             yield f"instance type {instance_type} is not in an approved GPU family"
 
 

@@ -1,10 +1,9 @@
 """Cost and ownership rules: the organisation's tags, budgets wherever GPUs are, MLflow auth.
 
-Whether a resource takes tags (AWS) or labels (Kubernetes) is read from the provider SDK's
-own class for the type token (``components.harness.tag_carrier``, shared with the component
-tests), so the rule covers every taggable type of the installed SDKs, not a hand-kept list.
-Tags set on the provider (``defaultTags``) count, as the provider merges them into every
-resource.
+Whether a resource takes tags (AWS) or labels (Kubernetes) is the pack's own answer
+(``policies.taggable``, read from the provider SDKs installed with the pack), and it fails
+closed: a type the SDK does not know is held to the tags like any taggable one. Tags set on
+the provider (``defaultTags``) count, as the provider merges them into every resource.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from typing import Any
 
 from pulumi_policy import PolicyResource, Severity
 
-from components.harness import tag_carrier
 from policies.props import (
     REQUIRED_TAGS,
     containers,
@@ -30,6 +28,7 @@ from policies.props import (
 )
 from policies.registry import resource_rule, stack_rule
 from policies.rules.compute import is_gpu_capacity
+from policies.taggable import tag_carrier
 
 BUDGET = "aws:budgets/budget:Budget"
 PROMETHEUS_RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"

@@ -238,12 +238,12 @@ def lifecycle_rules(resource_type: str, props: Mapping[str, Any]) -> list[Lifecy
 
 def _bucket_lifecycles(resources: Sequence[PolicyResource]
                        ) -> Iterator[tuple[PolicyResource, list[LifecycleRule]]]:
-    """Each bucket with its enabled lifecycle rules, inline and from attached configurations."""
+    """Each bucket with its enabled lifecycle rules: from its attached configurations, which
+    replace the bucket's inline rules in S3, or else the inline ones."""
     attached = _by_bucket(resources, LIFECYCLE)
     for bucket in _buckets(resources):
-        rules = lifecycle_rules(bucket.resource_type, bucket.props)
-        for lifecycle in attached.get(bucket.urn, []):
-            rules += lifecycle_rules(lifecycle.resource_type, lifecycle.props)
+        configs = attached.get(bucket.urn) or [bucket]
+        rules = [r for c in configs for r in lifecycle_rules(c.resource_type, c.props)]
         yield bucket, [r for r in rules if r.enabled]
 
 

@@ -1,7 +1,8 @@
 """The hybridml platform stack: read the typed config, build the platform, export the profile.
 
 All logic lives in ``components`` (``components.platform``); this file only wires it to the
-Pulumi program entry point so that ``pulumi up`` and the mock harness run the same code.
+Pulumi program entry point so that ``pulumi up`` and the offline runner (``policies.offline``)
+run the same code.
 """
 
 import pulumi

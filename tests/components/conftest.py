@@ -1,4 +1,4 @@
-"""Fixtures for component tests: a real moto S3/IAM server process, and shared args."""
+"""Fixtures for component tests: a real moto S3/IAM server process and its client."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from components.base import OrgTags
 from tests.conftest import free_port
 
 
@@ -53,8 +52,3 @@ def s3(moto_endpoint, monkeypatch):
     }.items():
         monkeypatch.setenv(key, value)
     return boto3.client("s3")
-
-
-@pytest.fixture
-def org_tags() -> OrgTags:
-    return OrgTags(team="ml-platform", cost_center="cc-4711", environment="dev")

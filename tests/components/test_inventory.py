@@ -9,8 +9,8 @@ from pathlib import Path
 import dill
 import pytest
 
-from components.harness import run_program
 from components.inventory import GpuHost, GpuHostProvider
+from policies.offline import run_program
 from runners.errors import HostKeyError
 from runners.sshhost import SshHost
 from tests.sshbed import SshBed, ssh_bed  # noqa: F401 - the fixture

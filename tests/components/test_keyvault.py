@@ -8,8 +8,9 @@ import pulumi
 import pytest
 
 from components.base import ArgsError, OrgTags
-from components.harness import Secret, run_program
 from components.keyvault import KeyVault, KeyVaultArgs
+from policies.offline import Secret, run_program
+from tests.programs import missing_tags, plaintext_occurrences
 
 TAGS = OrgTags(team="ml-platform", cost_center="cc-4711", environment="prod")
 READER = "arn:aws:iam::123456789012:role/mlflow-server"
@@ -63,12 +64,12 @@ def test_no_plaintext_secret_anywhere():
     result = _vault()
     (version,) = result.by_type("aws:secretsmanager/secretVersion:SecretVersion")
     assert version.raw_inputs["secretString"] == Secret(DB_URI)
-    assert result.plaintext_occurrences("s3cr3t-pw") == []
+    assert plaintext_occurrences(result, "s3cr3t-pw") == []
 
 
 def test_a_plain_string_value_is_still_made_secret():
     result = _vault(secrets={"api-token": "tok-123456"})
-    assert result.plaintext_occurrences("tok-123456") == []
+    assert plaintext_occurrences(result, "tok-123456") == []
 
 
 def test_onprem_secret_is_readable_only_through_the_bound_role():
@@ -88,8 +89,8 @@ def test_onprem_secret_is_readable_only_through_the_bound_role():
     ]
     assert binding.inputs["roleRef"]["name"] == role.inputs["metadata"]["name"]
     assert result.by_type("aws:kms/key:Key") == []
-    assert result.plaintext_occurrences("s3cr3t-pw") == []
-    assert result.missing_tags(TAGS.as_tags()) == []
+    assert plaintext_occurrences(result, "s3cr3t-pw") == []
+    assert missing_tags(result, TAGS.as_tags()) == []
 
 
 def test_onprem_sync_reads_the_aws_vault_and_keeps_it_secret():
@@ -102,11 +103,11 @@ def test_onprem_sync_reads_the_aws_vault_and_keeps_it_secret():
     (secret,) = result.by_type("kubernetes:core/v1:Secret")
     synced = "mock-secret:hybridml/prod/tracking-db-uri"
     assert secret.raw_inputs["stringData"] == Secret({"tracking-db-uri": synced})
-    assert result.plaintext_occurrences(synced) == []
+    assert plaintext_occurrences(result, synced) == []
 
 
 def test_tags_on_everything_taggable():
-    assert _vault().missing_tags(TAGS.as_tags()) == []
+    assert missing_tags(_vault(), TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize(

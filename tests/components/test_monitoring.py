@@ -7,8 +7,9 @@ import json
 import pytest
 
 from components.base import ArgsError, OrgTags
-from components.harness import run_program
 from components.monitoring import Budget, Monitoring, MonitoringArgs
+from policies.offline import run_program
+from tests.programs import missing_tags
 
 TAGS = OrgTags(team="ml-platform", cost_center="cc-4711", environment="prod")
 MAILS = ["finance@example.com", "ml-lead@example.com"]
@@ -101,7 +102,7 @@ def test_children_parented_and_tagged(platform):
     (mon,) = result.by_type("hybridml:observability:Monitoring")
     custom = [r for r in result.resources if r.custom]
     assert custom and all(r.parent == mon.urn and r.name.startswith("mon-") for r in custom)
-    assert result.missing_tags(TAGS.as_tags()) == []
+    assert missing_tags(result, TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize(

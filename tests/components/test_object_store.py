@@ -7,9 +7,10 @@ import json
 import pytest
 
 from components.base import ArgsError, OrgTags
-from components.harness import ProgramResult, run_program
 from components.object_store import ObjectStore, ObjectStoreArgs, StorageEndpoint
 from components.retention import RetentionPlan
+from policies.offline import ProgramResult, run_program
+from tests.programs import missing_tags, plaintext_occurrences
 
 DS = ["arn:aws:iam::123456789012:role/data-scientists"]
 LABELLERS = ["arn:aws:iam::123456789012:role/labelling-vendor"]
@@ -65,7 +66,7 @@ class ObjectStoreContract:
         custom = [r for r in result.resources if r.custom and not r.is_provider]
         assert custom and all(r.parent == store.urn for r in custom)
         assert all(r.name.startswith("data-") for r in custom)
-        assert result.missing_tags(TAGS.as_tags()) == []
+        assert missing_tags(result, TAGS.as_tags()) == []
 
     def test_bad_prefix_names_the_field(self):
         with pytest.raises(ArgsError, match="labeller_prefix: .*must look like 'labelling/'"):
@@ -169,8 +170,8 @@ class TestOnpremObjectStore(ObjectStoreContract):
 
     def test_endpoint_credentials_are_secrets(self):
         result = self.deploy()
-        assert result.plaintext_occurrences("minio-secret-key") == []
-        assert result.plaintext_occurrences("AKIAMINIO") == []
+        assert plaintext_occurrences(result, "minio-secret-key") == []
+        assert plaintext_occurrences(result, "AKIAMINIO") == []
 
     def test_no_public_access_block_and_no_principals_where_unsupported(self):
         result = self.deploy()

@@ -6,8 +6,9 @@ import pulumi
 import pytest
 
 from components.base import ArgsError, OrgTags
-from components.harness import run_program
 from components.tracking import TrackingServer, TrackingServerArgs
+from policies.offline import run_program
+from tests.programs import missing_tags, plaintext_occurrences
 
 TAGS = OrgTags(team="ml-platform", cost_center="cc-4711", environment="prod")
 DB_URI = "postgresql://mlflow:db-pa55@pg.internal:5432/mlflow"
@@ -66,7 +67,7 @@ def test_one_url_auth_on_and_artifacts_in_the_object_store(platform):
 def test_no_plaintext_secret_in_inputs_or_outputs(platform):
     result = _deploy(platform=platform)
     for needle in ("db-pa55", ADMIN, MINIO_SECRET):
-        assert result.plaintext_occurrences(needle) == [], needle
+        assert plaintext_occurrences(result, needle) == [], needle
     (secret,) = result.by_type("kubernetes:core/v1:Secret")
     assert "admin_password = adm1n-pa55" in secret.inputs["stringData"]["basic_auth.ini"]
     env = {e["name"]: e for e in _container(result)["env"]}
@@ -93,7 +94,7 @@ def test_children_parented_and_tagged():
     (server,) = result.by_type("hybridml:tracking:TrackingServer")
     custom = [r for r in result.resources if r.custom]
     assert len(custom) == 5 and all(r.parent == server.urn for r in custom)
-    assert result.missing_tags(TAGS.as_tags()) == []
+    assert missing_tags(result, TAGS.as_tags()) == []
 
 
 @pytest.mark.parametrize(

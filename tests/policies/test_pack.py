@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import empty_pb2, struct_pb2
+from google.protobuf import empty_pb2, json_format, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 from pulumi_policy.proxy import UNKNOWN_OBJECT_VALUE, UNKNOWN_STRING_VALUE
 
@@ -49,8 +49,19 @@ def test_rules_carry_complete_metadata() -> None:
     assert len(rules) >= 20
     assert REQUIRED_COVERAGE <= {rule.id for rule in rules}
     for rule in rules:
-        assert rule.description and rule.remediation and rule.severity and rule.enforcement
+        assert rule.description.endswith(".") and rule.remediation.endswith("."), rule.id
         assert all("default" in schema for schema in rule.config.values()), rule.id
+
+
+def test_the_pack_loads_no_component_test_code_or_program_runner() -> None:
+    """The pack's venv has neither the components' dependencies nor the tests; the offline
+    runner (Pulumi's mock engine) is for ``hml policy check`` only, loaded when it runs."""
+    code = ("import sys; import policies.evaluate; from policies.pack import build_policies; "
+            "build_policies(); print(sorted(m for m in sys.modules if m == 'policies.offline' "
+            "or m.split('.')[0] in ('components', 'runners', 'tests')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PACK_DIR.parent, check=True,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "[]"
 
 
 @contextlib.contextmanager
@@ -78,8 +89,17 @@ def test_pack_serves_every_rule(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> Non
     info = analyzer.GetAnalyzerInfo(empty_pb2.Empty())
     assert info.name == "hybridml"
     served = {p.name: p for p in info.policies}
-    assert set(served) == {rule.id for rule in all_rules()}
+    rules = {rule.id: rule for rule in all_rules()}
+    assert set(served) == set(rules)
     assert served["sg-no-public-ssh"].remediation_steps.startswith("Allow port 22 only")
+    # What the engine is told: each rule's own level, severity and configuration defaults.
+    assert {name: (analyzer_pb2.EnforcementLevel.Name(p.enforcementLevel),
+                   analyzer_pb2.PolicySeverity.Name(p.severity)) for name, p in served.items()} \
+        == {rule.id: (rule.enforcement.name, f"POLICY_SEVERITY_{rule.severity.name}")
+            for rule in rules.values()}
+    defaults = {name: {key: value["default"] for key, value in json_format.MessageToDict(
+        p.configSchema.properties).items()} for name, p in served.items()}
+    assert defaults == {rule.id: rule.settings(None) for rule in rules.values()}
 
 
 def _struct(values: dict) -> struct_pb2.Struct:
@@ -102,6 +122,18 @@ def test_pack_analyzes_a_resource(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> N
 
     assert analyze({"enableKeyRotation": False}) == {"kms-key-rotation"}
     assert analyze({"enableKeyRotation": True}) == set()
+
+
+def test_an_advisory_rules_violation_is_reported_as_advisory(
+        analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
+    group = {"amiType": "AL2_x86_64_GPU", "capacityType": "SPOT", "scalingConfig": {"maxSize": 4},
+             "taints": [{"key": "nvidia.com/gpu", "effect": "NO_SCHEDULE"}],
+             "tags": {"team": "ml", "cost-center": "c", "environment": "production"}}
+    response = analyzer.Analyze(analyzer_pb2.AnalyzeRequest(
+        type="aws:eks/nodeGroup:NodeGroup", properties=_struct(group), name="gpu",
+        urn="urn:pulumi:prod::p::aws:eks/nodeGroup:NodeGroup::gpu"))
+    assert {d.policyName: d.enforcementLevel for d in response.diagnostics} == {
+        "gpu-ondemand-in-production": analyzer_pb2.ADVISORY}
 
 
 def test_pack_analyzes_the_stack(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:

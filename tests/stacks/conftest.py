@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.harness import ProgramResult, run_project
+from policies.offline import ProgramResult, run_project
 from tests.stacks.examples import PROJECT, SECRETS, STACKS
 
 

@@ -15,7 +15,7 @@ import dill
 import pulumi
 from pulumi.runtime import rpc
 
-from components.harness import PlatformMocks, run_project
+from policies.offline import OfflineMocks, run_project
 from runners.profile import load_profile
 from tests.sshbed import SshBed, ssh_bed  # noqa: F401 - the fixture
 from tests.stacks.examples import PROJECT, SECRETS
@@ -23,7 +23,7 @@ from tests.stacks.examples import PROJECT, SECRETS
 DYNAMIC = "pulumi-python:dynamic:Resource"
 
 
-class CreatingDynamicResources(PlatformMocks):
+class CreatingDynamicResources(OfflineMocks):
     """Mocks that run Python dynamic providers' ``create``, as ``pulumi up`` would."""
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:

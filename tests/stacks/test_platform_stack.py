@@ -7,8 +7,9 @@ import json
 import pytest
 import yaml
 
-from components.harness import load_stack_config
+from policies.offline import load_stack_config
 from runners.profile import Profile, load_profile
+from tests.programs import missing_tags, plaintext_occurrences
 from tests.stacks.examples import PROJECT, SECRETS, STACKS
 
 
@@ -35,21 +36,31 @@ def test_example_stack_evaluates_with_all_components(evaluated, stack):
 def test_no_secret_value_in_plain_inputs_or_outputs(evaluated, stack):
     result = evaluated[stack]
     for value in SECRETS.values():
-        assert result.plaintext_occurrences(value) == [], value
+        assert plaintext_occurrences(result, value) == [], value
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_org_tags_on_everything_taggable(evaluated, stack):
-    assert evaluated[stack].missing_tags(_org(stack)) == []
+    assert missing_tags(evaluated[stack], _org(stack)) == []
+
+
+K8S_PROVIDER, AWS_PROVIDER = "pulumi:providers:kubernetes", "pulumi:providers:aws"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+ONPREM_SHARED = {("onprem-k8s", K8S_PROVIDER), ("onprem-namespace", NAMESPACE),
+                 ("onprem-s3", AWS_PROVIDER)}
+#: What several components share (a cluster, its namespace, the S3 endpoint) and so no one
+#: component owns: the only resources directly under the stack.
+TOP_LEVEL = {"onprem": ONPREM_SHARED, "hybrid": ONPREM_SHARED,
+             "aws-dev": {("aws-k8s", K8S_PROVIDER), ("aws-namespace", NAMESPACE)}}
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_child_is_parented_to_a_component(evaluated, stack):
     result = evaluated[stack]
-    components = {r.urn for r in result.resources if not r.custom}
-    stray = [r.name for r in result.resources if r.custom and r.parent not in components]
-    # Only the cluster providers, their namespaces and the S3 endpoint provider are top level.
-    assert all(n.endswith(("-k8s", "-namespace", "-s3")) for n in stray), stray
+    ours = {r.urn for r in result.resources if r.type.startswith("hybridml:")}
+    top = [r for r in result.resources if r.custom and r.parent not in ours]
+    assert {(r.name, r.type) for r in top} == TOP_LEVEL[stack]
+    assert {r.parent for r in top} == {result.stack_urn}
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.harness import load_stack_config, run_project
 from components.platform_config import StackConfigError
+from policies.offline import load_stack_config, run_project
 from tests.stacks.examples import PROJECT
 
 

@@ -1,4 +1,4 @@
-"""The mock harness: what a program registers comes back typed, isolated and secret-aware."""
+"""The offline program runner: what a program registers comes back typed, isolated and secret-aware."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pulumi
 import pulumi_aws as aws
 import pytest
 
-from components.harness import Secret, load_stack_config, run_program, run_project
+from policies.offline import Secret, load_stack_config, run_program, run_project
+from tests.programs import missing_tags, plaintext_occurrences
 
 
 def _program() -> None:
@@ -56,8 +57,24 @@ def test_secrets_stay_marked_and_plaintext_search_finds_leaks():
     result = _run()
     assert result.named("thing-secret").raw_inputs["secretString"] == Secret("hunter2")
     assert result.raw_outputs["password"] == Secret("hunter2")
-    assert result.plaintext_occurrences("hunter2") == []
-    assert result.plaintext_occurrences("thing-bucket")  # a plain value is found
+    assert plaintext_occurrences(result, "hunter2") == []
+    assert plaintext_occurrences(result, "thing-bucket")  # a plain value is found
+
+
+def test_missing_tags_reports_each_taggable_resource_without_them():
+    tags = {"team": "ml", "cost-center": "cc-1"}
+
+    def program() -> None:
+        aws.s3.Bucket("tagged", tags=tags)
+        aws.s3.Bucket("half", tags={"team": "ml"})
+        aws.lambda_.Function("fn", role="arn:aws:iam::1:role/r", package_type="Image",
+                             image_uri="repo/fn:1")
+        aws.iam.RolePolicy("inline", role="r", policy="{}")  # takes no tags
+
+    result = run_program(program)
+    assert missing_tags(result, tags) == [
+        f"{result.named('half').urn}: tags lacks {{'cost-center': 'cc-1'}}",
+        f"{result.named('fn').urn}: tags lacks {{'team': 'ml', 'cost-center': 'cc-1'}}"]
 
 
 def test_runs_are_isolated():

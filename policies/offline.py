@@ -1,11 +1,13 @@
-"""Evaluate a Pulumi Python program without the engine and return what it would deploy.
+"""Run a Pulumi Python program without the engine and return what it would deploy.
 
-Why this exists: no Pulumi CLI or provider plugin can run in CI, yet tests, the benchmark
-and the offline policy evaluator (``hml policy check``) all need the same answer: which
-resources a stack program registers, with which inputs, parents and options, and what the
-stack exports. Pulumi's own unit-test mocks run the real program; this module wraps them
-once, with isolation (a fresh monitor, root stack and config per run, because the mocks'
-monitor is process-wide) and a typed result instead of untyped dicts.
+Why this exists: a pull request has no Pulumi CLI, provider plugin or cloud credentials, yet
+``hml policy check`` must see what a stack program would register: every resource with its
+inputs, parent and options, and what the stack exports. Pulumi's own unit-test mocks
+(``pulumi.runtime.set_mocks``) run the real program; this module wraps them once, with
+isolation (a fresh monitor, root stack and config per run, because the mocks' monitor is
+process-wide) and a typed result instead of untyped dicts. It is a program runner, not a mock
+of our code: it imports nothing of ``components``, and the pack's rules never import it (only
+the offline evaluator does, when it runs); the tests and the benchmark use it too.
 
 Secrets stay visible as secrets: ``RegisteredResource.raw_inputs`` and
 ``ProgramResult.raw_outputs`` keep every Pulumi secret wrapped in :class:`Secret`, so a test
@@ -21,14 +23,11 @@ Example::
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 import json
 import os
 import runpy
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,56 +150,6 @@ class ProgramResult:
             out.extend(self.descendants(child.urn))
         return out
 
-    def missing_tags(self, required: Mapping[str, str]) -> list[str]:
-        """Taggable custom resources whose tags (AWS) or labels (Kubernetes) lack ``required``."""
-        missing = []
-        for res in self.resources:
-            carrier = tag_carrier(res.type) if res.custom and not res.is_provider else None
-            if carrier is None:
-                continue
-            value: Any = res.inputs
-            for part in carrier.split("."):
-                value = value.get(part) or {} if isinstance(value, Mapping) else {}
-            absent = {k: v for k, v in required.items() if value.get(k) != v}
-            if absent:
-                missing.append(f"{res.urn}: {carrier} lacks {absent}")
-        return missing
-
-    def plaintext_occurrences(self, needle: str) -> list[str]:
-        """Where ``needle`` appears outside a Pulumi secret, as ``urn:path`` strings."""
-        hits = [f"{r.urn}:{p}" for r in self.resources for p in _plain_paths(r.raw_inputs, needle)]
-        hits += [f"{r.urn}:outputs.{p}" for r in self.resources
-                 for p in _plain_paths(r.raw_outputs, needle)]
-        hits += [f"stack:{p}" for p in _plain_paths(self.raw_outputs, needle)]
-        return hits
-
-
-@functools.cache
-def tag_carrier(type_token: str) -> str | None:
-    """The input that carries organisation tags for a resource type, or None if it has none.
-
-    AWS resources whose constructor accepts ``tags`` carry them there; Kubernetes objects
-    carry labels in ``metadata.labels`` (custom resources included). Resolved from the
-    installed provider SDKs, so a new resource type needs no list kept by hand.
-    """
-    package, module_path, class_name = type_token.split(":")
-    sdk = {"aws": ("pulumi_aws", "tags"), "kubernetes": ("pulumi_kubernetes", "metadata")}
-    if package not in sdk:
-        return None
-    root, parameter = sdk[package]
-    module_name = module_path.split("/")[0].replace("index", "")
-    if package == "kubernetes":  # "rbac.authorization.k8s.io/v1" lives in pulumi_kubernetes.rbac
-        module_name = module_name.split(".")[0]
-    version = module_path.split("/")[1] if package == "kubernetes" and "/" in module_path else ""
-    try:
-        module = importlib.import_module(".".join(p for p in (root, module_name, version) if p))
-        cls = getattr(module, class_name)
-    except (ImportError, AttributeError):
-        return "metadata.labels" if package == "kubernetes" else None
-    if parameter not in inspect.signature(cls._internal_init).parameters:
-        return None
-    return "metadata.labels" if package == "kubernetes" else "tags"
-
 
 def unwrap(value: Any) -> Any:
     """Replace every :class:`Secret` with its value (the view policies evaluate)."""
@@ -230,20 +179,7 @@ def _mark_secrets(value: Any) -> Any:
     return value
 
 
-def _plain_paths(value: Any, needle: str, path: str = "") -> Iterator[str]:
-    if isinstance(value, Secret):
-        return
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _plain_paths(v, needle, f"{path}.{k}" if path else str(k))
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            yield from _plain_paths(v, needle, f"{path}[{i}]")
-    elif isinstance(value, str) and needle in value:
-        yield path or "<value>"
-
-
-class PlatformMocks(pulumi.runtime.Mocks):
+class OfflineMocks(pulumi.runtime.Mocks):
     """Default mocks: echo inputs and fill in what a provider computes that programs read.
 
     Only attributes our components consume are synthesised (ARNs, ids, bucket names,
@@ -384,7 +320,7 @@ def run_program(
     secrets (``Config.require_secret`` returns a secret Output). Exceptions the program
     raises propagate unchanged.
     """
-    monitor = _RecordingMonitor(mocks or PlatformMocks())
+    monitor = _RecordingMonitor(mocks or OfflineMocks())
     settings.ROOT.set(None)
     settings.configure(pulumi_mocks.MockSettings(
         monitor=monitor, monitor_features=set(
