@@ -2,7 +2,9 @@
 """The two quick-start commands, needing only python3 on a fresh machine.
 
     python3 dev.py demo   install hybridml into .venv and run the digits example locally
-    python3 dev.py test   install everything the tests need (Debian sshd too) and run them
+    python3 dev.py test   install everything the tests need (Debian sshd too), run ruff, the
+                          import-linter contracts and mypy, then every test
+    python3 dev.py test tests/runners -x   only pytest, with these arguments
 
 Each step is skipped when already done, so repeating a command is fast.
 """
@@ -67,9 +69,29 @@ def demo() -> int:
     return rc
 
 
+CHECKS = [
+    ["ruff", "check", "."],
+    ["ruff", "format", "--check", "."],
+    ["lint-imports"],  # the layers: pyproject's [tool.importlinter] contracts
+    ["mypy"],  # the runner's spec, profile, backends and the leaf package, strict
+]
+
+
+def checks() -> int:
+    """Lint, format, architecture and type checks: the same in CI as here, before any test."""
+    for check in CHECKS:
+        print("+", " ".join(check), flush=True)
+        rc = subprocess.run([str(VENV / "bin" / check[0]), *check[1:]], cwd=ROOT).returncode
+        if rc:
+            return rc
+    return 0
+
+
 def test(args: list[str]) -> int:
     debian_packages()
     venv("all")
+    if not args and checks():
+        return 1
     return subprocess.run([str(PY), "-m", "pytest", *(args or ["tests"])], cwd=ROOT).returncode
 
 

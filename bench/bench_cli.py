@@ -30,9 +30,7 @@ def main() -> None:
         job = Path(tmp) / "job.yaml"
         job.write_text(f"name: bench\nrun: {JOB_CMD}\n")
         hml = str(BIN / "hml")
-        out = subprocess.run(
-            [hml, "submit", str(job), "-o", "json"], env=env, capture_output=True, text=True
-        )
+        out = subprocess.run([hml, "submit", str(job), "-o", "json"], env=env, capture_output=True, text=True)
         run_id = json.loads(out.stdout)["run_id"]
 
         python = wall([sys.executable, "-c", "pass"], repeat=10)
@@ -47,20 +45,24 @@ def main() -> None:
             cmd = [sys.executable, "-c", probe, *args]
             got = subprocess.run(cmd, env=env, capture_output=True, text=True)
             imported[name] = got.stderr.strip().splitlines()[-1]
-        report("(a) CLI start-up (median of 10)", [
-            ("hml --help", help_s, python),
-            ("hml status RUN", status_s, python),
-        ])
+        report(
+            "(a) CLI start-up (median of 10)",
+            [
+                ("hml --help", help_s, python),
+                ("hml status RUN", status_s, python),
+            ],
+        )
         for name, mods in imported.items():
             print(f"heavy modules imported by hml {name}: {mods}")
 
         direct = median_of(lambda: first_line_latency(["bash", "-c", JOB_CMD], "first-line"), 5)
-        submit = median_of(
-            lambda: first_line_latency([hml, "submit", str(job)], "first-line", env=env), 5
+        submit = median_of(lambda: first_line_latency([hml, "submit", str(job)], "first-line", env=env), 5)
+        report(
+            "(b) submit to the job's first output line, local target (median of 5)",
+            [
+                ("hml submit (embedded SQLite tracking)", submit, direct),
+            ],
         )
-        report("(b) submit to the job's first output line, local target (median of 5)", [
-            ("hml submit (embedded SQLite tracking)", submit, direct),
-        ])
 
 
 if __name__ == "__main__":

@@ -38,9 +38,18 @@ def main() -> None:
             env = {**os.environ, "HML_HOME": str(tmp_path / "home"), "HML_CONFIG": str(profile)}
             host = bed.hosts[0]
             ssh = [
-                "ssh", "-i", str(host.identity_file), "-p", str(host.port),
-                "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
-                "-o", "BatchMode=yes", f"{host.user}@{host.address}",
+                "ssh",
+                "-i",
+                str(host.identity_file),
+                "-p",
+                str(host.port),
+                "-o",
+                f"UserKnownHostsFile={known}",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                "BatchMode=yes",
+                f"{host.user}@{host.address}",
             ]
             work = tmp_path / "work"
             work.mkdir()
@@ -52,10 +61,13 @@ def main() -> None:
             hml_start = median_of(lambda: first_line_latency(hml, "first-line", env=env), 5)
             plain_total = wall([*ssh, JOB], repeat=5)
             hml_total = wall(hml, repeat=5, env=env)
-            report("ssh target: latency and overhead (median of 5)", [
-                ("(a) submit to remote first line", hml_start, plain_start),
-                (f"(b) whole short job ({JOB!r})", hml_total, plain_total),
-            ])
+            report(
+                "ssh target: latency and overhead (median of 5)",
+                [
+                    ("(a) submit to remote first line", hml_start, plain_start),
+                    (f"(b) whole short job ({JOB!r})", hml_total, plain_total),
+                ],
+            )
 
             big = tmp_path / "big"
             for i in range(1000):
@@ -67,7 +79,10 @@ def main() -> None:
             def staged() -> int:
                 out = subprocess.run(
                     [str(BIN / "hml"), "submit", str(big / "job.yaml"), "-t", "onprem", "-o", "json"],
-                    env=env, check=True, capture_output=True, text=True,
+                    env=env,
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
                 run_id = json.loads(out.stdout)["run_id"]
                 record = json.loads((tmp_path / "home" / "runs" / run_id / "record.json").read_text())
@@ -80,8 +95,10 @@ def main() -> None:
             print("\n## (c) code staging, 1,000-file workdir")
             print(f"first submission:            {first:>9} file bytes sent")
             print(f"re-submit, unchanged:        {unchanged:>9} file bytes sent (goal 0)")
-            print(f"re-submit, one file changed: {one_file:>9} file bytes sent "
-                  f"(the file is {len('VALUE = changed') + 3} bytes)")
+            print(
+                f"re-submit, one file changed: {one_file:>9} file bytes sent "
+                f"(the file is {len('VALUE = changed') + 3} bytes)"
+            )
         finally:
             bed.stop()
 

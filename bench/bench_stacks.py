@@ -22,8 +22,7 @@ PROJECT = Path(__file__).resolve().parents[1] / "stacks" / "platform"
 STACKS = ("onprem", "aws-dev", "hybrid")
 
 
-def measure(stack: str, repeat: int, config: dict[str, Any] | None = None
-            ) -> tuple[float, ProgramResult]:
+def measure(stack: str, repeat: int, config: dict[str, Any] | None = None) -> tuple[float, ProgramResult]:
     """Median seconds of ``repeat`` evaluations (after one warm-up), and the last result."""
     result = run_project(PROJECT, stack, config=config)
     times = []
@@ -38,15 +37,19 @@ def scaled_config(stack: str, factor: int) -> dict[str, Any]:
     """The stack's config with ``factor`` times its buckets and GPU pools."""
     values = load_stack_config(PROJECT, stack).values
     storage = values["platform:storage"]
-    buckets = {f"{name}-{i}" if i else name: spec for i in range(factor)
-               for name, spec in storage["buckets"].items()}
+    buckets = {
+        f"{name}-{i}" if i else name: spec for i in range(factor) for name, spec in storage["buckets"].items()
+    }
     config: dict[str, Any] = {"platform:storage": {**storage, "buckets": buckets}}
     for section in ("platform:aws", "platform:onprem"):
         if section in values:
             pools = values[section]["pools"]
-            config[section] = {**values[section], "pools": {
-                f"{name}-{i}" if i else name: spec for i in range(factor)
-                for name, spec in pools.items()}}
+            config[section] = {
+                **values[section],
+                "pools": {
+                    f"{name}-{i}" if i else name: spec for i in range(factor) for name, spec in pools.items()
+                },
+            }
     return config
 
 
@@ -75,8 +78,10 @@ def main() -> None:
     print(f"\n{stack} with {args.scale}x buckets and GPU pools")
     print(f"  baseline {base_s * 1000:8.1f} ms  {_count(base_result)}")
     print(f"  scaled   {big_s * 1000:8.1f} ms  {_count(big_result)}")
-    print(f"  ratio    time x{big_s / base_s:.2f}, resources x{grow:.2f}, "
-          f"per resource x{(big_s / len(big_result.resources)) / (base_s / len(base_result.resources)):.2f}")
+    print(
+        f"  ratio    time x{big_s / base_s:.2f}, resources x{grow:.2f}, "
+        f"per resource x{(big_s / len(big_result.resources)) / (base_s / len(base_result.resources)):.2f}"
+    )
 
 
 if __name__ == "__main__":

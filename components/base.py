@@ -15,6 +15,8 @@ from typing import Any, Literal
 import pulumi
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from hmlkit.validation import error_items
+
 Platform = Literal["aws", "onprem"]
 """Where a component's resources live: AWS APIs, or the on-prem cluster / S3 endpoint."""
 
@@ -31,20 +33,9 @@ class ArgsError(ValueError):
     def __init__(self, model: str, problems: list[tuple[str, str]]) -> None:
         self.model = model
         self.problems = problems
-        super().__init__(f"{model}: " + "; ".join(
-            f"{path}: {msg}" if path else msg for path, msg in problems))
-
-
-def error_items(exc: ValidationError) -> list[tuple[str, str]]:
-    """(dotted field path, message) for each pydantic error, phrased for people."""
-    items = []
-    for err in exc.errors():
-        path = ".".join(str(part) for part in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
-        items.append((path, msg))
-    return items
+        super().__init__(
+            f"{model}: " + "; ".join(f"{path}: {msg}" if path else msg for path, msg in problems)
+        )
 
 
 _NESTING: ContextVar[int] = ContextVar("hybridml_args_nesting", default=0)
@@ -81,14 +72,15 @@ class OrgTags(Args):
     def _label_safe(cls, value: str) -> str:
         # Kubernetes label values are the strictest consumer; AWS accepts all of these.
         if not _LABEL_VALUE.match(value):
-            raise ValueError(f"{value!r} must be 1-63 letters, digits, '-', '_' or '.', "
-                             "starting and ending with a letter or digit")
+            raise ValueError(
+                f"{value!r} must be 1-63 letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit"
+            )
         return value
 
     def as_tags(self, **extra: str) -> dict[str, str]:
         """The tags as a map: AWS tags, and Kubernetes labels (the keys are valid for both)."""
-        return {"team": self.team, "cost-center": self.cost_center,
-                "environment": self.environment, **extra}
+        return {"team": self.team, "cost-center": self.cost_center, "environment": self.environment, **extra}
 
 
 class PlatformComponent(pulumi.ComponentResource):

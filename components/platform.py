@@ -38,8 +38,9 @@ class Platform:
         self.config = config
         self.tags = config.org
         self.prefix = f"hybridml/{pulumi.get_stack()}"
-        self.k8s = {p: self._cluster(p) for p in config.platforms()
-                    if p == "onprem" or p == config.tracking.cluster}
+        self.k8s = {
+            p: self._cluster(p) for p in config.platforms() if p == "onprem" or p == config.tracking.cluster
+        }
         self.vaults = self._vaults(secrets)
         self.stores = self._stores(secrets)
         self.pools = self._pools()
@@ -50,29 +51,47 @@ class Platform:
         """Provider options for the platform's Kubernetes cluster, and its namespace."""
         section = getattr(self.config, platform)
         provider = k8s.Provider(f"{platform}-k8s", context=section.kube_context)
-        k8s.core.v1.Namespace(f"{platform}-namespace", metadata={
-            "name": self.config.namespace, "labels": self.tags.as_tags()},
-            opts=pulumi.ResourceOptions(provider=provider))
+        k8s.core.v1.Namespace(
+            f"{platform}-namespace",
+            metadata={"name": self.config.namespace, "labels": self.tags.as_tags()},
+            opts=pulumi.ResourceOptions(provider=provider),
+        )
         return pulumi.ResourceOptions(providers=[provider])
 
     def _vaults(self, secrets: PlatformSecrets) -> dict[str, KeyVault]:
-        values = dict(zip(VAULT_SECRETS, (secrets.tracking_db_uri,
-                                           secrets.tracking_admin_password), strict=True))
+        values = dict(
+            zip(VAULT_SECRETS, (secrets.tracking_db_uri, secrets.tracking_admin_password), strict=True)
+        )
         vaults: dict[str, KeyVault] = {}
         if self.config.aws:
             storage = self.config.storage
             principals = storage.data_scientist_principals + storage.labeller_principals
-            vaults["aws"] = KeyVault("vault", KeyVaultArgs(
-                platform="aws", tags=self.tags, prefix=self.prefix, secrets=values,
-                reader_principals=self.config.vault.readers,
-                key_user_principals=[p for p in principals if p.startswith("arn:aws")]))
+            vaults["aws"] = KeyVault(
+                "vault",
+                KeyVaultArgs(
+                    platform="aws",
+                    tags=self.tags,
+                    prefix=self.prefix,
+                    secrets=values,
+                    reader_principals=self.config.vault.readers,
+                    key_user_principals=[p for p in principals if p.startswith("arn:aws")],
+                ),
+            )
         if self.config.onprem:
             # With an AWS vault in the same stack, on-prem holds copies of the same secrets.
             synced = {k: vaults["aws"].value(k) for k in values} if "aws" in vaults else values
-            vaults["onprem"] = KeyVault("vault-onprem", KeyVaultArgs(
-                platform="onprem", tags=self.tags, prefix=self.prefix, secrets=synced,
-                reader_principals=self.config.vault.onprem_readers,
-                namespace=self.config.namespace), opts=self.k8s["onprem"])
+            vaults["onprem"] = KeyVault(
+                "vault-onprem",
+                KeyVaultArgs(
+                    platform="onprem",
+                    tags=self.tags,
+                    prefix=self.prefix,
+                    secrets=synced,
+                    reader_principals=self.config.vault.onprem_readers,
+                    namespace=self.config.namespace,
+                ),
+                opts=self.k8s["onprem"],
+            )
         return vaults
 
     def _stores(self, secrets: PlatformSecrets) -> dict[str, ObjectStore]:
@@ -80,17 +99,30 @@ class Platform:
         endpoint_args: dict[str, Any] = {}
         if onprem and onprem.s3_endpoint:
             endpoint = StorageEndpoint.minio(onprem.s3_endpoint, onprem.cold_storage_class)
-            endpoint_args = {"endpoint": endpoint, "kms_key_id": onprem.s3_kms_key,
-                             "region": onprem.site, "provider": endpoint.provider(
-                                 "onprem-s3", secrets.s3_access_key, secrets.s3_secret_key)}
+            endpoint_args = {
+                "endpoint": endpoint,
+                "kms_key_id": onprem.s3_kms_key,
+                "region": onprem.site,
+                "provider": endpoint.provider("onprem-s3", secrets.s3_access_key, secrets.s3_secret_key),
+            }
         grants = storage.model_dump(include=set(AccessGrants.model_fields))
         stores = {}
         for name, bucket in storage.buckets.items():
-            platform_args = endpoint_args if bucket.platform == "onprem" else {
-                "kms_key_id": self.vaults["aws"].key_arn, "region": self.config.aws.region}
-            stores[name] = ObjectStore(name, ObjectStoreArgs(
-                platform=bucket.platform, tags=self.tags,
-                retention=bucket.retention or storage.retention, **grants, **platform_args))
+            platform_args = (
+                endpoint_args
+                if bucket.platform == "onprem"
+                else {"kms_key_id": self.vaults["aws"].key_arn, "region": self.config.aws.region}
+            )
+            stores[name] = ObjectStore(
+                name,
+                ObjectStoreArgs(
+                    platform=bucket.platform,
+                    tags=self.tags,
+                    retention=bucket.retention or storage.retention,
+                    **grants,
+                    **platform_args,
+                ),
+            )
         return stores
 
     def _pools(self) -> dict[str, GpuNodePool]:
@@ -99,19 +131,37 @@ class Platform:
         if self.config.aws:
             aws_cfg = self.config.aws
             for name, pool in aws_cfg.pools.items():
-                pools[name] = GpuNodePool(name, GpuNodePoolArgs(
-                    platform="aws", tags=self.tags,
-                    **pool.model_dump(include=set(PoolSize.model_fields)), aws=AwsPool(
-                        cluster_name=aws_cfg.cluster_name, vpc_id=aws_cfg.vpc_id,
-                        subnet_ids=aws_cfg.subnet_ids, artifact_bucket_arn=artifacts.arn,
-                        **pool.model_dump(include=set(AwsCapacity.model_fields)))))
+                pools[name] = GpuNodePool(
+                    name,
+                    GpuNodePoolArgs(
+                        platform="aws",
+                        tags=self.tags,
+                        **pool.model_dump(include=set(PoolSize.model_fields)),
+                        aws=AwsPool(
+                            cluster_name=aws_cfg.cluster_name,
+                            vpc_id=aws_cfg.vpc_id,
+                            subnet_ids=aws_cfg.subnet_ids,
+                            artifact_bucket_arn=artifacts.arn,
+                            **pool.model_dump(include=set(AwsCapacity.model_fields)),
+                        ),
+                    ),
+                )
         if self.config.onprem:
             onprem = self.config.onprem
             for name, pool in onprem.pools.items():
-                pools[name] = GpuNodePool(name, GpuNodePoolArgs(
-                    platform="onprem", tags=self.tags, onprem=OnpremPool(
-                        **pool.model_dump(), known_hosts=onprem.known_hosts,
-                        remote_root=onprem.remote_root)), opts=self.k8s["onprem"])
+                pools[name] = GpuNodePool(
+                    name,
+                    GpuNodePoolArgs(
+                        platform="onprem",
+                        tags=self.tags,
+                        onprem=OnpremPool(
+                            **pool.model_dump(),
+                            known_hosts=onprem.known_hosts,
+                            remote_root=onprem.remote_root,
+                        ),
+                    ),
+                    opts=self.k8s["onprem"],
+                )
         return pools
 
     def _tracking(self, secrets: PlatformSecrets) -> TrackingServer:
@@ -120,23 +170,37 @@ class Platform:
         artifacts_cfg = self.config.storage.buckets[self.config.storage.artifact_bucket]
         access: dict[str, Any] = {}
         if artifacts_cfg.platform == "onprem":
-            access = {"s3_endpoint_url": self.config.onprem.s3_endpoint,
-                      "s3_access_key": secrets.s3_access_key,
-                      "s3_secret_key": secrets.s3_secret_key}
-        return TrackingServer("mlflow", TrackingServerArgs(
-            platform=artifacts_cfg.platform, tags=self.tags,
-            db_uri=vault.value("tracking-db-uri"),
-            admin_password=vault.value("tracking-admin-password"),
-            artifact_bucket=self.stores[self.config.storage.artifact_bucket].bucket,
-            namespace=self.config.namespace,
-            **cfg.model_dump(include=set(TrackingSettings.model_fields)), **access),
-            opts=self.k8s[cfg.cluster])
+            access = {
+                "s3_endpoint_url": self.config.onprem.s3_endpoint,
+                "s3_access_key": secrets.s3_access_key,
+                "s3_secret_key": secrets.s3_secret_key,
+            }
+        return TrackingServer(
+            "mlflow",
+            TrackingServerArgs(
+                platform=artifacts_cfg.platform,
+                tags=self.tags,
+                db_uri=vault.value("tracking-db-uri"),
+                admin_password=vault.value("tracking-admin-password"),
+                artifact_bucket=self.stores[self.config.storage.artifact_bucket].bucket,
+                namespace=self.config.namespace,
+                **cfg.model_dump(include=set(TrackingSettings.model_fields)),
+                **access,
+            ),
+            opts=self.k8s[cfg.cluster],
+        )
 
     def _monitoring(self, platform: str) -> Monitoring:
-        return Monitoring(f"monitoring-{platform}", MonitoringArgs(
-            platform=platform, tags=self.tags, budget=self.config.budget,
-            gpu_pools=list(getattr(self.config, platform).pools)),
-            opts=self.k8s.get(platform) if platform == "onprem" else None)
+        return Monitoring(
+            f"monitoring-{platform}",
+            MonitoringArgs(
+                platform=platform,
+                tags=self.tags,
+                budget=self.config.budget,
+                gpu_pools=list(getattr(self.config, platform).pools),
+            ),
+            opts=self.k8s.get(platform) if platform == "onprem" else None,
+        )
 
     def profile(self) -> pulumi.Output[dict[str, Any]]:
         """The ``runnerProfile`` stack output."""
@@ -144,18 +208,30 @@ class Platform:
         artifacts = self.stores[self.config.storage.artifact_bucket].bucket
         if self.config.aws:
             for name in self.config.aws.pools:
-                targets[name] = aws_target(self.pools[name], region=self.config.aws.region,
-                                           artifact_bucket=artifacts,
-                                           secrets_prefix=self.prefix)
+                targets[name] = aws_target(
+                    self.pools[name],
+                    region=self.config.aws.region,
+                    artifact_bucket=artifacts,
+                    secrets_prefix=self.prefix,
+                )
         if self.config.onprem:
             onprem = self.config.onprem
             for name, pool in onprem.pools.items():
                 if pool.hosts:
                     targets[name] = ssh_target(
-                        self.pools[name], known_hosts=onprem.known_hosts,
+                        self.pools[name],
+                        known_hosts=onprem.known_hosts,
                         remote_root=onprem.remote_root,
-                        gpu_hour_usd=self.config.budget.gpu_hour_usd)
-        vault = ({"kind": "aws", "prefix": self.prefix, "region": self.config.aws.region}
-                 if self.config.aws else None)
-        return runner_profile(tracking_uri=self.tracking.url, targets=targets,
-                              default_target=self.config.default_target, vault=vault)
+                        gpu_hour_usd=self.config.budget.gpu_hour_usd,
+                    )
+        vault = (
+            {"kind": "aws", "prefix": self.prefix, "region": self.config.aws.region}
+            if self.config.aws
+            else None
+        )
+        return runner_profile(
+            tracking_uri=self.tracking.url,
+            targets=targets,
+            default_target=self.config.default_target,
+            vault=vault,
+        )

@@ -51,16 +51,17 @@ class StorageConfig(AccessGrants):
     @model_validator(mode="after")
     def _artifacts_exist(self) -> StorageConfig:
         if self.artifact_bucket not in self.buckets:
-            raise ValueError(f"artifact_bucket {self.artifact_bucket!r} is not one of the "
-                             f"buckets ({', '.join(self.buckets)}); add it to buckets")
+            raise ValueError(
+                f"artifact_bucket {self.artifact_bucket!r} is not one of the "
+                f"buckets ({', '.join(self.buckets)}); add it to buckets"
+            )
         return self
 
 
 class VaultConfig(Args):
     readers: list[str] = Field(default_factory=list)
     """AWS: IAM role ARNs that may read the secrets (e.g. the runners', MLflow's)."""
-    onprem_readers: list[str] = Field(
-        default_factory=lambda: ["ServiceAccount:hybridml:mlflow"])
+    onprem_readers: list[str] = Field(default_factory=lambda: ["ServiceAccount:hybridml:mlflow"])
     """On-prem: Kubernetes subjects that may read the secrets."""
 
 
@@ -111,12 +112,13 @@ class PlatformConfig(Args):
         used = {b.platform for b in self.storage.buckets.values()} | {self.tracking.cluster}
         for platform in sorted(used):
             if getattr(self, platform) is None:
-                raise ValueError(f"{platform}: required, because a bucket or the tracking "
-                                 f"server is on {platform!r}")
-        if self.onprem and "onprem" in used - {self.tracking.cluster} \
-                and not self.onprem.s3_endpoint:
-            raise ValueError("onprem.s3_endpoint: required for on-prem buckets, e.g. "
-                             "https://minio.example.internal:9000")
+                raise ValueError(
+                    f"{platform}: required, because a bucket or the tracking server is on {platform!r}"
+                )
+        if self.onprem and "onprem" in used - {self.tracking.cluster} and not self.onprem.s3_endpoint:
+            raise ValueError(
+                "onprem.s3_endpoint: required for on-prem buckets, e.g. https://minio.example.internal:9000"
+            )
         for name, bucket in self.storage.buckets.items():
             section = getattr(self, bucket.platform)
             region = section.region if bucket.platform == "aws" else section.site
@@ -126,18 +128,25 @@ class PlatformConfig(Args):
                 raise ValueError(f"storage.buckets.{name}: {exc}") from None
         artifacts = self.storage.buckets[self.storage.artifact_bucket].platform
         if artifacts != self.tracking.cluster:
-            raise ValueError(f"tracking.cluster is {self.tracking.cluster!r} but the artifact "
-                             f"bucket {self.storage.artifact_bucket!r} is on {artifacts!r}; "
-                             "keep MLflow next to its artifacts")
+            raise ValueError(
+                f"tracking.cluster is {self.tracking.cluster!r} but the artifact "
+                f"bucket {self.storage.artifact_bucket!r} is on {artifacts!r}; "
+                "keep MLflow next to its artifacts"
+            )
         if self.aws and not self.vault.readers:
-            raise ValueError("vault.readers: required with platform:aws: the IAM role ARNs "
-                             "that may read the platform's secrets")
+            raise ValueError(
+                "vault.readers: required with platform:aws: the IAM role ARNs "
+                "that may read the platform's secrets"
+            )
         if self.aws and self.onprem and set(self.aws.pools) & set(self.onprem.pools):
-            raise ValueError("aws.pools and onprem.pools share target names "
-                             f"{sorted(set(self.aws.pools) & set(self.onprem.pools))}")
+            raise ValueError(
+                "aws.pools and onprem.pools share target names "
+                f"{sorted(set(self.aws.pools) & set(self.onprem.pools))}"
+            )
         if self.default_target and self.default_target not in self.target_names():
-            raise ValueError(f"default_target: {self.default_target!r} is not one of "
-                             f"{', '.join(self.target_names())}")
+            raise ValueError(
+                f"default_target: {self.default_target!r} is not one of {', '.join(self.target_names())}"
+            )
         return self
 
     def target_names(self) -> list[str]:
@@ -167,8 +176,7 @@ def _fix(key: str) -> str:
 def _config_problem(path: str, msg: str) -> str:
     """One error line: the key as the engineer writes it, and the command that sets it."""
     if path == "aws.region":
-        return ("aws:region: required with platform:aws; set it with: "
-                "pulumi config set aws:region eu-west-1")
+        return "aws:region: required with platform:aws; set it with: pulumi config set aws:region eu-west-1"
     if not path:
         return f"{NAMESPACE}: {msg}"
     return f"{NAMESPACE}:{path}: {msg}; {_fix(f'{NAMESPACE}:{path}')}"
@@ -179,15 +187,16 @@ def load_config() -> tuple[PlatformConfig, PlatformSecrets]:
     cfg = pulumi.Config(NAMESPACE)
     known = set(PlatformConfig.model_fields) | set(SECRET_KEYS)
     raw: dict[str, Any] = {}
-    problems = [f"{NAMESPACE}:{key}: unknown key; known keys: {', '.join(sorted(known))}"
-                for key in _set_keys() if key not in known]
+    problems = [
+        f"{NAMESPACE}:{key}: unknown key; known keys: {', '.join(sorted(known))}"
+        for key in _set_keys()
+        if key not in known
+    ]
     for field, info in PlatformConfig.model_fields.items():
         try:  # strings are stored as they are, everything else as JSON
-            value = cfg.get(field) if info.annotation in (str, str | None) \
-                else cfg.get_object(field)
+            value = cfg.get(field) if info.annotation in (str, str | None) else cfg.get_object(field)
         except pulumi.ConfigTypeError:
-            problems.append(f"{NAMESPACE}:{field}: must be a map; "
-                            f"{_fix(f'{NAMESPACE}:{field}.<key>')}")
+            problems.append(f"{NAMESPACE}:{field}: must be a map; {_fix(f'{NAMESPACE}:{field}.<key>')}")
             continue
         if value is not None:
             raw[field] = value
@@ -205,18 +214,25 @@ def load_config() -> tuple[PlatformConfig, PlatformSecrets]:
     needed += ["s3AccessKey", "s3SecretKey"] if onprem_buckets else []
     missing = [k for k in needed if runtime_config.get_config(f"{NAMESPACE}:{k}") is None]
     if missing:
-        raise StackConfigError("missing secrets:\n  " + "\n  ".join(
-            f"{NAMESPACE}:{k}: {SECRET_KEYS[k]}; set it with: pulumi config set --secret "
-            f"{NAMESPACE}:{k} <value>" for k in missing))
+        raise StackConfigError(
+            "missing secrets:\n  "
+            + "\n  ".join(
+                f"{NAMESPACE}:{k}: {SECRET_KEYS[k]}; set it with: pulumi config set --secret "
+                f"{NAMESPACE}:{k} <value>"
+                for k in missing
+            )
+        )
     secrets = {k: cfg.require_secret(k) for k in needed}
     return config, PlatformSecrets(
         tracking_db_uri=secrets["trackingDbUri"],
         tracking_admin_password=secrets["trackingAdminPassword"],
-        s3_access_key=secrets.get("s3AccessKey"), s3_secret_key=secrets.get("s3SecretKey"))
+        s3_access_key=secrets.get("s3AccessKey"),
+        s3_secret_key=secrets.get("s3SecretKey"),
+    )
 
 
 def _set_keys() -> list[str]:
     """Keys set under ``platform:`` (the runtime's config map, as the CLI delivered it)."""
     prefix = f"{NAMESPACE}:"
     merged = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
-    return [k[len(prefix):] for k in merged if k.startswith(prefix)]
+    return [k[len(prefix) :] for k in merged if k.startswith(prefix)]

@@ -17,27 +17,46 @@ import pulumi
 from components.gpu_pool import GpuNodePool
 
 
-def aws_target(pool: GpuNodePool, *, region: str, artifact_bucket: pulumi.Input[str],
-               secrets_prefix: str) -> dict[str, Any]:
+def aws_target(
+    pool: GpuNodePool, *, region: str, artifact_bucket: pulumi.Input[str], secrets_prefix: str
+) -> dict[str, Any]:
     """A target of kind ``aws``: launch runner VMs from the pool's launch template."""
-    return {"kind": "aws", "region": region, "launch_template": pool.launch_template_id,
-            "subnets": pool.subnets, "instance_types": pool.instance_types,
-            "artifact_bucket": artifact_bucket, "secrets_prefix": secrets_prefix}
+    return {
+        "kind": "aws",
+        "region": region,
+        "launch_template": pool.launch_template_id,
+        "subnets": pool.subnets,
+        "instance_types": pool.instance_types,
+        "artifact_bucket": artifact_bucket,
+        "secrets_prefix": secrets_prefix,
+    }
 
 
-def ssh_target(pool: GpuNodePool, *, known_hosts: str, remote_root: str,
-               gpu_hour_usd: float) -> dict[str, Any]:
+def ssh_target(
+    pool: GpuNodePool, *, known_hosts: str, remote_root: str, gpu_hour_usd: float
+) -> dict[str, Any]:
     """A target of kind ``ssh``: the pool's registered (probed) GPU hosts."""
-    return {"kind": "ssh", "hosts": pool.hosts, "known_hosts": known_hosts,
-            "remote_root": remote_root, "gpu_hour_usd": gpu_hour_usd}
+    return {
+        "kind": "ssh",
+        "hosts": pool.hosts,
+        "known_hosts": known_hosts,
+        "remote_root": remote_root,
+        "gpu_hour_usd": gpu_hour_usd,
+    }
 
 
-def runner_profile(*, tracking_uri: pulumi.Input[str], targets: dict[str, dict[str, Any]],
-                   default_target: str | None = None,
-                   vault: dict[str, str] | None = None) -> pulumi.Output[dict[str, Any]]:
+def runner_profile(
+    *,
+    tracking_uri: pulumi.Input[str],
+    targets: dict[str, dict[str, Any]],
+    default_target: str | None = None,
+    vault: dict[str, str] | None = None,
+) -> pulumi.Output[dict[str, Any]]:
     """The profile, with every nested Output resolved; ``local`` is always a target."""
-    profile: dict[str, Any] = {"tracking_uri": tracking_uri,
-                               "targets": {"local": {"kind": "local"}, **targets}}
+    profile: dict[str, Any] = {
+        "tracking_uri": tracking_uri,
+        "targets": {"local": {"kind": "local"}, **targets},
+    }
     if default_target:
         profile["default_target"] = default_target
     if vault:

@@ -37,12 +37,15 @@ class RetentionPlan(Args):
     @model_validator(mode="after")
     def _ordered(self) -> RetentionPlan:
         if self.cold_storage_class in _IA_CLASSES and self.cold_after_days < 30:
-            raise ValueError(f"cold_after_days: S3 moves objects to {self.cold_storage_class} "
-                             "after 30 days at the earliest; use >= 30 or GLACIER")
+            raise ValueError(
+                f"cold_after_days: S3 moves objects to {self.cold_storage_class} "
+                "after 30 days at the earliest; use >= 30 or GLACIER"
+            )
         if self.delete_after_days <= self.cold_after_days:
             raise ValueError(
                 f"delete_after_days ({self.delete_after_days}) must be greater than "
-                f"cold_after_days ({self.cold_after_days}): objects go cold before deletion")
+                f"cold_after_days ({self.cold_after_days}): objects go cold before deletion"
+            )
         return self
 
     def check_region(self, region: str) -> None:
@@ -51,7 +54,8 @@ class RetentionPlan(Args):
         if self.delete_after_days < minimum:
             raise ValueError(
                 f"retention.delete_after_days: {self.delete_after_days} is shorter than the "
-                f"legal minimum of {minimum} days in {region}; raise it to >= {minimum}")
+                f"legal minimum of {minimum} days in {region}; raise it to >= {minimum}"
+            )
 
     def s3_rules(self, cold_storage_class: str | None = None) -> list[dict[str, Any]]:
         """The rules in the S3 API's shape (boto3 ``LifecycleConfiguration['Rules']``).
@@ -72,12 +76,10 @@ class RetentionPlan(Args):
             "Status": "Enabled",
             "Filter": {"Prefix": ""},
             "NoncurrentVersionExpiration": {"NoncurrentDays": self.noncurrent_expire_days},
-            "AbortIncompleteMultipartUpload": {
-                "DaysAfterInitiation": self.abort_incomplete_upload_days},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": self.abort_incomplete_upload_days},
         }
         if storage_class:
-            current["Transitions"] = [{"Days": self.cold_after_days,
-                                       "StorageClass": storage_class}]
+            current["Transitions"] = [{"Days": self.cold_after_days, "StorageClass": storage_class}]
         return [current, noncurrent]
 
     def pulumi_rules(self, cold_storage_class: str | None = None) -> list[dict[str, Any]]:

@@ -26,22 +26,25 @@ class GpuFamily:
     arch: Literal["x86_64", "arm64"] = "x86_64"
 
 
-GPU_FAMILIES: dict[str, GpuFamily] = {f.family: f for f in (
-    GpuFamily("g4dn", "T4", 16),
-    GpuFamily("g4ad", "Radeon Pro V520", 8, vendor="amd"),
-    GpuFamily("g5", "A10G", 24),
-    GpuFamily("g5g", "T4G", 16, arch="arm64"),
-    GpuFamily("g6", "L4", 24),
-    GpuFamily("gr6", "L4", 24),
-    GpuFamily("g6e", "L40S", 48),
-    GpuFamily("p3", "V100", 16),
-    GpuFamily("p3dn", "V100", 32),
-    GpuFamily("p4d", "A100", 40),
-    GpuFamily("p4de", "A100", 80),
-    GpuFamily("p5", "H100", 80),
-    GpuFamily("p5e", "H200", 141),
-    GpuFamily("p5en", "H200", 141),
-)}
+GPU_FAMILIES: dict[str, GpuFamily] = {
+    f.family: f
+    for f in (
+        GpuFamily("g4dn", "T4", 16),
+        GpuFamily("g4ad", "Radeon Pro V520", 8, vendor="amd"),
+        GpuFamily("g5", "A10G", 24),
+        GpuFamily("g5g", "T4G", 16, arch="arm64"),
+        GpuFamily("g6", "L4", 24),
+        GpuFamily("gr6", "L4", 24),
+        GpuFamily("g6e", "L40S", 48),
+        GpuFamily("p3", "V100", 16),
+        GpuFamily("p3dn", "V100", 32),
+        GpuFamily("p4d", "A100", 40),
+        GpuFamily("p4de", "A100", 80),
+        GpuFamily("p5", "H100", 80),
+        GpuFamily("p5e", "H200", 141),
+        GpuFamily("p5en", "H200", 141),
+    )
+}
 
 
 def family_of(instance_type: str) -> str:
@@ -65,5 +68,6 @@ def is_gpu_instance_type(instance_type: object) -> bool:
 
 def families(vendor: str | None = None, arch: str | None = None) -> list[str]:
     """The family names, sorted, optionally only those of one GPU vendor and CPU architecture."""
-    return sorted(f.family for f in GPU_FAMILIES.values()
-                  if vendor in (None, f.vendor) and arch in (None, f.arch))
+    return sorted(
+        f.family for f in GPU_FAMILIES.values() if vendor in (None, f.vendor) and arch in (None, f.arch)
+    )

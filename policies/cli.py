@@ -53,8 +53,10 @@ def check(
     stack: Annotated[str, typer.Option("--stack", "-s", help="Stack name (reads Pulumi.<stack>.yaml)")],
     markdown: Annotated[Path | None, typer.Option(help="Write a Markdown report (PR comment)")] = None,
     sarif: Annotated[Path | None, typer.Option(help="Write a SARIF 2.1.0 file (code scanning)")] = None,
-    pack_config: Annotated[Path | None, typer.Option(
-        "--pack-config", help="Pack configuration JSON, as for pulumi --policy-pack-config")] = None,
+    pack_config: Annotated[
+        Path | None,
+        typer.Option("--pack-config", help="Pack configuration JSON, as for pulumi --policy-pack-config"),
+    ] = None,
     output: Annotated[Output, typer.Option("--output", "-o", help="text or json")] = Output.text,
 ) -> None:
     """Run PROJECT_DIR's program for --stack under mocks and check it against every rule."""

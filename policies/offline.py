@@ -121,8 +121,7 @@ class ProgramResult:
 
     @property
     def stack_urn(self) -> str:
-        return (f"urn:pulumi:{self.stack}::{self.project}::pulumi:pulumi:Stack::"
-                f"{self.project}-{self.stack}")
+        return f"urn:pulumi:{self.stack}::{self.project}::pulumi:pulumi:Stack::{self.project}-{self.stack}"
 
     def by_type(self, type_token: str) -> list[RegisteredResource]:
         return [r for r in self.resources if r.type == type_token]
@@ -190,9 +189,11 @@ class OfflineMocks(pulumi.runtime.Mocks):
         state = dict(args.inputs)
         resource_id = args.resource_id or f"{args.name}-id"
         computed = {
-            "aws:s3/bucket:Bucket": {"bucket": args.name, "arn": f"arn:aws:s3:::{args.name}",
-                                     "bucketRegionalDomainName":
-                                     f"{args.name}.s3.{MOCK_REGION}.amazonaws.com"},
+            "aws:s3/bucket:Bucket": {
+                "bucket": args.name,
+                "arn": f"arn:aws:s3:::{args.name}",
+                "bucketRegionalDomainName": f"{args.name}.s3.{MOCK_REGION}.amazonaws.com",
+            },
             "aws:kms/key:Key": {"keyId": resource_id},
             "aws:ec2/launchTemplate:LaunchTemplate": {"latestVersion": 1},
             "aws:eks/cluster:Cluster": {"endpoint": f"https://{args.name}.eks.example.com"},
@@ -208,14 +209,20 @@ class OfflineMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         results: dict[str, dict[str, Any]] = {
             "aws:index/getCallerIdentity:getCallerIdentity": {
-                "accountId": MOCK_ACCOUNT, "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
-                "userId": "mock"},
+                "accountId": MOCK_ACCOUNT,
+                "arn": f"arn:aws:iam::{MOCK_ACCOUNT}:user/mock",
+                "userId": "mock",
+            },
             "aws:index/getRegion:getRegion": {"name": MOCK_REGION, "region": MOCK_REGION},
             "aws:secretsmanager/getSecretVersion:getSecretVersion": {
                 "secretId": args.args.get("secretId", ""),
-                "secretString": SECRET_PLACEHOLDER.format(key=args.args.get("secretId", ""))},
+                "secretString": SECRET_PLACEHOLDER.format(key=args.args.get("secretId", "")),
+            },
             "aws:ssm/getParameter:getParameter": {
-                "name": args.args.get("name", ""), "value": "ami-0mockgpu", "type": "String"},
+                "name": args.args.get("name", ""),
+                "value": "ami-0mockgpu",
+                "type": "String",
+            },
         }
         return results.get(args.token, {})
 
@@ -243,8 +250,9 @@ def _downgrade_value(value: struct_pb2.Value) -> None:
         fields = value.struct_value.fields
         if _SIG_KEY in fields and fields[_SIG_KEY].string_value == _RESOURCE_SIG:
             ref_id = fields["id"].string_value if "id" in fields else None
-            value.string_value = (ref_id or rpc.UNKNOWN) if ref_id is not None else (
-                fields["urn"].string_value)
+            value.string_value = (
+                (ref_id or rpc.UNKNOWN) if ref_id is not None else (fields["urn"].string_value)
+            )
         else:
             _downgrade_resource_refs(value.struct_value)
 
@@ -264,8 +272,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         options = ResourceOptions(
             provider=request.provider or None,
             depends_on=tuple(request.dependencies),
-            property_dependencies={k: tuple(v.urns) for k, v in
-                                   request.propertyDependencies.items()},
+            property_dependencies={k: tuple(v.urns) for k, v in request.propertyDependencies.items()},
             protect=bool(request.protect),
             retain_on_delete=bool(request.retainOnDelete),
             delete_before_replace=bool(request.deleteBeforeReplace),
@@ -275,16 +282,25 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             import_id=request.importId or None,
         )
         registration = self.resources.get(response.urn)
-        self.registrations.append(RegisteredResource(
-            type=request.type, name=request.name, urn=response.urn, custom=bool(request.custom),
-            parent=request.parent or None, raw_inputs=_mark_secrets(inputs), options=options,
-            id=registration.id if registration else None,
-            raw_outputs=_mark_secrets(registration.state) if registration and request.custom
-            else {},
-            remote=bool(request.remote),
-            source=tuple((url2pathname(urlparse(f.pc.uri).path), f.pc.line)
-                         for f in request.stackTrace.frames if f.pc.uri),
-        ))
+        self.registrations.append(
+            RegisteredResource(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                custom=bool(request.custom),
+                parent=request.parent or None,
+                raw_inputs=_mark_secrets(inputs),
+                options=options,
+                id=registration.id if registration else None,
+                raw_outputs=_mark_secrets(registration.state) if registration and request.custom else {},
+                remote=bool(request.remote),
+                source=tuple(
+                    (url2pathname(urlparse(f.pc.uri).path), f.pc.line)
+                    for f in request.stackTrace.frames
+                    if f.pc.uri
+                ),
+            )
+        )
         return response
 
     def RegisterResourceOutputs(self, request):  # noqa: N802 - gRPC method name
@@ -294,13 +310,15 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
 
     def result(self, project: str, stack: str) -> ProgramResult:
         resources = tuple(
-            r if r.custom else RegisteredResource(**{**r.__dict__, "raw_outputs":
-                                                    self.registered_outputs.get(r.urn, {})})
+            r
+            if r.custom
+            else RegisteredResource(**{**r.__dict__, "raw_outputs": self.registered_outputs.get(r.urn, {})})
             for r in self.registrations
         )
         stack_res = next(r for r in resources if r.type == "pulumi:pulumi:Stack")
-        return ProgramResult(project=project, stack=stack, resources=resources,
-                             raw_outputs=stack_res.raw_outputs)
+        return ProgramResult(
+            project=project, stack=stack, resources=resources, raw_outputs=stack_res.raw_outputs
+        )
 
 
 def run_program(
@@ -322,15 +340,20 @@ def run_program(
     """
     monitor = _RecordingMonitor(mocks or OfflineMocks())
     settings.ROOT.set(None)
-    settings.configure(pulumi_mocks.MockSettings(
-        monitor=monitor, monitor_features=set(
-            monitor.GetDeploymentInfo(None).supportedFeatures),
-        engine=pulumi_mocks.MockEngine(None), project=project, stack=stack,
-        dry_run=preview, organization="organization", callbacks=None,
-    ))
+    settings.configure(
+        pulumi_mocks.MockSettings(
+            monitor=monitor,
+            monitor_features=set(monitor.GetDeploymentInfo(None).supportedFeatures),
+            engine=pulumi_mocks.MockEngine(None),
+            project=project,
+            stack=stack,
+            dry_run=preview,
+            organization="organization",
+            callbacks=None,
+        )
+    )
     settings.SETTINGS.outputs.clear()
-    set_all_config({k: _config_string(v) for k, v in (config or {}).items()},
-                   list(secret_keys))
+    set_all_config({k: _config_string(v) for k, v in (config or {}).items()}, list(secret_keys))
     _sync_await(pulumi_stack.run_in_stack(program))
     return monitor.result(project, stack)
 
@@ -363,9 +386,8 @@ def load_stack_config(
     project = project_doc["name"]
     stack_file = root / f"Pulumi.{stack}.yaml"
     if not stack_file.is_file():
-        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
-        raise FileNotFoundError(f"{stack_file}: no such stack file; stacks here: "
-                                f"{', '.join(known)}")
+        known = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in root.glob("Pulumi.*.yaml"))
+        raise FileNotFoundError(f"{stack_file}: no such stack file; stacks here: {', '.join(known)}")
     stack_doc = yaml.safe_load(stack_file.read_text()) or {}
 
     def full(key: str) -> str:
@@ -427,5 +449,12 @@ def run_project(
         finally:
             sys.path.remove(str(root))
 
-    return run_program(program, project=stack_config.project, stack=stack, config=values,
-                       secret_keys=stack_config.secret_keys, mocks=mocks, preview=preview)
+    return run_program(
+        program,
+        project=stack_config.project,
+        stack=stack,
+        config=values,
+        secret_keys=stack_config.secret_keys,
+        mocks=mocks,
+        preview=preview,
+    )

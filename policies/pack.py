@@ -49,6 +49,7 @@ def to_policy(rule: Rule) -> Policy:
         "config_schema": PolicyConfigSchema(dict(rule.config)) if rule.config else None,
     }
     if rule.scope == "resource":
+
         def validate_resource(args: ResourceValidationArgs, report: ReportViolation) -> None:
             if rule.applies_to(args.resource_type):
                 settings = rule.settings(args.get_config())
@@ -97,16 +98,16 @@ def settled(resources: Sequence[PolicyResource]) -> list[PolicyResource]:
         for key in r.props:
             _put(props, r.props, key, bool(r.property_dependencies.get(key)))
         provider = r.provider and PolicyProviderResource(
-            r.provider.resource_type, _settle(r.provider.props, True), r.provider.urn,
-            r.provider.name)
-        copies[r.urn] = PolicyResource(r.resource_type, props, r.urn, r.name, r.opts, provider,
-                                       None, [], {})
+            r.provider.resource_type, _settle(r.provider.props, True), r.provider.urn, r.provider.name
+        )
+        copies[r.urn] = PolicyResource(r.resource_type, props, r.urn, r.name, r.opts, provider, None, [], {})
     for r in resources:
         copy = copies[r.urn]
         copy.parent = copies.get(r.parent.urn) if r.parent else None
         copy.dependencies = [copies[d.urn] for d in r.dependencies if d.urn in copies]
-        copy.property_dependencies = {k: [copies[d.urn] for d in deps if d.urn in copies]
-                                      for k, deps in r.property_dependencies.items()}
+        copy.property_dependencies = {
+            k: [copies[d.urn] for d in deps if d.urn in copies] for k, deps in r.property_dependencies.items()
+        }
     return list(copies.values())
 
 

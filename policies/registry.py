@@ -69,8 +69,19 @@ def resource_rule(
     """Register a check run on each resource whose type is in ``types`` (None: every type)."""
 
     def register(check: ResourceCheck) -> ResourceCheck:
-        _register(Rule(id, description, severity, remediation, "resource", check,
-                       None if types is None else frozenset(types), enforcement, config or {}))
+        _register(
+            Rule(
+                id,
+                description,
+                severity,
+                remediation,
+                "resource",
+                check,
+                None if types is None else frozenset(types),
+                enforcement,
+                config or {},
+            )
+        )
         return check
 
     return register
@@ -88,8 +99,9 @@ def stack_rule(
     """Register a check run once over all the stack's resources."""
 
     def register(check: StackCheck) -> StackCheck:
-        _register(Rule(id, description, severity, remediation, "stack", check, None,
-                       enforcement, config or {}))
+        _register(
+            Rule(id, description, severity, remediation, "stack", check, None, enforcement, config or {})
+        )
         return check
 
     return register

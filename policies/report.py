@@ -93,15 +93,19 @@ class Report:
         return not self.mandatory
 
     def sorted_findings(self) -> list[Finding]:
-        return sorted(self.findings, key=lambda f: (
-            not f.mandatory, _SEVERITY_ORDER[f.rule.severity.value], f.rule.id, f.urn or ""))
+        return sorted(
+            self.findings,
+            key=lambda f: (not f.mandatory, _SEVERITY_ORDER[f.rule.severity.value], f.rule.id, f.urn or ""),
+        )
 
     def summary(self) -> str:
         counts = Counter("mandatory" if f.mandatory else "advisory" for f in self.findings)
         verdict = "FAIL" if counts["mandatory"] else "PASS"
-        return (f"{verdict}: {self.project}/{self.stack}: {len(self.rules)} rules over "
-                f"{self.resource_count} resources, {counts['mandatory']} mandatory and "
-                f"{counts['advisory']} advisory violations, {len(self.notes)} notes")
+        return (
+            f"{verdict}: {self.project}/{self.stack}: {len(self.rules)} rules over "
+            f"{self.resource_count} resources, {counts['mandatory']} mandatory and "
+            f"{counts['advisory']} advisory violations, {len(self.notes)} notes"
+        )
 
 
 def to_json(report: Report) -> dict[str, Any]:
@@ -110,14 +114,20 @@ def to_json(report: Report) -> dict[str, Any]:
         "stack": report.stack,
         "passed": report.passed,
         "resources": report.resource_count,
-        "violations": [{
-            "rule": f.rule.id, "severity": f.rule.severity.value,
-            "enforcement": f.enforcement.value, "message": f.message, "urn": f.urn,
-            "resource": f.subject,
-            "location": f.location.display() if f.location else None,
-            "origin": f.origin.display() if f.origin else None,
-            "remediation": f.rule.remediation,
-        } for f in report.sorted_findings()],
+        "violations": [
+            {
+                "rule": f.rule.id,
+                "severity": f.rule.severity.value,
+                "enforcement": f.enforcement.value,
+                "message": f.message,
+                "urn": f.urn,
+                "resource": f.subject,
+                "location": f.location.display() if f.location else None,
+                "origin": f.origin.display() if f.origin else None,
+                "remediation": f.rule.remediation,
+            }
+            for f in report.sorted_findings()
+        ],
         "notes": [{"message": n.message, "urn": n.urn} for n in report.notes],
     }
 
@@ -133,25 +143,29 @@ MARKDOWN_MAX_ROWS = 150
 def to_markdown(report: Report, max_rows: int = MARKDOWN_MAX_ROWS) -> str:
     """A PR comment: verdict first, then one table row per violation, then what was not seen."""
     icon = ":white_check_mark:" if report.passed else ":x:"
-    lines = [f"## {icon} Policy check `{report.project}/{report.stack}`", "",
-             report.summary(), ""]
+    lines = [f"## {icon} Policy check `{report.project}/{report.stack}`", "", report.summary(), ""]
     if report.findings:
-        lines += ["| | Rule | Severity | Resource | Violation | Where | Fix |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "| | Rule | Severity | Resource | Violation | Where | Fix |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for f in report.sorted_findings()[:max_rows]:
             mark = ":no_entry:" if f.mandatory else ":warning:"
             where = f"`{f.location.display()}`" if f.location else ""
             where += f" via `{f.origin.display()}`" if f.origin else ""
-            lines.append(f"| {mark} | `{f.rule.id}` | {f.rule.severity.value} | "
-                         f"{_cell(f.subject)} | {_cell(f.message)} | {where} | "
-                         f"{_cell(f.rule.remediation)} |")
+            lines.append(
+                f"| {mark} | `{f.rule.id}` | {f.rule.severity.value} | "
+                f"{_cell(f.subject)} | {_cell(f.message)} | {where} | "
+                f"{_cell(f.rule.remediation)} |"
+            )
         if len(report.findings) > max_rows:
-            lines.append(f"\n... and {len(report.findings) - max_rows} more violations: see "
-                         "the SARIF (code scanning) or `hml policy check -o json`.")
+            lines.append(
+                f"\n... and {len(report.findings) - max_rows} more violations: see "
+                "the SARIF (code scanning) or `hml policy check -o json`."
+            )
         lines.append("")
     if report.notes:
-        lines += ["<details><summary>Not visible offline "
-                  f"({len(report.notes)} notes)</summary>", ""]
+        lines += [f"<details><summary>Not visible offline ({len(report.notes)} notes)</summary>", ""]
         lines += [f"- {_cell(n.message)}" for n in report.notes]
         lines += ["", "</details>", ""]
     return "\n".join(lines)
@@ -169,8 +183,14 @@ def render_table(report: Report) -> None:
     for column in ("resource", "violation", "where"):
         table.add_column(column, overflow="fold")
     for f in report.sorted_findings():
-        table.add_row(f.enforcement.value, f.rule.id, f.rule.severity.value, f.subject,
-                      f.message, f.location.display() if f.location else "")
+        table.add_row(
+            f.enforcement.value,
+            f.rule.id,
+            f.rule.severity.value,
+            f.subject,
+            f.message,
+            f.location.display() if f.location else "",
+        )
     if report.findings:
         console.print(table)
     for note in report.notes:

@@ -27,17 +27,22 @@ def _rule_descriptor(rule: Any) -> dict[str, Any]:
         "shortDescription": {"text": rule.description},
         "fullDescription": {"text": rule.description},
         "help": {"text": rule.remediation, "markdown": f"**Fix:** {rule.remediation}"},
-        "defaultConfiguration": {
-            "level": "error" if rule.enforcement.value == "mandatory" else "warning"},
-        "properties": {"security-severity": _SECURITY_SEVERITY[rule.severity.value],
-                       "tags": ["security", "infrastructure"], "precision": "high"},
+        "defaultConfiguration": {"level": "error" if rule.enforcement.value == "mandatory" else "warning"},
+        "properties": {
+            "security-severity": _SECURITY_SEVERITY[rule.severity.value],
+            "tags": ["security", "infrastructure"],
+            "precision": "high",
+        },
     }
 
 
 def _physical(location: Location, root: Path) -> dict[str, Any]:
     path = relative(location.path, root)
-    artifact = ({"uri": path, "uriBaseId": "%SRCROOT%"} if not Path(path).is_absolute()
-                else {"uri": location.path.resolve().as_uri()})
+    artifact = (
+        {"uri": path, "uriBaseId": "%SRCROOT%"}
+        if not Path(path).is_absolute()
+        else {"uri": location.path.resolve().as_uri()}
+    )
     return {"artifactLocation": artifact, "region": {"startLine": location.line}}
 
 
@@ -48,18 +53,25 @@ def _result(finding: Finding, index: int, root: Path) -> dict[str, Any]:
     if finding.urn:
         location["logicalLocations"] = [{"fullyQualifiedName": finding.urn, "kind": "resource"}]
     identity = f"{finding.rule.id}|{finding.urn or 'stack'}|{finding.message}"
-    related = [{"id": 1, "physicalLocation": _physical(finding.origin, root),
-                "message": {"text": "registered here"}}] if finding.origin else []
+    related = (
+        [
+            {
+                "id": 1,
+                "physicalLocation": _physical(finding.origin, root),
+                "message": {"text": "registered here"},
+            }
+        ]
+        if finding.origin
+        else []
+    )
     return {
         "relatedLocations": related,
         "ruleId": finding.rule.id,
         "ruleIndex": index,
         "level": "error" if finding.mandatory else "warning",
-        "message": {"text": f"{finding.subject}: {finding.message}. Fix: "
-                            f"{finding.rule.remediation}"},
+        "message": {"text": f"{finding.subject}: {finding.message}. Fix: {finding.rule.remediation}"},
         "locations": [location] if location else [],
-        "partialFingerprints": {
-            "hybridmlPolicy/v1": hashlib.sha256(identity.encode()).hexdigest()},
+        "partialFingerprints": {"hybridmlPolicy/v1": hashlib.sha256(identity.encode()).hexdigest()},
     }
 
 
@@ -69,20 +81,27 @@ def to_sarif(report: Report, version: str = "0.1.0") -> dict[str, Any]:
     return {
         "$schema": SCHEMA_URI,
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": TOOL_NAME, "version": version,
-                "informationUri": "https://www.pulumi.com/docs/using-pulumi/crossguard/",
-                "rules": [_rule_descriptor(rule) for rule in report.rules],
-            }},
-            "originalUriBaseIds": {"%SRCROOT%": {"uri": root.as_uri() + "/"}},
-            "automationDetails": {"id": f"hybridml-policy/{report.project}/{report.stack}/"},
-            "invocations": [{
-                "executionSuccessful": True,
-                "toolExecutionNotifications": [
-                    {"level": "note", "message": {"text": note.message}}
-                    for note in report.notes],
-            }],
-            "results": [_result(f, index[f.rule.id], root) for f in report.sorted_findings()],
-        }],
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": TOOL_NAME,
+                        "version": version,
+                        "informationUri": "https://www.pulumi.com/docs/using-pulumi/crossguard/",
+                        "rules": [_rule_descriptor(rule) for rule in report.rules],
+                    }
+                },
+                "originalUriBaseIds": {"%SRCROOT%": {"uri": root.as_uri() + "/"}},
+                "automationDetails": {"id": f"hybridml-policy/{report.project}/{report.stack}/"},
+                "invocations": [
+                    {
+                        "executionSuccessful": True,
+                        "toolExecutionNotifications": [
+                            {"level": "note", "message": {"text": note.message}} for note in report.notes
+                        ],
+                    }
+                ],
+                "results": [_result(f, index[f.rule.id], root) for f in report.sorted_findings()],
+            }
+        ],
     }

@@ -15,8 +15,10 @@ import inspect
 import keyword
 
 #: provider package -> (its Python SDK, the constructor input that carries tags, where)
-_SDKS = {"aws": ("pulumi_aws", "tags", "tags"),
-         "kubernetes": ("pulumi_kubernetes", "metadata", "metadata.labels")}
+_SDKS = {
+    "aws": ("pulumi_aws", "tags", "tags"),
+    "kubernetes": ("pulumi_kubernetes", "metadata", "metadata.labels"),
+}
 
 
 @functools.cache
@@ -32,8 +34,7 @@ def tag_carrier(type_token: str) -> str | None:
     package, module_path, class_name = parts
     root, parameter, carrier = _SDKS[package]
     try:
-        cls = getattr(importlib.import_module(_module_name(root, package, module_path)),
-                      class_name)
+        cls = getattr(importlib.import_module(_module_name(root, package, module_path)), class_name)
     except (ImportError, AttributeError):
         return carrier
     return carrier if parameter in inspect.signature(cls._internal_init).parameters else None

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
-from runners.errors import HmlError
 
 if TYPE_CHECKING:
     from runners.records import RunRecord
@@ -318,7 +318,7 @@ def targets(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """List the targets of the environment profile."""
     if ctx.invoked_subcommand:
         return
-    from runners.profile import load_profile
+    from runners.profile import load_profile, tracking_uri
 
     profile = load_profile(_state["config"])
     default = profile.default_target or ("local" if "local" in profile.targets else None)
@@ -331,7 +331,7 @@ def targets(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
             json.dumps(
                 {
                     "source": profile.source,
-                    "tracking_uri": profile.resolved_tracking_uri(),
+                    "tracking_uri": tracking_uri(profile),
                     "targets": rows,
                 }
             )
@@ -344,7 +344,7 @@ def targets(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     for row in rows:
         table.add_row(row["name"], row["kind"], "yes" if row["default"] else "")
     Console().print(table)
-    print(f"tracking: {profile.resolved_tracking_uri()}")
+    print(f"tracking: {tracking_uri(profile)}")
 
 
 def _print_error(exc: BaseException) -> None:

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from runners.errors import NotReady
+from hmlkit.errors import NotReady
 
 
 def check_tracking(uri: str, timeout: float, source: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runners.errors import RunNotFound
+from hmlkit.errors import RunNotFound
 from runners.paths import run_dir, runs_dir
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")

@@ -10,8 +10,8 @@ import os
 import re
 from typing import Any
 
+from hmlkit.errors import UsageError
 from hmlkit.extras import require
-from runners.errors import UsageError
 
 REDACTED = "***"
 

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from hmlkit.errors import BackendError, HostKeyError, NotReady, TrackingError
 from runners import records, supervisor, tracking
 from runners.backends import make_backend
-from runners.errors import BackendError, HostKeyError, NotReady, TrackingError
 from runners.jobenv import forwarded
 from runners.probe import check_tracking
-from runners.profile import load_profile
+from runners.profile import load_profile, tracking_uri
 from runners.progress import step
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
@@ -49,11 +49,11 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     raw = profile.targets[name]
     vault = profile.vault.model_dump() if profile.vault else None
     redact = Redactor(list(resolve(spec.secrets, vault).values()))
-    uri = profile.resolved_tracking_uri()
-    with step(f"checking tracking server {uri}"):
-        check_tracking(uri, profile.probe_timeout_s, profile.source)
+    uri = tracking_uri(profile)
     with make_backend(name, raw) as backend:
         backend.check(spec, name)
+        with step(f"checking tracking server {uri}"):
+            check_tracking(uri, profile.probe_timeout_s, profile.source)
         with step(f"checking target {name!r}"):
             try:
                 backend.preflight(spec, workdir)

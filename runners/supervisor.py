@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import IO
 
+from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
 from runners import records, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
-from runners.errors import BackendError, HmlError, NoCapacityError, TrackingError
 from runners.jobenv import job_env, tracking_credentials
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
@@ -87,7 +87,8 @@ class Supervisor:
             head, _, self._pending = text.rpartition("\n")  # redact whole lines only
             if head:
                 self._out.write(self.redact(head + "\n"))
-            self.rec.save()  # the handle's read position: a restarted supervisor copies no line twice
+            self.rec.handle = handle.model_dump()  # the read position: a restart copies no line twice
+            self.rec.save()
         if final and self._pending:
             self._out.write(self.redact(self._pending) + "\n")
             self._pending = ""
@@ -117,7 +118,7 @@ class Supervisor:
             state_dir=self.rec.dir,
         )
         handle, usage = self.backend.launch(request)
-        self.rec.handle = handle
+        self.rec.handle = handle.model_dump()
         self.rec.usage = dict(usage.__dict__)
         self.rec.status, self.rec.reason = "RUNNING", ""
         self.rec.started_at = self.rec.started_at or time.time()
@@ -126,14 +127,28 @@ class Supervisor:
         return handle
 
     def _cost(self) -> float:
-        u = Usage(**self.rec.usage)
-        hours = (time.time() - (self.rec.started_at or time.time())) / 3600
-        return round(hours * u.nodes * u.gpus_per_node * u.gpu_hour_usd, 6)
+        return Usage(**self.rec.usage).cost_usd(time.time() - (self.rec.started_at or time.time()))
+
+    def _handle(self) -> Handle | None:
+        """The live attempt's handle, as the backend made it (after a restart: from the record)."""
+        return self.backend.handle_type.model_validate(self.rec.handle) if self.rec.handle else None
+
+    def _teardown(self, handle: Handle) -> None:
+        try:
+            self.backend.teardown(handle)
+        except BackendError as exc:  # what it holds is released by its own expiry (claims, watchdogs)
+            self.note(f"could not release everything the attempt held: {exc}")
 
     def _watch(self, handle: Handle) -> tuple[str | None, JobState]:
-        """Follow one attempt to its end; return (a reason hml stopped it, the end state)."""
+        """Follow one attempt to its end, then release what it held; (why hml stopped it, end state)."""
+        try:
+            return self._follow(handle)
+        finally:
+            self._teardown(handle)
+
+    def _follow(self, handle: Handle) -> tuple[str | None, JobState]:
         unreachable_since: float | None = None
-        interval = getattr(self.backend, "poll_interval", 0.2)
+        interval = self.backend.poll_interval
         while True:
             try:
                 self._copy_output(handle)
@@ -175,7 +190,7 @@ class Supervisor:
                 self._end("KILLED", None, "cancelled by user")
                 break
             try:
-                handle = self.rec.handle or self._launch()
+                handle = self._handle() or self._launch()
             except NoCapacityError as exc:
                 if not self.rec.wait_for_capacity:
                     self._end("FAILED", None, f"no capacity: {exc}")
@@ -247,9 +262,11 @@ def _supervise(sup: Supervisor) -> None:
         import traceback
 
         traceback.print_exc()
-        if sup.rec.handle:
+        handle = sup._handle() if sup.rec.handle else None
+        if handle is not None:
             try:
-                sup.backend.cancel(sup.rec.handle)
+                sup.backend.cancel(handle)
+                sup.backend.teardown(handle)
             except HmlError:
                 pass
         sup._end("FAILED", None, f"runner error: {type(exc).__name__}: {exc} (see supervisor.log)")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runners.errors import TrackingError
+from hmlkit.errors import TrackingError
 from runners.paths import home
 
 SPEC_ARTIFACT = "hml/job.yaml"

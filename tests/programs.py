@@ -35,8 +35,7 @@ def missing_tags(result: ProgramResult, required: Mapping[str, str]) -> list[str
 def plaintext_occurrences(result: ProgramResult, needle: str) -> list[str]:
     """Where ``needle`` appears outside a Pulumi secret, as ``urn:path`` strings."""
     hits = [f"{r.urn}:{p}" for r in result.resources for p in _plain_paths(r.raw_inputs, needle)]
-    hits += [f"{r.urn}:outputs.{p}" for r in result.resources
-             for p in _plain_paths(r.raw_outputs, needle)]
+    hits += [f"{r.urn}:outputs.{p}" for r in result.resources for p in _plain_paths(r.raw_outputs, needle)]
     hits += [f"stack:{p}" for p in _plain_paths(result.raw_outputs, needle)]
     return hits
 

@@ -51,9 +51,7 @@ def parse_args() -> argparse.Namespace:
 
 def data(seed: int) -> tuple[TensorDataset, TensorDataset]:
     x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=seed, stratify=y
-    )
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
 
     def to_ds(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
@@ -149,9 +147,7 @@ def main() -> None:
         print(f"resuming from checkpoint after epoch {state['epoch']}", flush=True)
     ddp = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     sampler = DistributedSampler(train_ds, shuffle=True, seed=args.seed) if world > 1 else None
-    loader = DataLoader(
-        train_ds, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler
-    )
+    loader = DataLoader(train_ds, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler)
     if lead:
         mlflow.start_run()
     if lead and not state:

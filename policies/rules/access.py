@@ -69,8 +69,9 @@ def _store_paths(resource_type: str, props: Mapping[str, Any]) -> tuple[str, ...
     "it (secretKeyRef, secretsmanager ARN) instead of writing it into the resource.",
     types=None,
 )
-def no_plaintext_secrets(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                         ) -> Iterator[str]:
+def no_plaintext_secrets(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     stores = _store_paths(resource_type, props)
     for path, value, secret in walk(props):
         top = re.split(r"[.\[]", path)[0]
@@ -79,8 +80,12 @@ def no_plaintext_secrets(resource_type: str, props: Mapping[str, Any], config: M
         shape = next((what for what, rx in _CREDENTIAL_PATTERNS.items() if rx.search(value)), None)
         if shape:
             yield f"input '{path}' contains {shape}"
-        elif (not secret and len(value) >= 6 and not value.startswith(("arn:", "$(", "${"))
-              and looks_like_secret_name(re.split(r"[.\[]", path)[-1])):
+        elif (
+            not secret
+            and len(value) >= 6
+            and not value.startswith(("arn:", "$(", "${"))
+            and looks_like_secret_name(re.split(r"[.\[]", path)[-1])
+        ):
             yield f"input '{path}' is named like a secret but holds a plaintext literal"
 
 
@@ -103,20 +108,26 @@ def _ecs_environment(props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     "with valueFrom (ECS), or read the secret at start-up from Secrets Manager (Lambda).",
     types=None,
 )
-def workload_env_secret_refs(resource_type: str, props: Mapping[str, Any],
-                             config: Mapping[str, Any]) -> Iterator[str]:
+def workload_env_secret_refs(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     if resource_type.startswith(_WORKLOAD_PREFIX):
-        env = [(dig(c, "name", default="?"), e) for c in containers(resource_type, props)
-               for e in items(dig(c, "env")) if is_map(e)]
-        literals = [(f"container '{c}'", dig(e, "name", default=""), dig(e, "value"))
-                    for c, e in env]
+        env = [
+            (dig(c, "name", default="?"), e)
+            for c in containers(resource_type, props)
+            for e in items(dig(c, "env"))
+            if is_map(e)
+        ]
+        literals = [(f"container '{c}'", dig(e, "name", default=""), dig(e, "value")) for c, e in env]
     elif resource_type == "aws:ecs/taskDefinition:TaskDefinition":
-        literals = [("task definition", dig(e, "name", default=""), dig(e, "value"))
-                    for e in _ecs_environment(props)]
+        literals = [
+            ("task definition", dig(e, "name", default=""), dig(e, "value")) for e in _ecs_environment(props)
+        ]
     elif resource_type == "aws:lambda/function:Function":
         variables = dig(props, "environment", "variables", default={})
-        literals = [("function", str(k), unwrap(variables[k]))
-                    for k in (variables if is_map(variables) else {})]
+        literals = [
+            ("function", str(k), unwrap(variables[k])) for k in (variables if is_map(variables) else {})
+        ]
     else:
         return
     for where, name, value in literals:
@@ -132,8 +143,9 @@ def workload_env_secret_refs(resource_type: str, props: Mapping[str, Any],
     types={"aws:kms/key:Key"},
     config={"maxRotationDays": {"type": "integer", "default": 365}},
 )
-def kms_key_rotation(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                     ) -> Iterator[str]:
+def kms_key_rotation(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     spec = dig(props, "keySpec") or dig(props, "customerMasterKeySpec") or "SYMMETRIC_DEFAULT"
     if spec != "SYMMETRIC_DEFAULT":
         return  # AWS rotates only symmetric encryption keys
@@ -152,8 +164,9 @@ def kms_key_rotation(resource_type: str, props: Mapping[str, Any], config: Mappi
     remediation="Set kmsKeyId to the KeyVault's KMS key.",
     types={"aws:secretsmanager/secret:Secret"},
 )
-def secrets_manager_cmk(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                        ) -> Iterator[str]:
+def secrets_manager_cmk(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     if not dig(props, "kmsKeyId"):
         yield "kmsKeyId is not set: the secret uses the AWS-managed key"
 
@@ -164,20 +177,21 @@ _IAM_DOCUMENTS = {
     "aws:iam/userPolicy:UserPolicy": "policy",
     "aws:iam/groupPolicy:GroupPolicy": "policy",
 }
-_ATTACHMENTS = frozenset({
-    "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
-    "aws:iam/userPolicyAttachment:UserPolicyAttachment",
-    "aws:iam/groupPolicyAttachment:GroupPolicyAttachment",
-    "aws:iam/policyAttachment:PolicyAttachment",
-})
+_ATTACHMENTS = frozenset(
+    {
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment",
+        "aws:iam/userPolicyAttachment:UserPolicyAttachment",
+        "aws:iam/groupPolicyAttachment:GroupPolicyAttachment",
+        "aws:iam/policyAttachment:PolicyAttachment",
+    }
+)
 _ROLE = "aws:iam/role:Role"
 
 
 def _admin_statement(statement: Mapping[str, Any]) -> bool:
     allow = dig(statement, "Effect", default="Allow") == "Allow"
     actions = strings(dig(statement, "Action"))
-    return allow and any(a in ("*", "*:*") for a in actions) and "*" in strings(
-        dig(statement, "Resource"))
+    return allow and any(a in ("*", "*:*") for a in actions) and "*" in strings(dig(statement, "Resource"))
 
 
 @resource_rule(
@@ -187,18 +201,25 @@ def _admin_statement(statement: Mapping[str, Any]) -> bool:
     remediation="Grant the specific actions (e.g. s3:GetObject) on the specific ARNs the role "
     "needs; never Action '*' with Resource '*' or AdministratorAccess.",
     types=set(_IAM_DOCUMENTS) | _ATTACHMENTS | {_ROLE},
-    config={"forbiddenManagedPolicies": {
-        "type": "array", "items": {"type": "string"},
-        "default": ["arn:aws:iam::aws:policy/AdministratorAccess"]}},
+    config={
+        "forbiddenManagedPolicies": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["arn:aws:iam::aws:policy/AdministratorAccess"],
+        }
+    },
 )
-def iam_no_wildcard_admin(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                          ) -> Iterator[str]:
+def iam_no_wildcard_admin(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     documents = []
     if resource_type in _IAM_DOCUMENTS:
         documents.append(("policy", dig(props, _IAM_DOCUMENTS[resource_type])))
     if resource_type == _ROLE:
-        documents += [(f"inline policy '{dig(p, 'name', default=i)}'", dig(p, "policy"))
-                      for i, p in enumerate(items(dig(props, "inlinePolicies")))]
+        documents += [
+            (f"inline policy '{dig(p, 'name', default=i)}'", dig(p, "policy"))
+            for i, p in enumerate(items(dig(props, "inlinePolicies")))
+        ]
     for where, document in documents:
         if any(_admin_statement(s) for s in policy_statements(document)):
             yield f"{where} allows Action '*' on Resource '*'"
@@ -208,14 +229,18 @@ def iam_no_wildcard_admin(resource_type: str, props: Mapping[str, Any], config: 
             yield f"attaches {arn}"
 
 
-_K8S_ROLES = frozenset({
-    "kubernetes:rbac.authorization.k8s.io/v1:Role",
-    "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole",
-})
-_K8S_BINDINGS = frozenset({
-    "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding",
-    "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding",
-})
+_K8S_ROLES = frozenset(
+    {
+        "kubernetes:rbac.authorization.k8s.io/v1:Role",
+        "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole",
+    }
+)
+_K8S_BINDINGS = frozenset(
+    {
+        "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding",
+        "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding",
+    }
+)
 
 
 @resource_rule(
@@ -226,8 +251,9 @@ _K8S_BINDINGS = frozenset({
     "subject needs, with resourceNames where possible.",
     types=_K8S_ROLES,
 )
-def k8s_rbac_no_wildcard(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                         ) -> Iterator[str]:
+def k8s_rbac_no_wildcard(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     for index, rule in enumerate(items(dig(props, "rules"))):
         if "*" in strings(dig(rule, "verbs")) and "*" in strings(dig(rule, "resources")):
             yield f"rules[{index}] grants verb '*' on resource '*'"
@@ -239,11 +265,11 @@ def k8s_rbac_no_wildcard(resource_type: str, props: Mapping[str, Any], config: M
     severity=Severity.HIGH,
     remediation="Bind a Role scoped to the namespace and the resources the subject needs.",
     types=_K8S_BINDINGS,
-    config={"forbiddenRoles": {"type": "array", "items": {"type": "string"},
-                               "default": ["cluster-admin"]}},
+    config={"forbiddenRoles": {"type": "array", "items": {"type": "string"}, "default": ["cluster-admin"]}},
 )
-def k8s_no_cluster_admin_binding(resource_type: str, props: Mapping[str, Any],
-                                 config: Mapping[str, Any]) -> Iterator[str]:
+def k8s_no_cluster_admin_binding(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     role = dig(props, "roleRef", "name")
     if role in config["forbiddenRoles"]:
         yield f"binds the {role!r} role"

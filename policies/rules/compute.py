@@ -80,8 +80,9 @@ _EC2_CAPACITY = frozenset({NODE_GROUP, LAUNCH_TEMPLATE, INSTANCE, SPOT_REQUEST})
     types={NODE_GROUP},
     config={"maxNodes": {"type": "integer", "default": 16}},
 )
-def gpu_nodepool_max_size(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                          ) -> Iterator[str]:
+def gpu_nodepool_max_size(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     if not is_gpu_node_group(props):
         return
     maximum = number(dig(props, "scalingConfig", "maxSize"))
@@ -99,8 +100,9 @@ def gpu_nodepool_max_size(resource_type: str, props: Mapping[str, Any], config: 
     "'spot' on the launch template, for every environment but production.",
     types=_EC2_CAPACITY,
 )
-def gpu_spot_outside_production(resource_type: str, props: Mapping[str, Any],
-                                config: Mapping[str, Any]) -> Iterator[str]:
+def gpu_spot_outside_production(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     if is_gpu_capacity(resource_type, props) and not is_production(props):
         if not _is_spot(resource_type, props):
             yield "non-production GPU capacity is on-demand"
@@ -108,16 +110,16 @@ def gpu_spot_outside_production(resource_type: str, props: Mapping[str, Any],
 
 @resource_rule(
     "gpu-ondemand-in-production",
-    description="Production GPU capacity is on-demand, so serving and deadlines survive spot "
-    "interruptions.",
+    description="Production GPU capacity is on-demand, so serving and deadlines survive spot interruptions.",
     severity=Severity.MEDIUM,
     remediation="Use capacityType 'ON_DEMAND' (or no instanceMarketOptions) where the "
     "environment tag is production.",
     types=_EC2_CAPACITY,
     enforcement=EnforcementLevel.ADVISORY,
 )
-def gpu_ondemand_in_production(resource_type: str, props: Mapping[str, Any],
-                               config: Mapping[str, Any]) -> Iterator[str]:
+def gpu_ondemand_in_production(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     if is_gpu_capacity(resource_type, props) and is_production(props):
         if _is_spot(resource_type, props):
             yield "production GPU capacity is on spot"
@@ -130,12 +132,17 @@ def gpu_ondemand_in_production(resource_type: str, props: Mapping[str, Any],
     remediation="Pick an instance type from allowedFamilies, or add the family to the pack "
     "configuration after finance approves its price.",
     types=_EC2_CAPACITY,
-    config={"allowedFamilies": {"type": "array",
-                                "items": {"type": "string", "enum": sorted(GPU_FAMILIES)},
-                                "default": ["g4dn", "g5", "g6", "g6e", "p3"]}},
+    config={
+        "allowedFamilies": {
+            "type": "array",
+            "items": {"type": "string", "enum": sorted(GPU_FAMILIES)},
+            "default": ["g4dn", "g5", "g6", "g6e", "p3"],
+        }
+    },
 )
-def gpu_instance_types_allowed(resource_type: str, props: Mapping[str, Any],
-                               config: Mapping[str, Any]) -> Iterator[str]:
+def gpu_instance_types_allowed(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     for instance_type in gpu_instance_types(resource_type, props):
         if family_of(instance_type) not in config["allowedFamilies"]:
             yield f"instance type {instance_type} is not in an approved GPU family"
@@ -154,8 +161,9 @@ def _has_gpu_taint(taints: list[Any], effect: str) -> bool:
     "(Kubernetes node spec.taints).",
     types={NODE_GROUP} | K8S_NODES,
 )
-def gpu_nodes_tainted(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                      ) -> Iterator[str]:
+def gpu_nodes_tainted(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     if resource_type == NODE_GROUP and is_gpu_node_group(props):
         if not _has_gpu_taint(items(dig(props, "taints")), "NO_SCHEDULE"):
             yield "GPU node group has no nvidia.com/gpu NO_SCHEDULE taint"
@@ -187,15 +195,20 @@ def _ports(protocol: Any, from_port: Any, to_port: Any) -> tuple[int, int]:
 def ingress_rules(resource_type: str, props: Mapping[str, Any]) -> list[Ingress]:
     if resource_type == SG_INGRESS_RULE:
         cidrs = [c for c in (dig(props, "cidrIpv4"), dig(props, "cidrIpv6")) if c]
-        return [Ingress(*_ports(dig(props, "ipProtocol"), dig(props, "fromPort"),
-                                dig(props, "toPort")), cidrs)]
+        return [
+            Ingress(*_ports(dig(props, "ipProtocol"), dig(props, "fromPort"), dig(props, "toPort")), cidrs)
+        ]
     if resource_type == SG_RULE:
         entries = [props] if dig(props, "type") == "ingress" else []
     else:
         entries = items(dig(props, "ingress"))
-    return [Ingress(*_ports(dig(e, "protocol"), dig(e, "fromPort"), dig(e, "toPort")),
-                    strings(dig(e, "cidrBlocks")) + strings(dig(e, "ipv6CidrBlocks")))
-            for e in entries]
+    return [
+        Ingress(
+            *_ports(dig(e, "protocol"), dig(e, "fromPort"), dig(e, "toPort")),
+            strings(dig(e, "cidrBlocks")) + strings(dig(e, "ipv6CidrBlocks")),
+        )
+        for e in entries
+    ]
 
 
 _SG_TYPES = frozenset({SECURITY_GROUP, SG_RULE, SG_INGRESS_RULE})
@@ -209,8 +222,9 @@ _SG_TYPES = frozenset({SECURITY_GROUP, SG_RULE, SG_INGRESS_RULE})
     "or reach hosts through SSM Session Manager.",
     types=_SG_TYPES,
 )
-def sg_no_public_ssh(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                     ) -> Iterator[str]:
+def sg_no_public_ssh(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     for rule in ingress_rules(resource_type, props):
         world = WORLD.intersection(rule.cidrs)
         if world and rule.covers(22):
@@ -221,13 +235,13 @@ def sg_no_public_ssh(resource_type: str, props: Mapping[str, Any], config: Mappi
     "sg-public-ingress-restricted",
     description="Ingress from the whole internet is allowed only on the approved ports.",
     severity=Severity.HIGH,
-    remediation="Restrict the CIDR to known networks, or serve through a load balancer on an "
-    "approved port.",
+    remediation="Restrict the CIDR to known networks, or serve through a load balancer on an approved port.",
     types=_SG_TYPES,
     config={"allowedPorts": {"type": "array", "items": {"type": "integer"}, "default": [443]}},
 )
-def sg_public_ingress_restricted(resource_type: str, props: Mapping[str, Any],
-                                 config: Mapping[str, Any]) -> Iterator[str]:
+def sg_public_ingress_restricted(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     for rule in ingress_rules(resource_type, props):
         if not WORLD.intersection(rule.cidrs):
             continue
@@ -244,7 +258,8 @@ def sg_public_ingress_restricted(resource_type: str, props: Mapping[str, Any],
     remediation="Set metadataOptions.httpTokens to 'required'.",
     types={LAUNCH_TEMPLATE, INSTANCE},
 )
-def ec2_imdsv2_required(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                        ) -> Iterator[str]:
+def ec2_imdsv2_required(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     if dig(props, "metadataOptions", "httpTokens") != "required":
         yield "metadataOptions.httpTokens is not 'required'"

@@ -48,11 +48,11 @@ def _provider_default_tags(resource: PolicyResource) -> Mapping[str, Any]:
     remediation="Pass the organisation's tags (team, cost-center, environment) to the resource "
     "(components do this from stack config) or set them as the aws provider's defaultTags; "
     "on Kubernetes set them as metadata.labels.",
-    config={"tags": {"type": "array", "items": {"type": "string"},
-                     "default": list(REQUIRED_TAGS)}},
+    config={"tags": {"type": "array", "items": {"type": "string"}, "default": list(REQUIRED_TAGS)}},
 )
-def required_tags(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-                  ) -> Iterator[tuple[str | None, str]]:
+def required_tags(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
     for resource in resources:
         carrier = tag_carrier(resource.resource_type)
         if carrier == "tags":
@@ -63,13 +63,20 @@ def required_tags(resources: Sequence[PolicyResource], config: Mapping[str, Any]
             continue
         missing = [key for key in config["tags"] if not unwrap(present.get(key))]
         if missing:
-            yield resource.urn, (f"{resource.resource_type.rsplit(':', 1)[-1]} "
-                                 f"'{resource.name}' lacks {kind}: {', '.join(missing)}")
+            yield (
+                resource.urn,
+                (
+                    f"{resource.resource_type.rsplit(':', 1)[-1]} "
+                    f"'{resource.name}' lacks {kind}: {', '.join(missing)}"
+                ),
+            )
 
 
 def _runs_device_plugin(resource: PolicyResource) -> bool:
-    return any(DEVICE_PLUGIN_IMAGE in str(dig(c, "image", default=""))
-               for c in containers(resource.resource_type, resource.props))
+    return any(
+        DEVICE_PLUGIN_IMAGE in str(dig(c, "image", default=""))
+        for c in containers(resource.resource_type, resource.props)
+    )
 
 
 def _is_budget(resource: PolicyResource) -> bool:
@@ -77,8 +84,7 @@ def _is_budget(resource: PolicyResource) -> bool:
     if resource.resource_type == BUDGET:
         return any(_subscribers(n) for n in items(dig(resource.props, "notifications")))
     if resource.resource_type == PROMETHEUS_RULE:
-        rules = [r for g in items(dig(resource.props, "spec", "groups"))
-                 for r in items(dig(g, "rules"))]
+        rules = [r for g in items(dig(resource.props, "spec", "groups")) for r in items(dig(g, "rules"))]
         return any("budget" in str(dig(r, "alert", default="")).lower() for r in rules)
     return False
 
@@ -91,31 +97,32 @@ def _is_budget(resource: PolicyResource) -> bool:
     remediation="Add the Monitoring component (budget with actual and forecasted thresholds "
     "and subscribers) to every stack with a GpuNodePool.",
 )
-def budget_for_gpu_stacks(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-                          ) -> Iterator[tuple[str | None, str]]:
-    gpu = [r for r in resources
-           if is_gpu_capacity(r.resource_type, r.props) or _runs_device_plugin(r)]
+def budget_for_gpu_stacks(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
+    gpu = [r for r in resources if is_gpu_capacity(r.resource_type, r.props) or _runs_device_plugin(r)]
     if gpu and not any(_is_budget(r) for r in resources):
         names = ", ".join(sorted({r.name for r in gpu}))
         yield None, f"the stack has GPU capacity ({names}) but no budget with alerts"
 
 
 def _subscribers(notification: Any) -> list[str]:
-    return (strings(dig(notification, "subscriberEmailAddresses"))
-            + strings(dig(notification, "subscriberSnsTopicArns")))
+    return strings(dig(notification, "subscriberEmailAddresses")) + strings(
+        dig(notification, "subscriberSnsTopicArns")
+    )
 
 
 @resource_rule(
     "budget-alert-thresholds",
-    description="Budgets alert on both actual and forecasted spend, and every alert has a "
-    "subscriber.",
+    description="Budgets alert on both actual and forecasted spend, and every alert has a subscriber.",
     severity=Severity.MEDIUM,
     remediation="Give the budget notifications with notificationType ACTUAL and FORECASTED "
     "(e.g. 50/80/100 %), each with subscriberEmailAddresses or subscriberSnsTopicArns.",
     types={BUDGET},
 )
-def budget_alert_thresholds(resource_type: str, props: Mapping[str, Any],
-                            config: Mapping[str, Any]) -> Iterator[str]:
+def budget_alert_thresholds(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     notifications = items(dig(props, "notifications"))
     kinds = {str(dig(n, "notificationType")) for n in notifications}
     for kind in ("ACTUAL", "FORECASTED"):
@@ -137,11 +144,14 @@ _AUTH_FLAG = re.compile(r"--app-name[= ]+basic-auth\b")
     "admin password from the KeyVault (TrackingServer does this).",
     types=None,
 )
-def tracking_server_auth(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                         ) -> Iterator[str]:
+def tracking_server_auth(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     for container in containers(resource_type, props):
         words = strings(dig(container, "command")) + strings(dig(container, "args"))
         line = " ".join(words)
         if "mlflow" in line and "server" in line and not _AUTH_FLAG.search(line):
-            yield (f"container '{dig(container, 'name', default='?')}' runs mlflow server "
-                   "without --app-name basic-auth")
+            yield (
+                f"container '{dig(container, 'name', default='?')}' runs mlflow server "
+                "without --app-name basic-auth"
+            )

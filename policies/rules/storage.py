@@ -32,37 +32,45 @@ from policies.props import (
 from policies.registry import resource_rule, stack_rule
 
 BUCKETS = frozenset({"aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2"})
-ENCRYPTION = frozenset({
-    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
-    "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
-})
-VERSIONING = frozenset({
-    "aws:s3/bucketVersioning:BucketVersioning",
-    "aws:s3/bucketVersioningV2:BucketVersioningV2",
-})
+ENCRYPTION = frozenset(
+    {
+        "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+        "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
+    }
+)
+VERSIONING = frozenset(
+    {
+        "aws:s3/bucketVersioning:BucketVersioning",
+        "aws:s3/bucketVersioningV2:BucketVersioningV2",
+    }
+)
 PUBLIC_ACCESS_BLOCK = frozenset({"aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"})
 BUCKET_POLICY = frozenset({"aws:s3/bucketPolicy:BucketPolicy"})
-LIFECYCLE = frozenset({
-    "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
-    "aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2",
-})
+LIFECYCLE = frozenset(
+    {
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration",
+        "aws:s3/bucketLifecycleConfigurationV2:BucketLifecycleConfigurationV2",
+    }
+)
 KMS_ALGORITHMS = frozenset({"aws:kms", "aws:kms:dsse"})
 PUBLIC_ACLS = frozenset({"public-read", "public-read-write", "authenticated-read"})
 BLOCK_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
 
 
-def _by_bucket(
-    resources: Sequence[PolicyResource], types: frozenset[str]
-) -> dict[str, list[PolicyResource]]:
+def _by_bucket(resources: Sequence[PolicyResource], types: frozenset[str]) -> dict[str, list[PolicyResource]]:
     """The resources of ``types`` keyed by the URN of the bucket their ``bucket`` input names."""
-    named = {dig(b.props, "bucket"): b.urn for b in resources if b.resource_type in BUCKETS
-             and isinstance(dig(b.props, "bucket"), str)}
+    named = {
+        dig(b.props, "bucket"): b.urn
+        for b in resources
+        if b.resource_type in BUCKETS and isinstance(dig(b.props, "bucket"), str)
+    }
     attached: dict[str, list[PolicyResource]] = defaultdict(list)
     for resource in resources:
         if resource.resource_type not in types:
             continue
-        targets = {d.urn for d in resource.property_dependencies.get("bucket", [])
-                   if d.resource_type in BUCKETS}
+        targets = {
+            d.urn for d in resource.property_dependencies.get("bucket", []) if d.resource_type in BUCKETS
+        }
         literal = dig(resource.props, "bucket")
         if isinstance(literal, str) and literal in named:
             targets.add(named[literal])
@@ -82,19 +90,33 @@ def _buckets(resources: Sequence[PolicyResource]) -> list[PolicyResource]:
     remediation="Add a BucketServerSideEncryptionConfiguration for the bucket with "
     "sseAlgorithm 'aws:kms' and kmsMasterKeyId set to your KeyVault's key "
     "(ObjectStore does this).",
-    config={"requireCustomerKey": {"type": "boolean", "default": True,
-                                   "description": "Require kmsMasterKeyId, not the AWS-managed key."}},
+    config={
+        "requireCustomerKey": {
+            "type": "boolean",
+            "default": True,
+            "description": "Require kmsMasterKeyId, not the AWS-managed key.",
+        }
+    },
 )
-def bucket_kms_encryption(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-                          ) -> Iterator[tuple[str | None, str]]:
+def bucket_kms_encryption(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
     attached = _by_bucket(resources, ENCRYPTION)
     for bucket in _buckets(resources):
         # A separate configuration replaces the bucket's own (whose output, once applied,
         # shows the AWS default the configuration then overrides).
-        defaults = [dig(rule, "applyServerSideEncryptionByDefault")
-                    for sse in attached.get(bucket.urn, []) for rule in items(dig(sse.props, "rules"))
-                    ] or [dig(bucket.props, "serverSideEncryptionConfiguration", "rule",
-                              "applyServerSideEncryptionByDefault")]
+        defaults = [
+            dig(rule, "applyServerSideEncryptionByDefault")
+            for sse in attached.get(bucket.urn, [])
+            for rule in items(dig(sse.props, "rules"))
+        ] or [
+            dig(
+                bucket.props,
+                "serverSideEncryptionConfiguration",
+                "rule",
+                "applyServerSideEncryptionByDefault",
+            )
+        ]
         defaults = [d for d in defaults if is_map(d)]
         if not defaults:
             yield bucket.urn, f"bucket '{bucket.name}' has no server-side encryption configuration"
@@ -104,8 +126,13 @@ def bucket_kms_encryption(resources: Sequence[PolicyResource], config: Mapping[s
             if str(algorithm) not in KMS_ALGORITHMS:
                 yield bucket.urn, f"bucket '{bucket.name}' uses sseAlgorithm {algorithm!r}, not aws:kms"
             elif config["requireCustomerKey"] and not dig(default, "kmsMasterKeyId"):
-                yield bucket.urn, (f"bucket '{bucket.name}' uses the AWS-managed key; "
-                                   "set kmsMasterKeyId to a customer-managed key")
+                yield (
+                    bucket.urn,
+                    (
+                        f"bucket '{bucket.name}' uses the AWS-managed key; "
+                        "set kmsMasterKeyId to a customer-managed key"
+                    ),
+                )
 
 
 def _is_dataset_bucket(bucket: PolicyResource, markers: Sequence[str]) -> bool:
@@ -120,22 +147,27 @@ def _is_dataset_bucket(bucket: PolicyResource, markers: Sequence[str]) -> bool:
     description="Dataset buckets keep object versions, so a model can be re-trained on the "
     "exact data it saw.",
     severity=Severity.HIGH,
-    remediation="Add a BucketVersioning for the bucket with versioningConfiguration.status "
-    "'Enabled'.",
-    config={"datasetMarkers": {"type": "array", "items": {"type": "string"},
-                               "default": ["dataset"],
-                               "description": "A bucket whose name or a tag value contains one "
-                               "of these is a dataset bucket."}},
+    remediation="Add a BucketVersioning for the bucket with versioningConfiguration.status 'Enabled'.",
+    config={
+        "datasetMarkers": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": ["dataset"],
+            "description": "A bucket whose name or a tag value contains one of these is a dataset bucket.",
+        }
+    },
 )
-def dataset_versioning(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-                       ) -> Iterator[tuple[str | None, str]]:
+def dataset_versioning(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
     attached = _by_bucket(resources, VERSIONING)
     for bucket in _buckets(resources):
         if not _is_dataset_bucket(bucket, config["datasetMarkers"]):
             continue
         enabled = dig(bucket.props, "versioning", "enabled") is True or any(
             dig(v.props, "versioningConfiguration", "status") == "Enabled"
-            for v in attached.get(bucket.urn, []))
+            for v in attached.get(bucket.urn, [])
+        )
         if not enabled:
             yield bucket.urn, f"dataset bucket '{bucket.name}' does not have versioning enabled"
 
@@ -162,8 +194,9 @@ def _public_statement(statement: Mapping[str, Any]) -> bool:
     "ACLs and Allow statements for Principal '*'. S3-compatible endpoints without that API "
     "(MinIO) keep buckets private by having no public policy.",
 )
-def public_access_blocked(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-                          ) -> Iterator[tuple[str | None, str]]:
+def public_access_blocked(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
     blocks = _by_bucket(resources, PUBLIC_ACCESS_BLOCK)
     policies = _by_bucket(resources, BUCKET_POLICY)
     for bucket in _buckets(resources):
@@ -181,15 +214,23 @@ def public_access_blocked(resources: Sequence[PolicyResource], config: Mapping[s
         for block in blocks.get(bucket.urn, []):
             off = [flag for flag in BLOCK_FLAGS if dig(block.props, flag) is not True]
             if off:
-                yield block.urn, (f"public access block '{block.name}' of bucket '{bucket.name}' "
-                                  f"does not set {', '.join(off)} to true")
+                yield (
+                    block.urn,
+                    (
+                        f"public access block '{block.name}' of bucket '{bucket.name}' "
+                        f"does not set {', '.join(off)} to true"
+                    ),
+                )
 
 
 def _denies_insecure_transport(statement: Mapping[str, Any]) -> bool:
     secure = dig(statement, "Condition", "Bool", "aws:SecureTransport")
     actions = strings(dig(statement, "Action"))
-    return (dig(statement, "Effect") == "Deny" and str(secure).lower() == "false"
-            and any(a in ("*", "s3:*") for a in actions))
+    return (
+        dig(statement, "Effect") == "Deny"
+        and str(secure).lower() == "false"
+        and any(a in ("*", "s3:*") for a in actions)
+    )
 
 
 @stack_rule(
@@ -199,16 +240,19 @@ def _denies_insecure_transport(statement: Mapping[str, Any]) -> bool:
     remediation="Add a BucketPolicy statement: Effect Deny, Principal '*', Action 's3:*', "
     "Condition Bool aws:SecureTransport 'false', on the bucket and its objects.",
 )
-def tls_only(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-             ) -> Iterator[tuple[str | None, str]]:
+def tls_only(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
     attached = _by_bucket(resources, BUCKET_POLICY)
     for bucket in _buckets(resources):
         documents = [dig(bucket.props, "policy")]
         documents += [dig(p.props, "policy") for p in attached.get(bucket.urn, [])]
         statements = [s for doc in documents for s in policy_statements(doc)]
         if not any(_denies_insecure_transport(s) for s in statements):
-            yield bucket.urn, (f"bucket '{bucket.name}' has no policy statement denying "
-                               "aws:SecureTransport=false")
+            yield (
+                bucket.urn,
+                (f"bucket '{bucket.name}' has no policy statement denying aws:SecureTransport=false"),
+            )
 
 
 @dataclass(frozen=True)
@@ -224,20 +268,29 @@ class LifecycleRule:
 
 def lifecycle_rules(resource_type: str, props: Mapping[str, Any]) -> list[LifecycleRule]:
     inline = resource_type in BUCKETS
-    return [LifecycleRule(
-        enabled=dig(r, "enabled") is True if inline else dig(r, "status") == "Enabled",
-        transition_days=[d for t in items(dig(r, "transitions"))
-                         if (d := number(dig(t, "days"))) is not None],
-        expiration_days=number(dig(r, "expiration", "days")),
-        noncurrent_days=number(dig(r, "noncurrentVersionExpiration",
-                                   "days" if inline else "noncurrentDays")),
-        abort_days=number(dig(r, "abortIncompleteMultipartUploadDays") if inline
-                          else dig(r, "abortIncompleteMultipartUpload", "daysAfterInitiation")),
-    ) for r in items(dig(props, "lifecycleRules" if inline else "rules"))]
+    return [
+        LifecycleRule(
+            enabled=dig(r, "enabled") is True if inline else dig(r, "status") == "Enabled",
+            transition_days=[
+                d for t in items(dig(r, "transitions")) if (d := number(dig(t, "days"))) is not None
+            ],
+            expiration_days=number(dig(r, "expiration", "days")),
+            noncurrent_days=number(
+                dig(r, "noncurrentVersionExpiration", "days" if inline else "noncurrentDays")
+            ),
+            abort_days=number(
+                dig(r, "abortIncompleteMultipartUploadDays")
+                if inline
+                else dig(r, "abortIncompleteMultipartUpload", "daysAfterInitiation")
+            ),
+        )
+        for r in items(dig(props, "lifecycleRules" if inline else "rules"))
+    ]
 
 
-def _bucket_lifecycles(resources: Sequence[PolicyResource]
-                       ) -> Iterator[tuple[PolicyResource, list[LifecycleRule]]]:
+def _bucket_lifecycles(
+    resources: Sequence[PolicyResource],
+) -> Iterator[tuple[PolicyResource, list[LifecycleRule]]]:
     """Each bucket with its enabled lifecycle rules: from its attached configurations, which
     replace the bucket's inline rules in S3, or else the inline ones."""
     attached = _by_bucket(resources, LIFECYCLE)
@@ -255,8 +308,9 @@ def _bucket_lifecycles(resources: Sequence[PolicyResource]
     remediation="Render a RetentionPlan into a BucketLifecycleConfiguration for the bucket "
     "(ObjectStore does this) with an expiration.",
 )
-def retention_plan(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-                   ) -> Iterator[tuple[str | None, str]]:
+def retention_plan(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
     for bucket, enabled in _bucket_lifecycles(resources):
         if not enabled:
             yield bucket.urn, f"bucket '{bucket.name}' has no enabled lifecycle rule"
@@ -273,8 +327,9 @@ def retention_plan(resources: Sequence[PolicyResource], config: Mapping[str, Any
     "DEEP_ARCHIVE on AWS, the name of a configured remote tier on MinIO "
     "(platform:onprem.cold_storage_class).",
 )
-def cold_tier(resources: Sequence[PolicyResource], config: Mapping[str, Any]
-              ) -> Iterator[tuple[str | None, str]]:
+def cold_tier(
+    resources: Sequence[PolicyResource], config: Mapping[str, Any]
+) -> Iterator[tuple[str | None, str]]:
     for bucket, enabled in _bucket_lifecycles(resources):
         if not any(r.transition_days for r in enabled):
             where = s3_endpoint(bucket) or "AWS S3"
@@ -290,24 +345,32 @@ def cold_tier(resources: Sequence[PolicyResource], config: Mapping[str, Any]
     types=LIFECYCLE | BUCKETS,
     config={
         "maxColdAfterDays": {"type": "integer", "default": 365},
-        "minRetentionDays": {"type": "integer", "default": 30,
-                             "description": "Legal minimum: no deletion before this age."},
+        "minRetentionDays": {
+            "type": "integer",
+            "default": 30,
+            "description": "Legal minimum: no deletion before this age.",
+        },
         "maxRetentionDays": {"type": "integer", "default": 1095},
     },
 )
-def retention_limits(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                     ) -> Iterator[str]:
+def retention_limits(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     for index, rule in enumerate(lifecycle_rules(resource_type, props)):
         if not rule.enabled:
             continue
         for days in rule.transition_days:
             if days > config["maxColdAfterDays"]:
-                yield (f"rule {index} moves objects to cold storage after {days} days, "
-                       f"later than the limit of {config['maxColdAfterDays']}")
+                yield (
+                    f"rule {index} moves objects to cold storage after {days} days, "
+                    f"later than the limit of {config['maxColdAfterDays']}"
+                )
         days = rule.expiration_days
         if days is not None and not config["minRetentionDays"] <= days <= config["maxRetentionDays"]:
-            yield (f"rule {index} deletes objects after {days} days, outside "
-                   f"{config['minRetentionDays']}..{config['maxRetentionDays']}")
+            yield (
+                f"rule {index} deletes objects after {days} days, outside "
+                f"{config['minRetentionDays']}..{config['maxRetentionDays']}"
+            )
 
 
 @resource_rule(
@@ -319,8 +382,9 @@ def retention_limits(resource_type: str, props: Mapping[str, Any], config: Mappi
     "enabled rule (RetentionPlan renders both).",
     types=LIFECYCLE,
 )
-def lifecycle_hygiene(resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
-                      ) -> Iterator[str]:
+def lifecycle_hygiene(
+    resource_type: str, props: Mapping[str, Any], config: Mapping[str, Any]
+) -> Iterator[str]:
     enabled = [r for r in lifecycle_rules(resource_type, props) if r.enabled]
     if not any(r.noncurrent_days is not None for r in enabled):
         yield "no enabled rule expires noncurrent object versions"

@@ -1,8 +1,9 @@
 """The one seam between the runner and a place that runs jobs.
 
 A backend starts a job detached from the caller, answers whether it still runs, hands back
-its output from a byte offset, and kills it. Everything else (the MLflow run, retries,
-max_runtime, logs, cost) is the supervisor's and is written once for all backends.
+its output from a byte offset, kills it, and releases what it held (teardown). Everything
+else (the MLflow run, retries, max_runtime, logs, cost) is the supervisor's and is written
+once for all backends.
 """
 
 from __future__ import annotations
@@ -12,27 +13,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from runners.errors import UsageError
+from hmlkit.errors import UsageError
+from hmlkit.profile import TargetConfig
 from runners.spec import JobSpec
 
-Handle = dict[str, Any]
-"""Whatever a backend needs to find its job again from a new process; JSON-serialisable."""
+
+class Handle(BaseModel):
+    """Base of each backend's handle: how to find its job again from a new process.
+
+    The supervisor persists it (JSON) after every change, so a restarted supervisor resumes
+    where the last one stopped; only the backend that made it reads its fields.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+
+H = TypeVar("H", bound=Handle)
 
 
 class Feature(StrEnum):
     GPUS = "gpus"
     MULTI_NODE = "multi-node"
-
-
-class TargetConfig(BaseModel):
-    """Base of each backend's config model: rejects unknown keys, names the kind."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: str
 
 
 @dataclass(frozen=True)
@@ -57,17 +62,28 @@ class JobState:
 
 @dataclass
 class Usage:
-    """What the job occupies, for cost: node count, GPUs per node, price of one GPU hour."""
+    """What the job occupies, and what that costs per hour of wall time."""
 
     nodes: int = 1
     gpus_per_node: int = 0
     gpu_hour_usd: float = 0.0
     hosts: list[str] = field(default_factory=list)
 
+    def node_hours(self, seconds: float) -> float:
+        return self.nodes * seconds / 3600
 
-class Backend(abc.ABC):
+    def gpu_hours(self, seconds: float) -> float:
+        return self.node_hours(seconds) * self.gpus_per_node
+
+    def cost_usd(self, seconds: float) -> float:
+        return round(self.gpu_hours(seconds) * self.gpu_hour_usd, 6)
+
+
+class Backend(abc.ABC, Generic[H]):
     kind: ClassVar[str]
     Config: ClassVar[type[TargetConfig]]
+    handle_type: ClassVar[type[Handle]]
+    poll_interval: ClassVar[float] = 0.2
     unsupported: ClassVar[dict[Feature, str]] = {}
     """Capability gaps as data: feature -> why; checked in one place before launch."""
 
@@ -87,15 +103,15 @@ class Backend(abc.ABC):
         """Cheap checks at submit time (host keys, workdir size) so bad input fails before a run exists."""
 
     @abc.abstractmethod
-    def launch(self, request: LaunchRequest) -> tuple[Handle, Usage]:
+    def launch(self, request: LaunchRequest) -> tuple[H, Usage]:
         """Start the job detached (it survives the caller) and return how to find it."""
 
     @abc.abstractmethod
-    def poll(self, handle: Handle) -> JobState:
+    def poll(self, handle: H) -> JobState:
         """The job's real state now; raises BackendError when the target cannot be asked."""
 
     @abc.abstractmethod
-    def read_output(self, handle: Handle) -> bytes:
+    def read_output(self, handle: H) -> bytes:
         """Output not returned before for this handle (all nodes, complete lines, node-prefixed).
 
         The read position lives in the handle, which the supervisor persists, so a restarted
@@ -103,8 +119,15 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    def cancel(self, handle: Handle) -> None:
+    def cancel(self, handle: H) -> None:
         """Kill every process of the job; idempotent."""
+
+    def teardown(self, handle: H) -> None:
+        """Release what the target holds for this attempt (GPU claims, instances, allocations).
+
+        Called once the attempt has ended, whatever the end; idempotent, so a restarted
+        supervisor may call it again. The default holds nothing.
+        """
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
@@ -116,7 +139,7 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release connections; a backend is cheap to make again."""
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> Backend[H]:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,30 +8,24 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Literal
 
-from runners import jobscript
-from runners.backends.base import (
-    Backend,
-    Feature,
-    Handle,
-    JobState,
-    LaunchRequest,
-    TargetConfig,
-    Usage,
-)
-from runners.errors import NoCapacityError, UsageError
+from hmlkit import jobscript
+from hmlkit.errors import NoCapacityError, UsageError
+from hmlkit.profile import LocalTarget
+from runners.backends.base import Backend, Feature, Handle, JobState, LaunchRequest, Usage
 from runners.jobenv import HOST_LOGIN
 from runners.spec import JobSpec
 
 
-class LocalConfig(TargetConfig):
-    kind: Literal["local"] = "local"
-    gpu_hour_usd: float = 0.0
+class LocalHandle(Handle):
+    pid: int
+    started: str | None
+    """The kernel's start tick of ``pid``, so a recycled pid is not taken for our job."""
+    exec_dir: str
+    offset: int = 0
 
 
 def _start_time(pid: int) -> str | None:
-    """The kernel's start tick of ``pid``, so a recycled pid is not taken for our job."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -54,14 +48,16 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend[LocalHandle]):
     kind = "local"
-    Config = LocalConfig
+    Config = LocalTarget
+    handle_type = LocalHandle
     unsupported = {Feature.MULTI_NODE: "the local target is one machine; use an ssh or aws target"}
+    config: LocalTarget
 
     def preflight(self, spec: JobSpec, workdir: Path) -> None:
         if spec.resources.gpus:
-            from runners.gpus import local_gpus
+            from hmlkit.gpus import local_gpus
 
             have = len(local_gpus())
             if have < spec.resources.gpus:
@@ -71,10 +67,10 @@ class LocalBackend(Backend):
                     "another --target"
                 )
 
-    def launch(self, request: LaunchRequest) -> tuple[Handle, Usage]:
+    def launch(self, request: LaunchRequest) -> tuple[LocalHandle, Usage]:
         gpus = request.spec.resources.gpus
         if gpus:
-            from runners.gpus import local_gpus
+            from hmlkit.gpus import local_gpus
 
             have = len(local_gpus())
             if have < gpus:
@@ -108,38 +104,36 @@ class LocalBackend(Backend):
                 start_new_session=True,
                 env=login,
             )
-        handle = {"pid": proc.pid, "started": _start_time(proc.pid), "exec_dir": str(exec_dir)}
+        handle = LocalHandle(pid=proc.pid, started=_start_time(proc.pid), exec_dir=str(exec_dir))
         usage = Usage(gpus_per_node=gpus, gpu_hour_usd=self.config.gpu_hour_usd, hosts=["localhost"])
         return handle, usage
 
-    def poll(self, handle: Handle) -> JobState:
-        exit_file = Path(handle["exec_dir"]) / jobscript.EXIT_CODE
+    def poll(self, handle: LocalHandle) -> JobState:
+        exit_file = Path(handle.exec_dir) / jobscript.EXIT_CODE
         if exit_file.exists():
             return JobState(running=False, exit_code=int(exit_file.read_text().strip() or 1))
-        pid = handle["pid"]
-        if _group_alive(pid) and _start_time(pid) in (handle["started"], None):
+        if _group_alive(handle.pid) and _start_time(handle.pid) in (handle.started, None):
             return JobState(running=True)
         return JobState(running=False, detail="the job's process ended without an exit code")
 
-    def read_output(self, handle: Handle) -> bytes:
+    def read_output(self, handle: LocalHandle) -> bytes:
         try:
-            with open(Path(handle["exec_dir"]) / jobscript.OUTPUT, "rb") as fh:
-                fh.seek(handle.get("offset", 0))
+            with open(Path(handle.exec_dir) / jobscript.OUTPUT, "rb") as fh:
+                fh.seek(handle.offset)
                 data = fh.read()
         except FileNotFoundError:
             return b""
-        handle["offset"] = handle.get("offset", 0) + len(data)
+        handle.offset += len(data)
         return data
 
-    def cancel(self, handle: Handle) -> None:
-        pgid = handle["pid"]
+    def cancel(self, handle: LocalHandle) -> None:
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
             try:
-                os.killpg(pgid, sig)
+                os.killpg(handle.pid, sig)
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
-                if not _group_alive(pgid):
+                if not _group_alive(handle.pid):
                     return
                 time.sleep(0.05)

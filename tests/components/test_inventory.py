@@ -10,10 +10,10 @@ import dill
 import pytest
 
 from components.inventory import GpuHost, GpuHostProvider
+from hmlkit.errors import HostKeyError
+from hmlkit.ssh.hosts import SshHost
 from policies.offline import run_program
-from runners.errors import HostKeyError
-from runners.sshhost import SshHost
-from tests.sshbed import SshBed, ssh_bed  # noqa: F401 - the fixture
+from tests.sshbed import SshBed
 
 
 def _registered(host: dict, known_hosts: Path, remote_root: Path) -> tuple[dict, GpuHostProvider]:

@@ -95,7 +95,7 @@ def test_infrequent_access_needs_30_days():
 
 
 def test_unknown_key_is_refused():
-    with pytest.raises(ArgsError, match="cold_days: unknown key"):
+    with pytest.raises(ArgsError, match="cold_days: unknown field"):
         RetentionPlan(cold_days=3)
 
 

@@ -14,10 +14,17 @@ from policies.registry import all_rules
 from policies.rules.compute import LAUNCH_TEMPLATE, is_gpu_capacity
 
 
-@pytest.mark.parametrize("instance_type, gpu, memory", [
-    ("g4dn.xlarge", "T4", 16), ("g5.48xlarge", "A10G", 24), ("G6E.2XLARGE", "L40S", 48),
-    ("p3dn.24xlarge", "V100", 32), ("p4de.24xlarge", "A100", 80), ("p5en.48xlarge", "H200", 141),
-])
+@pytest.mark.parametrize(
+    "instance_type, gpu, memory",
+    [
+        ("g4dn.xlarge", "T4", 16),
+        ("g5.48xlarge", "A10G", 24),
+        ("G6E.2XLARGE", "L40S", 48),
+        ("p3dn.24xlarge", "V100", 32),
+        ("p4de.24xlarge", "A100", 80),
+        ("p5en.48xlarge", "H200", 141),
+    ],
+)
 def test_instance_types_map_to_their_gpu(instance_type, gpu, memory):
     found = gpu_family(instance_type)
     assert (found.gpu, found.memory_gib) == (gpu, memory)
@@ -42,8 +49,9 @@ def test_families_filter_by_vendor_and_architecture():
 
 
 def test_every_family_the_pool_launches_is_gpu_capacity_to_the_rules():
-    judged = {f: is_gpu_capacity(LAUNCH_TEMPLATE, {"instanceType": f"{f}.xlarge"})
-              for f in LAUNCHABLE_FAMILIES}
+    judged = {
+        f: is_gpu_capacity(LAUNCH_TEMPLATE, {"instanceType": f"{f}.xlarge"}) for f in LAUNCHABLE_FAMILIES
+    }
     assert all(judged.values()), judged
 
 
@@ -55,8 +63,15 @@ def test_the_allow_list_rule_names_only_known_families():
 
 
 def test_the_table_imports_no_product_package():
-    code = ("import sys, hmlkit.gpu_catalog; print(sorted({m.split('.')[0] for m in sys.modules"
-            " if m.split('.')[0] in ('runners', 'components', 'policies', 'pydantic', 'pulumi')}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    code = (
+        "import sys, hmlkit.gpu_catalog; print(sorted({m.split('.')[0] for m in sys.modules"
+        " if m.split('.')[0] in ('runners', 'components', 'policies', 'pydantic', 'pulumi')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.stdout.strip() == "[]"

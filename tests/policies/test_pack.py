@@ -56,11 +56,14 @@ def test_rules_carry_complete_metadata() -> None:
 def test_the_pack_loads_no_component_test_code_or_program_runner() -> None:
     """The pack's venv has neither the components' dependencies nor the tests; the offline
     runner (Pulumi's mock engine) is for ``hml policy check`` only, loaded when it runs."""
-    code = ("import sys; import policies.evaluate; from policies.pack import build_policies; "
-            "build_policies(); print(sorted(m for m in sys.modules if m == 'policies.offline' "
-            "or m.split('.')[0] in ('components', 'runners', 'tests')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PACK_DIR.parent, check=True,
-                         capture_output=True, text=True)
+    code = (
+        "import sys; import policies.evaluate; from policies.pack import build_policies; "
+        "build_policies(); print(sorted(m for m in sys.modules if m == 'policies.offline' "
+        "or m.split('.')[0] in ('components', 'runners', 'tests')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=PACK_DIR.parent, check=True, capture_output=True, text=True
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -93,12 +96,22 @@ def test_pack_serves_every_rule(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> Non
     assert set(served) == set(rules)
     assert served["sg-no-public-ssh"].remediation_steps.startswith("Allow port 22 only")
     # What the engine is told: each rule's own level, severity and configuration defaults.
-    assert {name: (analyzer_pb2.EnforcementLevel.Name(p.enforcementLevel),
-                   analyzer_pb2.PolicySeverity.Name(p.severity)) for name, p in served.items()} \
-        == {rule.id: (rule.enforcement.name, f"POLICY_SEVERITY_{rule.severity.name}")
-            for rule in rules.values()}
-    defaults = {name: {key: value["default"] for key, value in json_format.MessageToDict(
-        p.configSchema.properties).items()} for name, p in served.items()}
+    assert {
+        name: (
+            analyzer_pb2.EnforcementLevel.Name(p.enforcementLevel),
+            analyzer_pb2.PolicySeverity.Name(p.severity),
+        )
+        for name, p in served.items()
+    } == {
+        rule.id: (rule.enforcement.name, f"POLICY_SEVERITY_{rule.severity.name}") for rule in rules.values()
+    }
+    defaults = {
+        name: {
+            key: value["default"]
+            for key, value in json_format.MessageToDict(p.configSchema.properties).items()
+        }
+        for name, p in served.items()
+    }
     assert defaults == {rule.id: rule.settings(None) for rule in rules.values()}
 
 
@@ -125,15 +138,26 @@ def test_pack_analyzes_a_resource(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> N
 
 
 def test_an_advisory_rules_violation_is_reported_as_advisory(
-        analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:
-    group = {"amiType": "AL2_x86_64_GPU", "capacityType": "SPOT", "scalingConfig": {"maxSize": 4},
-             "taints": [{"key": "nvidia.com/gpu", "effect": "NO_SCHEDULE"}],
-             "tags": {"team": "ml", "cost-center": "c", "environment": "production"}}
-    response = analyzer.Analyze(analyzer_pb2.AnalyzeRequest(
-        type="aws:eks/nodeGroup:NodeGroup", properties=_struct(group), name="gpu",
-        urn="urn:pulumi:prod::p::aws:eks/nodeGroup:NodeGroup::gpu"))
+    analyzer: analyzer_pb2_grpc.AnalyzerStub,
+) -> None:
+    group = {
+        "amiType": "AL2_x86_64_GPU",
+        "capacityType": "SPOT",
+        "scalingConfig": {"maxSize": 4},
+        "taints": [{"key": "nvidia.com/gpu", "effect": "NO_SCHEDULE"}],
+        "tags": {"team": "ml", "cost-center": "c", "environment": "production"},
+    }
+    response = analyzer.Analyze(
+        analyzer_pb2.AnalyzeRequest(
+            type="aws:eks/nodeGroup:NodeGroup",
+            properties=_struct(group),
+            name="gpu",
+            urn="urn:pulumi:prod::p::aws:eks/nodeGroup:NodeGroup::gpu",
+        )
+    )
     assert {d.policyName: d.enforcementLevel for d in response.diagnostics} == {
-        "gpu-ondemand-in-production": analyzer_pb2.ADVISORY}
+        "gpu-ondemand-in-production": analyzer_pb2.ADVISORY
+    }
 
 
 def test_pack_analyzes_the_stack(analyzer: analyzer_pb2_grpc.AnalyzerStub) -> None:

@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hmlkit.errors import SpecError
 from runners import cli
-from runners.errors import SpecError
 from runners.spec import load_job, parse_duration
 
 VALID = {"name": "train", "run": "python train.py"}
@@ -122,3 +122,13 @@ def test_junk_job_files_always_exit_2_with_a_message(tmp_path, junk):
     rc, err = run_cli("submit", str(path), "--dry-run")
     assert rc == 2, f"exit {rc} for {junk!r}: {err}"
     assert err.startswith("hml: error: ") and "Traceback" not in err
+
+
+def test_usage_counts_node_hours_gpu_hours_and_cost():
+    from runners.backends.base import Usage
+
+    usage = Usage(nodes=4, gpus_per_node=8, gpu_hour_usd=2.5)
+    assert usage.node_hours(1800) == 2.0
+    assert usage.gpu_hours(1800) == 16.0
+    assert usage.cost_usd(1800) == 40.0
+    assert Usage().cost_usd(3600) == 0.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runners.backends.ssh import torchrun_line
+from runners.backends.nodes import torchrun_line
 from tests.runners.contract import BackendContract
 from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
 
@@ -136,7 +136,13 @@ def test_gpus_are_never_shared_and_no_wait_refuses(tmp_path, ssh_bed, mlflow_ser
     while "devices=0" not in hml("logs", fourth["run_id"]).stdout and time.monotonic() < deadline:
         time.sleep(0.3)
     assert "devices=0" in hml("logs", fourth["run_id"]).stdout
+    claims = [p for h in ssh_bed.hosts for p in (h.remote_root / "gpus").glob("[0-9]*")]
+    assert any(fourth["run_id"] in p.read_text() for p in claims), "the running job holds no claim"
     hml("cancel", fourth["run_id"], env=env)
+    # teardown released the claims explicitly: none names a run that has ended
+    claims = [p for h in ssh_bed.hosts for p in (h.remote_root / "gpus").glob("[0-9]*")]
+    ended = (first["run_id"], second["run_id"], fourth["run_id"])
+    assert not [p for p in claims if any(r in p.read_text() for r in ended)]
 
 
 def test_torchrun_wrapping():

@@ -79,4 +79,4 @@ def test_up_registers_the_hosts_and_the_profile_reaches_them(
     profile_file.write_text(json.dumps(profile))
     loaded = load_profile(str(profile_file))
     assert loaded.pick(None) == "onprem"
-    assert loaded.resolved_tracking_uri() == "https://mlflow.lab.example.com"
+    assert loaded.tracking_uri == "https://mlflow.lab.example.com"

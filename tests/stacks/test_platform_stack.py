@@ -7,8 +7,10 @@ import json
 import pytest
 import yaml
 
+from hmlkit.errors import ProfileError
+from hmlkit.profile import TARGET_KINDS, parse_profile
 from policies.offline import load_stack_config
-from runners.profile import Profile, load_profile
+from runners.profile import load_profile
 from tests.programs import missing_tags, plaintext_occurrences
 from tests.stacks.examples import PROJECT, SECRETS, STACKS
 
@@ -46,12 +48,14 @@ def test_org_tags_on_everything_taggable(evaluated, stack):
 
 K8S_PROVIDER, AWS_PROVIDER = "pulumi:providers:kubernetes", "pulumi:providers:aws"
 NAMESPACE = "kubernetes:core/v1:Namespace"
-ONPREM_SHARED = {("onprem-k8s", K8S_PROVIDER), ("onprem-namespace", NAMESPACE),
-                 ("onprem-s3", AWS_PROVIDER)}
+ONPREM_SHARED = {("onprem-k8s", K8S_PROVIDER), ("onprem-namespace", NAMESPACE), ("onprem-s3", AWS_PROVIDER)}
 #: What several components share (a cluster, its namespace, the S3 endpoint) and so no one
 #: component owns: the only resources directly under the stack.
-TOP_LEVEL = {"onprem": ONPREM_SHARED, "hybrid": ONPREM_SHARED,
-             "aws-dev": {("aws-k8s", K8S_PROVIDER), ("aws-namespace", NAMESPACE)}}
+TOP_LEVEL = {
+    "onprem": ONPREM_SHARED,
+    "hybrid": ONPREM_SHARED,
+    "aws-dev": {("aws-k8s", K8S_PROVIDER), ("aws-namespace", NAMESPACE)},
+}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -66,7 +70,12 @@ def test_every_child_is_parented_to_a_component(evaluated, stack):
 @pytest.mark.parametrize("stack", STACKS)
 def test_runner_profile_is_the_runners_schema_and_yaml(evaluated, stack):
     profile = evaluated[stack].outputs["runnerProfile"]
-    Profile.model_validate(profile)
+    parsed = parse_profile(profile, f"{stack} runnerProfile")  # the runner's own contract
+    kinds = {name: type(parsed.target(name)) for name in parsed.targets}
+    assert set(kinds.values()) == {TARGET_KINDS[raw["kind"]] for raw in profile["targets"].values()}
+    broken = {**profile, "targets": {**profile["targets"], "local": {"kind": "local", "gpus": 1}}}
+    with pytest.raises(ProfileError, match="targets.local.gpus: unknown field"):
+        parse_profile(broken, "edited")
     assert yaml.safe_load(json.dumps(profile)) == profile  # `--json > hybridml.yaml` works
     assert profile["targets"]["local"] == {"kind": "local"}
     assert profile["tracking_uri"].startswith("https://")
@@ -161,7 +170,7 @@ def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
     path = tmp_path / "hybridml.yaml"
     path.write_text(json.dumps(evaluated["onprem"].outputs["runnerProfile"]))
     profile = load_profile(str(path))  # validates every target with its backend's config
-    assert sorted(profile.target_names()) == ["local", "onprem"]
+    assert sorted(profile.targets) == ["local", "onprem"]
     assert profile.pick(None) == "onprem"
 
 

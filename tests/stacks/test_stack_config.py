@@ -39,13 +39,13 @@ def _aws(**changes):
             {"aws:region": None},
             "aws:region: required with platform:aws; set it with: pulumi config set aws:region",
         ),
-        ({"platform:org": None}, "platform:org: Field required; set it with"),
+        ({"platform:org": None}, "platform:org: required field is missing; set it with"),
         ({"platform:default_target": "gpu-cloud"}, "default_target: 'gpu-cloud' is not one of local, aws"),
         (
             {"platform:storage": _storage(artifact_bucket="models")},
             "platform:storage: artifact_bucket 'models' is not one of the buckets",
         ),
-        ({"platform:storage": _storage(extra=1)}, "platform:storage.extra: unknown key"),
+        ({"platform:storage": _storage(extra=1)}, "platform:storage.extra: unknown field"),
         (
             {"platform:aws": _aws(pools={"aws": {"instance_types": ["m5.large"]}})},
             "platform:aws.pools.aws.instance_types: ['m5.large'] are not GPU instance types",
@@ -91,7 +91,7 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(StackConfigError) as info:
         run_project(PROJECT, "aws-dev", config={"platform:budjet": 1, "platform:budget": None})
     message = str(info.value)
-    assert "platform:budjet: unknown key" in message and "platform:budget: Field required" in message
+    assert "platform:budjet: unknown key" in message and "platform:budget: required field is missing" in message
 
 
 def test_plain_string_keys_are_read_as_strings():

@@ -1,4 +1,4 @@
-"""The exception tree of the runner, so callers catch one thing and map it to an exit code.
+"""The exception tree of hybridml, so callers catch one thing and map it to an exit code.
 
 HmlError                 anything the runner reports to a user without a traceback
 +-- UsageError           bad input: job file, profile, CLI argument (exit code 2)

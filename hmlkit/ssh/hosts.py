@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hmlkit.errors import BackendError, HostKeyError
 from hmlkit.extras import require
-from runners.errors import BackendError, HostKeyError
 
 if TYPE_CHECKING:
     import paramiko
@@ -51,10 +51,8 @@ def _known_name(host: SshHost) -> str:
 
 
 def _refusing_policy(target: str) -> Any:
-    paramiko = _paramiko()
-
-    class Refuse(paramiko.MissingHostKeyPolicy):
-        def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
+    class Refuse(_paramiko().MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko is untyped
+        def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
             raise HostKeyError(
                 f"{hostname}: host key not trusted ({key.get_name()} {fingerprint(key)}); "
                 f"check it with the host's admin, then run: hml targets trust {target or 'TARGET'}"
@@ -156,17 +154,27 @@ def trust(
     return found
 
 
+def prepare_root(client: Any, host: SshHost, root: str) -> str:
+    """Create the remote root's layout (code, blobs, runs) once; its absolute path.
+
+    The one set-up of a host for hml: the runner before a job, the inventory at ``pulumi up``.
+    """
+    q = _q(root)
+    rc, out, err = run(client, f"mkdir -p {q}/code {q}/blobs {q}/runs && cd {q} && pwd")
+    if rc != 0 or not out.strip():
+        raise BackendError(f"{host.label}: cannot prepare remote_root {root}: {err.strip()}")
+    return str(out).strip()
+
+
 def probe_host(host: dict[str, Any], known_hosts: str, remote_root: str) -> dict[str, Any]:
     """Connect (verified), read the GPUs and prepare the remote root: what registration records."""
-    from runners.gpus import QUERY, parse
+    from hmlkit.gpus import QUERY, parse
 
     spec = SshHost.model_validate(host)
     root = spec.remote_root or remote_root
     client = connect(spec, known_hosts)
     try:
-        rc, out, err = run(client, f"mkdir -p {_q(root)}/code {_q(root)}/blobs {_q(root)}/runs && echo ok")
-        if rc != 0 or "ok" not in out:
-            raise BackendError(f"{spec.label}: cannot prepare {root}: {err.strip()}")
+        prepare_root(client, spec, root)
         _, gpu_out, _ = run(client, f"command -v nvidia-smi >/dev/null && {QUERY} || true")
         names = parse(gpu_out)
     finally:

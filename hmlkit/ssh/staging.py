@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hmlkit.errors import BackendError, UsageError
 from hmlkit.extras import require
-from runners.errors import BackendError, UsageError
 
 IGNORE_FILES = (".gitignore", ".hmlignore")
 ALWAYS_IGNORED = [".git/", "__pycache__/", ".hybridml/", ".checkpoints/", ".venv/"]
@@ -100,7 +100,7 @@ class StageResult:
 
 def stage(client: Any, manifest: Manifest, workdir: Path, root: str) -> StageResult:
     """Make ``<root>/code/<hash>/`` exist on the host, sending only the blobs it lacks."""
-    from runners.sshhost import run
+    from hmlkit.ssh.hosts import run
 
     code_dir = f"{root}/code/{manifest.tree_hash}"
     q_root, q_code = shlex.quote(root), shlex.quote(code_dir)
@@ -160,6 +160,6 @@ def _run_with_input(client: Any, command: str, data: str) -> str:
         stdin, stdout, _ = client.exec_command(command, timeout=120)
         stdin.write(data)
         stdin.channel.shutdown_write()
-        return stdout.read().decode()
+        return str(stdout.read().decode())
     except Exception as exc:  # paramiko: socket, SSH and EOF errors on a lost host
         raise BackendError(f"staging failed: {str(exc) or type(exc).__name__}") from None

@@ -11,22 +11,30 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from runners.errors import InvalidInput, SpecError
+from hmlkit.errors import InvalidInput, SpecError
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def format_errors(exc: ValidationError) -> list[str]:
-    lines = []
+def error_items(exc: ValidationError) -> list[tuple[str, str]]:
+    """(dotted field path, message) for each pydantic error, phrased for people.
+
+    The one formatter for job files, profiles and component args alike.
+    """
+    items = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        lines.append(f"{path}: {msg}")
-    return lines
+        items.append((path, msg))
+    return items
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    return [f"{path or '(top level)'}: {msg}" for path, msg in error_items(exc)]
 
 
 def _loader() -> Any:

@@ -85,3 +85,12 @@ kill -TERM -- -"$p" 2>/dev/null; pkill -TERM -s "$p" 2>/dev/null
 for _ in $(seq 50); do kill -0 -- -"$p" 2>/dev/null || pgrep -s "$p" >/dev/null || exit 0; sleep 0.1; done
 kill -KILL -- -"$p" 2>/dev/null; pkill -KILL -s "$p" 2>/dev/null; exit 0
 """
+
+
+def release(root: str, exec_dir: str) -> str:
+    """Drop the GPU claims of ``exec_dir`` at once (teardown), under the host's lock."""
+    r, e = shlex.quote(root), shlex.quote(exec_dir)
+    return (
+        f"[ -d {r}/gpus ] || exit 0; exec 9>{r}/gpus/.lock; flock 9; "
+        f'for f in {r}/gpus/[0-9]*; do [ -f "$f" ] && [ "$(cat "$f")" = {e} ] && rm -f "$f"; done; exit 0'
+    )

@@ -1,0 +1,140 @@
+"""The runner profile contract: what a stack exports as ``runnerProfile`` and ``hml`` reads.
+
+Defined once, here, below both sides: the stacks' tests validate their exported profile with
+``parse_profile`` and the runner loads ``hybridml.yaml`` with the same function, so the two
+can never drift. Each target kind has its model; a backend's ``Config`` is that model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hmlkit.errors import ProfileError
+from hmlkit.ssh.hosts import SshHost
+from hmlkit.validation import format_errors
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Vault(_Strict):
+    """Where secrets come from: ``HML_SECRET_<NAME>`` variables, or AWS Secrets Manager."""
+
+    kind: Literal["env", "aws"] = "env"
+    prefix: str = ""
+    region: str | None = None
+
+
+class TargetConfig(_Strict):
+    """Base of every target kind's model: unknown keys are refused, the kind is named."""
+
+    kind: str
+
+
+class LocalTarget(TargetConfig):
+    kind: Literal["local"] = "local"
+    gpu_hour_usd: float = Field(default=0.0, ge=0)
+
+
+class SshTarget(TargetConfig):
+    kind: Literal["ssh"] = "ssh"
+    hosts: list[SshHost] = Field(min_length=1)
+    known_hosts: str = "~/.hybridml/known_hosts"
+    remote_root: str = ".hybridml"
+    """Where code, runs and GPU claims live on each host; relative paths are under the login home."""
+    gpu_hour_usd: float = Field(default=0.0, ge=0)
+    max_workdir_mb: float = Field(default=100.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+
+    @field_validator("remote_root")
+    @classmethod
+    def _root(cls, value: str) -> str:
+        return value[2:] if value.startswith("~/") else value
+
+
+class AwsTarget(TargetConfig):
+    """EC2 GPU capacity from the pool's launch template (the runner side is not released yet)."""
+
+    kind: Literal["aws"] = "aws"
+    region: str = Field(min_length=1)
+    launch_template: str = Field(min_length=1)
+    subnets: list[str] = Field(min_length=1)
+    instance_types: list[str] = Field(min_length=1)
+    artifact_bucket: str | None = None
+    secrets_prefix: str = ""
+
+
+TARGET_KINDS: dict[str, type[TargetConfig]] = {
+    "local": LocalTarget,
+    "ssh": SshTarget,
+    "aws": AwsTarget,
+}
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_uri: str | None = None
+    default_target: str | None = None
+    vault: Vault | None = None
+    probe_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """How long the tracking server and each target may take to answer before submit gives up."""
+    targets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {"kind": "local"}})
+    """Each target's raw config (kept as given: runs record it); ``target()`` gives its model."""
+    source: str = Field(default="embedded default", exclude=True)
+
+    def target(self, name: str) -> TargetConfig:
+        raw = self.targets[name]
+        return TARGET_KINDS[raw["kind"]].model_validate(raw)
+
+    def pick(self, name: str | None) -> str:
+        chosen = name or self.default_target or ("local" if "local" in self.targets else None)
+        if chosen is None:
+            raise ProfileError(
+                self.source,
+                [f"no target given and no default_target; use --target {' or '.join(self.targets)}"],
+            )
+        if chosen not in self.targets:
+            raise ProfileError(
+                self.source, [f"unknown target {chosen!r}; defined: {', '.join(self.targets)}"]
+            )
+        return chosen
+
+
+def target_problems(raw: Any) -> list[str]:
+    """Problems with one target's config, as ``field: message`` lines (empty when valid)."""
+    if not isinstance(raw, dict) or "kind" not in raw:
+        return [f"kind: required; one of: {', '.join(TARGET_KINDS)}"]
+    model = TARGET_KINDS.get(raw["kind"])
+    if model is None:
+        return [f"kind: {raw['kind']!r} is not one of: {', '.join(TARGET_KINDS)}"]
+    try:
+        model.model_validate(raw)
+    except ValidationError as exc:
+        return format_errors(exc)
+    return []
+
+
+def parse_profile(data: Any, source: str) -> Profile:
+    """Validate a whole profile, each target against its kind's model; ProfileError lists all."""
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else type(data).__name__
+        raise ProfileError(source, [f"(top level): expected a mapping of fields, got {kind}"])
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(source, format_errors(exc)) from None
+    profile.source = source
+    if not profile.targets:
+        raise ProfileError(source, ["targets: define at least one target, e.g. local: {kind: local}"])
+    problems = [f"targets.{name}.{p}" for name, raw in profile.targets.items() for p in target_problems(raw)]
+    if profile.default_target and profile.default_target not in profile.targets:
+        problems.append(
+            f"default_target: {profile.default_target!r} is not one of: {', '.join(profile.targets)}"
+        )
+    if problems:
+        raise ProfileError(source, problems)
+    return profile

@@ -1,0 +1,64 @@
+"""One verified connection per host, reused for placement, staging, launch and following.
+
+A backend holds one pool for its life; a command that fails on a lost connection drops it,
+and the next use reconnects (verifying the host key again).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from hmlkit.errors import BackendError
+from hmlkit.ssh.hosts import SshHost, connect, prepare_root, run
+
+
+class HostPool:
+    def __init__(
+        self, known_hosts: str | Path, connect_timeout: float, target: str, default_root: str
+    ) -> None:
+        self.known_hosts = known_hosts
+        self.connect_timeout = connect_timeout
+        self.target = target
+        self.default_root = default_root
+        self._clients: dict[str, Any] = {}
+        self._roots: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def client(self, host: SshHost) -> Any:
+        with self._lock:
+            client = self._clients.get(host.label)
+        transport = client.get_transport() if client else None
+        if client is None or transport is None or not transport.is_active():
+            client = connect(host, self.known_hosts, self.connect_timeout, self.target)
+            with self._lock:
+                self._clients[host.label] = client
+        return client
+
+    def exec(
+        self, host: SshHost, command: str, timeout: float = 30.0, text: bool = True
+    ) -> tuple[int, Any, str]:
+        """Run ``command``; (exit status, stdout, stderr). A lost connection is dropped and raised."""
+        client = self.client(host)
+        try:
+            return run(client, command, timeout, text=text)
+        except BackendError as exc:
+            with self._lock:
+                self._clients.pop(host.label, None)
+            client.close()
+            raise BackendError(f"{host.label}: {exc}") from None
+
+    def root(self, host: SshHost) -> str:
+        """The host's remote root, absolute, prepared on first use."""
+        if host.label not in self._roots:
+            self._roots[host.label] = prepare_root(
+                self.client(host), host, host.remote_root or self.default_root
+            )
+        return self._roots[host.label]
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()

@@ -1,0 +1,196 @@
+"""Running one attempt of a job on a set of reachable hosts: the piece every shell target shares.
+
+The ssh target picks hosts from its inventory; a cloud target launches instances; a Slurm
+target gets an allocation. Each then hands the hosts to ``NodeRunner``, which stages the
+workdir (content-addressed), writes the wrapper and environment, claims GPUs and starts the
+job detached on every node with torchrun's rendezvous, follows their state and output,
+cancels, and releases the claims. Retries and resume are the supervisor's: a retry is a new
+attempt here, and the job finds its checkpoint in its workdir as before.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import shlex
+from typing import Any
+
+from pydantic import BaseModel
+
+from hmlkit import jobscript
+from hmlkit.errors import BackendError, NoCapacityError
+from hmlkit.ssh import scripts
+from hmlkit.ssh.hosts import SshHost
+from hmlkit.ssh.pool import HostPool
+from runners.backends.base import Handle, JobState, LaunchRequest
+
+_PY_SCRIPT = re.compile(r"^\s*(\S*python3?(?:\.\d+)?)\s+(?!-)(\S+\.py)(.*)$")
+
+
+class Node(BaseModel):
+    host: SshHost
+    rank: int
+    root: str
+    exec_dir: str
+    bytes_staged: int = 0
+    gpus: str = ""
+    """The GPU indices claimed on the host (CUDA_VISIBLE_DEVICES)."""
+    cursor: int = 0
+    partial: str = ""
+    """A line still being written, held until its end so node prefixes stay on whole lines."""
+
+
+class NodesHandle(Handle):
+    nodes: list[Node] = []
+
+
+def torchrun_line(run_text: str, distributed: bool) -> str:
+    """A distributed job's ``python SCRIPT ARGS`` runs under torchrun with the rendezvous."""
+    lines = run_text.strip().splitlines()
+    match = _PY_SCRIPT.match(lines[0]) if distributed and len(lines) == 1 else None
+    if not match:
+        return run_text
+    python, script, args = match.groups()
+    return (
+        f'{python} -m torch.distributed.run --nnodes="$NNODES" --nproc-per-node="$NPROC_PER_NODE" '
+        f'--node-rank="$NODE_RANK" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" '
+        f"--tee 3 {script}{args}"
+    )
+
+
+class NodeRunner:
+    def __init__(self, pool: HostPool, max_workdir_bytes: int) -> None:
+        self.pool = pool
+        self.max_workdir_bytes = max_workdir_bytes
+
+    def start(self, request: LaunchRequest, hosts: list[SshHost]) -> NodesHandle:
+        """Start the job on ``hosts`` (rank = position); on any failure, stop what started."""
+        from hmlkit.ssh.staging import scan
+
+        spec = request.spec
+        gpus = spec.resources.gpus
+        manifest = scan(request.workdir, self.max_workdir_bytes)
+        distributed = len(hosts) > 1 or gpus > 1
+        rendezvous = {
+            "MASTER_ADDR": hosts[0].address,
+            "MASTER_PORT": str(random.randint(20000, 45000)),
+            "NNODES": str(len(hosts)),
+            "NPROC_PER_NODE": str(max(gpus, 1)),
+            "HML_NUM_NODES": str(len(hosts)),
+            "HML_NODE_IPS": ",".join(h.address for h in hosts),
+            "HML_GPUS_PER_NODE": str(gpus),
+        }
+        handle = NodesHandle()
+        try:
+            for rank, host in enumerate(hosts):
+                self._start_node(handle, request, host, rank, manifest, rendezvous, distributed)
+        except BaseException:
+            self.cancel(handle)
+            self.release(handle)
+            raise
+        return handle
+
+    def _start_node(
+        self,
+        handle: NodesHandle,
+        request: LaunchRequest,
+        host: SshHost,
+        rank: int,
+        manifest: Any,
+        rendezvous: dict[str, str],
+        distributed: bool,
+    ) -> None:
+        """Stage, write the node's files, claim GPUs and start; the node joins ``handle`` first so
+        a failure half-way can still be cancelled."""
+        from hmlkit.ssh.staging import stage
+
+        root = self.pool.root(host)
+        client = self.pool.client(host)
+        staged = stage(client, manifest, request.workdir, root)
+        exec_dir = f"{root}/runs/{request.run_id}/attempt-{request.attempt}/node-{rank}"
+        self.pool.exec(host, f"umask 077 && mkdir -p {shlex.quote(exec_dir)}")  # private to the login
+        node = Node(host=host, rank=rank, root=root, exec_dir=exec_dir, bytes_staged=staged.bytes_sent)
+        handle.nodes.append(node)
+        run_text = torchrun_line(request.spec.run, distributed)
+        files = jobscript.render(
+            exec_dir, staged.code_dir, request.spec.setup, run_text, request.run_id, list(request.secrets)
+        )
+        env = {
+            **request.env,
+            **rendezvous,
+            "NODE_RANK": str(rank),
+            "HML_NODE_RANK": str(rank),
+            "HML_CODE_DIR": staged.code_dir,
+        }
+        sftp = client.open_sftp()
+        try:
+            files[jobscript.ENV_FILE] = jobscript.env_lines({**env, **request.secrets})
+            for name, text in files.items():
+                with sftp.open(f"{exec_dir}/{name}", "w") as fh:
+                    fh.chmod(0o600)
+                    fh.write(text)
+        finally:
+            sftp.close()
+        rc, out, err = self.pool.exec(
+            host, scripts.launch(root, exec_dir, request.spec.resources.gpus, host.gpus)
+        )
+        if out.startswith("NOCAPACITY"):
+            raise NoCapacityError(f"{host.label}: its GPUs were taken meanwhile ({out.strip()})")
+        if rc != 0 or not out.startswith("STARTED"):
+            raise BackendError(f"{host.label}: job did not start: {(err or out).strip()[-300:]}")
+        node.gpus = out.split()[1] if len(out.split()) > 1 else ""
+
+    def poll(self, handle: NodesHandle) -> JobState:
+        exits: dict[int, int] = {}
+        for node in handle.nodes:
+            _, out, _ = self.pool.exec(node.host, scripts.state(node.exec_dir), timeout=15)
+            word, _, code = out.strip().partition(" ")
+            if word == "GONE":
+                self.cancel(handle)
+                return JobState(False, None, f"node {node.rank} on {node.host.label}: process vanished")
+            if word == "EXIT":
+                exits[node.rank] = int(code or 1)
+        failed = {r: c for r, c in exits.items() if c != 0}
+        multi = len(handle.nodes) > 1
+        if failed:
+            rank, code = min(failed.items())
+            if len(exits) < len(handle.nodes):
+                self.cancel(handle)  # one node failed: stop the others rather than let them hang
+            return JobState(False, code, f"node {rank} exited with {code}" if multi else "")
+        if len(exits) == len(handle.nodes):
+            return JobState(False, 0)
+        return JobState(True)
+
+    def read_output(self, handle: NodesHandle) -> bytes:
+        chunks = []
+        multi = len(handle.nodes) > 1
+        for node in handle.nodes:
+            _, data, _ = self.pool.exec(
+                node.host, scripts.output(node.exec_dir, node.cursor), timeout=15, text=False
+            )
+            node.cursor += len(data)
+            if not multi:
+                chunks.append(data)
+                continue
+            text = node.partial + data.decode("utf-8", errors="replace")
+            complete, _, node.partial = text.rpartition("\n")
+            if complete:
+                chunks.append("".join(f"[node {node.rank}] {ln}\n" for ln in complete.split("\n")).encode())
+        return b"".join(chunks)
+
+    def cancel(self, handle: NodesHandle) -> None:
+        self._on_every_node(handle, lambda node: scripts.kill(node.exec_dir))
+
+    def release(self, handle: NodesHandle) -> None:
+        self._on_every_node(handle, lambda node: scripts.release(node.root, node.exec_dir))
+
+    def _on_every_node(self, handle: NodesHandle, script: Any) -> None:
+        """Run a node's script everywhere; raise only when no node could be reached."""
+        problems = []
+        for node in handle.nodes:
+            try:
+                self.pool.exec(node.host, script(node), timeout=30)
+            except BackendError as exc:
+                problems.append(str(exc))
+        if problems and len(problems) == len(handle.nodes):
+            raise BackendError("; ".join(problems))
