@@ -91,7 +91,8 @@ def test_all_problems_are_reported_at_once():
     with pytest.raises(StackConfigError) as info:
         run_project(PROJECT, "aws-dev", config={"platform:budjet": 1, "platform:budget": None})
     message = str(info.value)
-    assert "platform:budjet: unknown key" in message and "platform:budget: required field is missing" in message
+    assert "platform:budjet: unknown key" in message
+    assert "platform:budget: required field is missing" in message
 
 
 def test_plain_string_keys_are_read_as_strings():
