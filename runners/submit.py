@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hmlkit.errors import BackendError, HostKeyError, NotReady, TrackingError
+from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
 from runners import records, supervisor, tracking
 from runners.backends import make_backend
 from runners.jobenv import forwarded
@@ -31,6 +31,8 @@ class Plan:
     tracking_uri: str
     vault: dict[str, Any] | None
     redact: Redactor
+    launch: dict[str, Any]
+    """What the target would launch (instance type, market, hourly price), where it says."""
 
     def public(self) -> dict[str, Any]:
         """The resolved job as it is shown and recorded: secret values redacted."""
@@ -61,7 +63,8 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
                 if isinstance(exc, HostKeyError):
                     raise
                 raise NotReady(f"target {name!r}: {exc}") from None
-    return Plan(spec, workdir, name, raw, uri, vault, redact)
+        launch = backend.describe_plan(spec)
+    return Plan(spec, workdir, name, raw, uri, vault, redact, launch)
 
 
 def submit(
@@ -73,6 +76,8 @@ def submit(
     failure once the MLflow run exists ends it FAILED with the reason: no run is left RUNNING.
     """
     p = plan(job_path, target, overrides, config)
+    for line in collect_garbage({p.target: p.target_config}):
+        print(f"hml: gc: {line}", file=sys.stderr)
     spec_dict = p.public()
     params = {k: str(v) for k, v in spec_dict["params"].items()}
     run_id, experiment_id = tracking.start_run(
@@ -100,6 +105,22 @@ def submit(
         tracking.fail_run(p.tracking_uri, run_id, reason)
         raise
     return record
+
+
+def collect_garbage(targets: dict[str, dict[str, Any]]) -> list[str]:
+    """Release what targets still hold for runs of this machine that are over or unknown."""
+
+    def is_live(run_id: str) -> bool:
+        try:
+            return not records.load(run_id).terminal
+        except HmlError:
+            return False
+
+    done = []
+    for name, raw in targets.items():
+        with make_backend(name, raw) as backend:
+            done += [f"{name}: {line}" for line in backend.gc(is_live)]
+    return done
 
 
 def ensure_supervised(record: RunRecord) -> None:
