@@ -114,6 +114,9 @@ class Profile(BaseModel):
     tracking_uri: str | None = None
     default_target: str | None = None
     vault: Vault | None = None
+    placement: list[str] = []
+    """``--target auto`` tries these targets in order and takes the first with room now
+    (e.g. ``[onprem, aws]``: own GPUs first, burst to the cloud); default: every target."""
     probe_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long the tracking server and each target may take to answer before submit gives up."""
     targets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {"kind": "local"}})
@@ -123,6 +126,9 @@ class Profile(BaseModel):
     def target(self, name: str) -> TargetConfig:
         raw = self.targets[name]
         return TARGET_KINDS[raw["kind"]].model_validate(raw)
+
+    def placement_order(self) -> list[str]:
+        return self.placement or list(self.targets)
 
     def pick(self, name: str | None) -> str:
         chosen = name or self.default_target or ("local" if "local" in self.targets else None)
@@ -165,6 +171,11 @@ def parse_profile(data: Any, source: str) -> Profile:
     if not profile.targets:
         raise ProfileError(source, ["targets: define at least one target, e.g. local: {kind: local}"])
     problems = [f"targets.{name}.{p}" for name, raw in profile.targets.items() for p in target_problems(raw)]
+    problems += [
+        f"placement: {name!r} is not one of: {', '.join(profile.targets)}"
+        for name in profile.placement
+        if name not in profile.targets
+    ]
     if profile.default_target and profile.default_target not in profile.targets:
         problems.append(
             f"default_target: {profile.default_target!r} is not one of: {', '.join(profile.targets)}"

@@ -110,7 +110,13 @@ def _exit_for(record: RunRecord) -> int:
 def submit(
     job: Annotated[str, typer.Argument(metavar="JOB", help="The job file (YAML)")],
     target: Annotated[
-        str | None, typer.Option("--target", "-t", metavar="TARGET", help="A target of the profile")
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="TARGET",
+            help="A target of the profile, or auto: the placement order's first with room",
+        ),
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the job is started")] = False,
     set_: Annotated[
@@ -147,6 +153,7 @@ def submit(
             "target": checked.target,
             "tracking_uri": checked.tracking_uri,
             **({"launch": checked.launch} if checked.launch else {}),
+            **({"placement": checked.placement} if target == "auto" else {}),
         }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         kind = checked.target_config["kind"]

@@ -235,6 +235,12 @@ class AwsBackend(Backend[AwsHandle]):
             "price_source": choice.price_source,
         }
 
+    def room(self, spec: JobSpec) -> str | None:
+        running = len(self._live_instances([]))
+        if running + spec.num_nodes > self.config.max_instances:
+            return f"{running} hml instance(s) run, max_instances is {self.config.max_instances}"
+        return None
+
     def preflight(self, spec: JobSpec, workdir: Path) -> None:
         from hmlkit.ssh.staging import scan
 

@@ -139,6 +139,13 @@ class Backend(abc.ABC, Generic[H]):
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
 
+    def room(self, spec: JobSpec) -> str | None:
+        """Why the target cannot start ``spec`` right now (None: it can), for ``--target auto``.
+
+        A hint: the launch decides, and waits for capacity when it must.
+        """
+        return None
+
     def describe_plan(self, spec: JobSpec) -> dict[str, Any]:
         """What this target would launch for ``spec`` (instance type, market, price), for --dry-run."""
         return {}

@@ -181,3 +181,41 @@ def test_gc_reaps_the_instances_of_a_runner_killed_for_good(tmp_path, aws_bed, m
     (inst,) = aws_bed.instances(run_id, states=("shutting-down", "terminated"))
     assert f"terminated {inst['InstanceId']} of run {run_id}" in out.stdout
     assert status(run_id)["status"] == "FAILED"
+
+
+def test_burst_to_aws_when_onprem_is_full(tmp_path, aws_bed, ssh_bed, mlflow_server, no_leak):
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_bed.known_hosts_text())
+    onprem = ssh_bed.target(known)
+    onprem["hosts"] = [{**h, "gpus": 1} for h in onprem["hosts"]]
+    profile = tmp_path / "hybridml.yaml"
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "tracking_uri": mlflow_server.url,
+                "placement": ["onprem", "cloud"],
+                "targets": {"onprem": onprem, "cloud": aws_bed.target()},
+            }
+        )
+    )
+    env = {"HML_CONFIG": str(profile)}
+    held = write_job(tmp_path / "h", run="echo placed; sleep 300", resources={"gpus": 1})
+    job = write_job(tmp_path / "w", run="echo placed", resources={"gpus": 1})
+    runs = []
+    for _ in range(len(onprem["hosts"])):  # fill every on-prem GPU
+        summary, out = submit_json(str(held), "--target", "auto", "--detach", env=env)
+        assert out.returncode == 0 and summary["target"] == "onprem", out.stderr
+        runs.append(summary["run_id"])
+        wait_status(summary["run_id"], {"RUNNING"}, env=env)
+    dry = hml("submit", str(job), "--target", "auto", "--dry-run", "-o", "json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    explained = json.loads(dry.stdout)
+    assert explained["target"] == "cloud" and explained["placement"]["onprem"].startswith("no room now")
+    summary, out = submit_json(str(job), "--target", "auto", env=env)
+    assert out.returncode == 0 and summary["target"] == "cloud" and summary["status"] == "FINISHED", (
+        out.stderr
+    )
+    tags = mlflow_server.client().get_run(summary["run_id"]).data.tags
+    assert tags["hml.placement"] == "cloud" and "room now" in tags["hml.placement_reason"]
+    for run_id in runs:
+        hml("cancel", run_id, env=env)
