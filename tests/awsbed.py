@@ -193,3 +193,69 @@ def wait_gone(bed: AwsBed, timeout: float = 30) -> list[str]:
     while (left := bed.tagged_running()) and time.monotonic() < deadline:
         time.sleep(0.3)
     return left
+
+
+class SpotRefusingProxy(threading.Thread):
+    """A fault in the AWS stand-in, never in our code: EC2 refuses every spot launch.
+
+    An HTTP proxy in front of moto that answers ``InsufficientInstanceCapacity`` to
+    ``RunInstances`` calls asking for the spot market and forwards everything else.
+    """
+
+    ERROR = (
+        '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error>'
+        "<Code>InsufficientInstanceCapacity</Code><Message>There is no Spot capacity available "
+        "that matches your request.</Message></Error></Errors><RequestID>fault</RequestID></Response>"
+    )
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(daemon=True)
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs
+        from urllib.request import Request, urlopen
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                form = parse_qs(body.decode(errors="replace"))
+                if form.get("Action") == ["RunInstances"] and form.get(
+                    "InstanceMarketOptions.MarketType"
+                ) == ["spot"]:
+                    proxy.refused += 1
+                    return self._reply(400, proxy.ERROR.encode(), "text/xml")
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                req = Request(upstream + self.path, data=body or None, headers=headers, method=self.command)
+                try:
+                    with urlopen(req, timeout=60) as resp:  # noqa: S310 - moto on loopback
+                        self._reply(resp.status, resp.read(), resp.headers.get("Content-Type", ""))
+                except Exception as exc:  # noqa: BLE001 - an HTTP error status is forwarded as is
+                    status = getattr(exc, "code", 502)
+                    data = exc.read() if hasattr(exc, "read") else str(exc).encode()
+                    self._reply(status, data, "text/xml")
+
+            def _reply(self, status: int, data: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _forward
+
+        self.refused = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self) -> None:
+        self.server.serve_forever()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -219,3 +219,26 @@ def test_burst_to_aws_when_onprem_is_full(tmp_path, aws_bed, ssh_bed, mlflow_ser
     assert tags["hml.placement"] == "cloud" and "room now" in tags["hml.placement_reason"]
     for run_id in runs:
         hml("cancel", run_id, env=env)
+
+
+def test_spot_refused_then_on_demand(tmp_path, aws_bed, mlflow_server, no_leak):
+    from tests.awsbed import SpotRefusingProxy
+
+    proxy = SpotRefusingProxy(aws_bed.endpoint)
+    proxy.start()
+    try:
+        env = {"AWS_ENDPOINT_URL": proxy.url}
+        profile = aws_profile(tmp_path, aws_bed, mlflow_server.url, market="spot-then-on-demand")
+        job = write_job(tmp_path / "w", run="echo on-demand-after-all")
+        summary, out = submit_json(str(job), "--target", "cloud", env={**env, "HML_CONFIG": str(profile)})
+        assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
+        assert proxy.refused == 1
+        assert "on-demand)" in hml("logs", summary["run_id"]).stdout  # the started-on line names the market
+        only_spot = aws_profile(tmp_path, aws_bed, mlflow_server.url, market="spot")
+        failed, out = submit_json(
+            str(job), "--target", "cloud", "--no-wait", env={**env, "HML_CONFIG": str(only_spot)}
+        )
+        assert out.returncode == 1 and "InsufficientInstanceCapacity" in failed["reason"], failed
+        assert proxy.refused == 2
+    finally:
+        proxy.close()
