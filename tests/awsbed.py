@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,11 +139,11 @@ class Booter(threading.Thread):
         return host
 
 
-@pytest.fixture(scope="session")
-def aws_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsBed]:
+@contextmanager
+def running_aws_bed(root: Path) -> Iterator[AwsBed]:
+    """moto server, network, launch template and booter under ``root``; AWS_* env set meanwhile."""
     from tests.conftest import BIN, free_port, wait_http
 
-    root = tmp_path_factory.mktemp("awsbed")
     port = free_port()
     log = open(root / "moto.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -184,7 +185,14 @@ def aws_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsBed]:
                     host.kill()
             os.killpg(proc.pid, 15)
             proc.wait(timeout=30)
+            log.close()
     assert not booter.errors, booter.errors
+
+
+@pytest.fixture(scope="session")
+def aws_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AwsBed]:
+    with running_aws_bed(tmp_path_factory.mktemp("awsbed")) as bed:
+        yield bed
 
 
 def wait_gone(bed: AwsBed, timeout: float = 30) -> list[str]:
