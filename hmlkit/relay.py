@@ -60,7 +60,7 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 log = logging.getLogger("hml-relay")
 
@@ -432,17 +432,19 @@ class Relay:
     def get_run(self, w: Write) -> tuple[int, dict[str, str], bytes]:
         """Falls back on the run's last good answer while the server is away: a job reads its run at
         start and again to learn where its artifacts go, and an outage must not stall it there."""
+        query = parse_qs(urlsplit(w.target).query)
+        run_id = (query.get("run_id") or query.get("run_uuid") or [""])[0]
         try:
             status, headers, data = self.upstream.send(w, retry=True)
             if status < 500:
                 if status == 200:
-                    self._runs[w.target] = (headers, data)
+                    self._runs[run_id] = (headers, data)
                 return status, headers, data
             self.last_error = f"HTTP {status}"
         except (Unreached, Unanswered) as exc:
             self.last_error = str(exc)
-        if w.target in self._runs:
-            return 200, *self._runs[w.target]
+        if run_id in self._runs:
+            return 200, *self._runs[run_id]
         return _unavailable(self.last_error)
 
     def _replay(self) -> None:
