@@ -158,25 +158,21 @@ class Journal:
         self.next_seq = self.done_seq + 1
         if not self._path.exists():
             return
-        data = self._path.read_bytes()
-        offset, good, first_pending = 0, 0, None
-        for line in io.BytesIO(data):
-            try:
-                seq = json.loads(line)["seq"] if line.endswith(b"\n") else None
-            except ValueError:
-                seq = None
-            if seq is None:
-                break
-            offset += len(line)
-            good = offset
-            if seq > self.done_seq and first_pending is None:
-                first_pending = offset - len(line)
-            self.next_seq = max(self.next_seq, seq + 1)
-        if good < len(data):
-            log.warning(
-                "journal: dropping a torn last record (%d bytes); its client never heard success",
-                len(data) - good,
-            )
+        good, first_pending = 0, None
+        with open(self._path, "rb") as f:
+            for line in f:
+                try:
+                    seq = json.loads(line)["seq"] if line.endswith(b"\n") else None
+                except ValueError:
+                    seq = None
+                if seq is None:
+                    break
+                if seq > self.done_seq and first_pending is None:
+                    first_pending = good
+                good += len(line)
+                self.next_seq = max(self.next_seq, seq + 1)
+        if good < self._path.stat().st_size:
+            log.warning("journal: dropping a torn last record; its client never heard success")
             os.truncate(self._path, good)
         self._read_at = good if first_pending is None else first_pending
         for blob in self.blobs.iterdir():  # done, or renamed in just before a crash cut its record off
@@ -279,7 +275,10 @@ class Journal:
 
     def rejected(self) -> int:
         path = self.root / "rejected.jsonl"
-        return sum(1 for _ in open(path, "rb")) if path.exists() else 0
+        if not path.exists():
+            return 0
+        with open(path, "rb") as f:
+            return sum(1 for _ in f)
 
     def close(self) -> None:
         self._file.close()
@@ -370,17 +369,22 @@ def _metric_id(m: dict) -> tuple:
 
 
 def _as_metrics(w: Write) -> tuple[str, list[dict]] | None:
-    """(run_id, metrics) if ``w`` carries metrics only, which replay may merge into one log-batch."""
-    if w.endpoint == "runs/log-metric":
+    """(run_id, metrics) if ``w`` carries well-formed metrics only, which replay may merge into one
+    log-batch; anything else is sent as the client sent it, and the server judges it."""
+    try:
         body = w.json()
-        run_id = body.pop("run_id", None) or body.get("run_uuid")
-        body.pop("run_uuid", None)
-        return run_id, [body]
-    if w.endpoint == "runs/log-batch":
-        body = w.json()
-        if not body.get("params") and not body.get("tags"):
-            return body.get("run_id"), body.get("metrics", [])
-    return None
+        if w.endpoint == "runs/log-metric":
+            run_id, metrics = body.pop("run_id", None) or body.get("run_uuid"), [body]
+            body.pop("run_uuid", None)
+        elif w.endpoint == "runs/log-batch" and not body.get("params") and not body.get("tags"):
+            run_id, metrics = body.get("run_id"), body.get("metrics", [])
+        else:
+            return None
+        for m in metrics:
+            _metric_id(m)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return (run_id, metrics) if isinstance(run_id, str) else None
 
 
 class Relay:
@@ -450,9 +454,10 @@ class Relay:
     def _replay(self) -> None:
         in_doubt = True  # the oldest record may have been in flight when an earlier relay died
         delay = 0.2
+        alone_until = 0  # records up to this seq go one by one: a merged batch of them was refused
         while not self._stop.is_set():
             pending = self.journal.peek(1)
-            if pending and _as_metrics(pending[0]):
+            if pending and pending[0].seq > alone_until and _as_metrics(pending[0]):
                 pending = self.journal.peek(_BATCH)
             if not pending:
                 in_doubt = False
@@ -465,8 +470,14 @@ class Relay:
             except (Unreached, Unanswered) as exc:
                 in_doubt = in_doubt or isinstance(exc, Unanswered)
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug must not end replay silently: keep retrying, loudly
+                log.exception("replay failed")
+                self.last_error = f"replay failed: {exc!r}"
             else:
                 if status < 500 and status != 429:
+                    if status >= 300 and len(covered) > 1:
+                        alone_until = covered[-1].seq  # let each record get its own answer
+                        continue
                     if status >= 300:
                         self.journal.reject(covered, status, data)
                     self.journal.done(covered)
@@ -480,16 +491,24 @@ class Relay:
             delay = min(delay * 2, 5.0)
 
     def _deliver(self, unit: Write, in_doubt: bool) -> tuple[int, dict[str, str], bytes]:
-        if in_doubt and unit.endpoint == "runs/log-batch" and unit.json().get("metrics"):
+        if not in_doubt or unit.endpoint != "runs/log-batch":
+            return self.upstream.send(unit)
+        try:
             body = unit.json()
-            known = set()
-            for key in {m["key"] for m in body["metrics"]}:
-                known |= self._history(unit, body["run_id"], key)
-            body["metrics"] = [m for m in body["metrics"] if _metric_id(m) not in known]
-            if not any(body.get(k) for k in ("metrics", "params", "tags")):
-                return 200, {}, b"{}"
-            unit = Write(unit.method, unit.target, unit.headers, json.dumps(body).encode())
-        return self.upstream.send(unit)
+            run_id, metrics = body["run_id"], body.get("metrics") or []
+            for m in metrics:
+                _metric_id(m)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return self.upstream.send(unit)  # malformed: the server's answer says so, once
+        if not metrics:
+            return self.upstream.send(unit)
+        known: set[tuple] = set()
+        for key in {m["key"] for m in metrics}:
+            known |= self._history(unit, run_id, key)
+        body["metrics"] = [m for m in metrics if _metric_id(m) not in known]
+        if not any(body.get(k) for k in ("metrics", "params", "tags")):
+            return 200, {}, b"{}"
+        return self.upstream.send(Write(unit.method, unit.target, unit.headers, json.dumps(body).encode()))
 
     def _history(self, unit: Write, run_id: str, key: str) -> set[tuple]:
         root = unit.target[: unit.target.index("/mlflow/") + len("/mlflow/")]
@@ -497,9 +516,7 @@ class Relay:
         token = ""
         while True:
             query = {"run_id": run_id, "metric_key": key, **({"page_token": token} if token else {})}
-            get = Write(
-                "GET", f"{root}metrics/get-history?{urlencode(query)}", {"Accept": "application/json"}
-            )
+            get = Write("GET", f"{root}metrics/get-history?{urlencode(query)}", unit.headers)
             status, _, data = self.upstream.send(get)
             if status >= 500 or status == 429:
                 raise Unanswered(f"metrics/get-history answered HTTP {status}")
