@@ -19,10 +19,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import BIN, MlflowServer, free_port, wait_http
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 RELAY = Path(__file__).resolve().parents[2] / "hmlkit" / "relay.py"
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens, so every connection is refused
@@ -130,6 +134,13 @@ def new_run(tracking_uri: str) -> str:
     return client.create_run(experiment).info.run_id
 
 
+def journaling_client(relays: list[Relay], tracking_uri: str, journal: Path) -> tuple[str, MlflowClient]:
+    """A new run on the server, and a client whose every write the relay journals: it cannot reach it."""
+    from mlflow import MlflowClient
+
+    return new_run(tracking_uri), MlflowClient(start_relay(relays, DEAD, journal).url)
+
+
 def steps(tracking_uri: str, run_id: str, key: str) -> Counter:
     from mlflow import MlflowClient
 
@@ -211,9 +222,8 @@ def test_a_relay_killed_mid_replay_still_delivers_each_write_once(
 ) -> None:
     from mlflow import MlflowClient
 
-    run_id = new_run(file_store)
     journal = tmp_path / "journal"
-    offline = MlflowClient(start_relay(relays, DEAD, journal).url)
+    run_id, offline = journaling_client(relays, file_store, journal)
     n = 150
     for step in range(n):  # a tag between metrics keeps replay from merging them: many small units
         offline.log_metric(run_id, "m", step, step=step)
@@ -239,9 +249,8 @@ def test_a_write_whose_ack_was_lost_is_not_applied_twice(
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    run_id = new_run(file_store)
     journal = tmp_path / "journal"
-    offline = MlflowClient(start_relay(relays, DEAD, journal).url)
+    run_id, offline = journaling_client(relays, file_store, journal)
     metrics = [Metric("m", float(s), 1_700_000_000_000 + s, s) for s in range(10)]
     offline.log_batch(run_id, metrics=metrics[:5])
     offline.log_batch(run_id, metrics=metrics[5:])
@@ -270,17 +279,41 @@ def test_reads_are_forwarded(tmp_path: Path, relays: list[Relay], mlflow_server:
     assert Path(via.download_artifacts(run_id, "notes.txt", str(tmp_path))).read_text() == "hello"
 
 
-def test_without_a_server_writes_are_journaled_and_reads_refused(tmp_path: Path, relays: list[Relay]) -> None:
-    relay = start_relay(relays, DEAD, tmp_path / "journal")
-    body = json.dumps({"run_id": "r1", "key": "k", "value": "v"}).encode()
+def post(relay: Relay, endpoint: str, body: dict, **headers: str) -> tuple[int, dict]:
     req = urllib.request.Request(
-        f"{relay.url}/api/2.0/mlflow/runs/set-tag",
-        body,
+        f"{relay.url}/api/2.0/mlflow/{endpoint}",
+        json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **headers},
         method="POST",
-        headers={"Content-Type": "application/json", "Authorization": "Bearer s3cret"},
     )
     with urllib.request.urlopen(req, timeout=5) as resp:
-        assert (resp.status, json.loads(resp.read())) == (200, {})
+        return resp.status, json.loads(resp.read())
+
+
+def test_a_write_the_server_refuses_is_set_aside_and_its_neighbours_delivered(
+    tmp_path: Path, relays: list[Relay], file_store: str
+) -> None:
+    journal = tmp_path / "journal"
+    run_id, offline = journaling_client(relays, file_store, journal)
+    offline.log_metric(run_id, "m", 0.0, step=0)
+    post(
+        relays[-1],
+        "runs/log-metric",
+        {"run_id": run_id, "key": "bad!key", "value": 1, "timestamp": 1, "step": 0},
+    )
+    offline.log_metric(run_id, "m", 1.0, step=1)  # replay merges the three, and the server refuses that batch
+    relays[-1].kill()
+
+    relay = start_relay(relays, file_store, journal)
+    relay.wait_drained()
+    assert steps(file_store, run_id, "m") == Counter(range(2))
+    assert relay.status()["rejected"] == 1 and "bad!key" in (journal / "rejected.jsonl").read_text()
+
+
+def test_without_a_server_writes_are_journaled_and_reads_refused(tmp_path: Path, relays: list[Relay]) -> None:
+    relay = start_relay(relays, DEAD, tmp_path / "journal")
+    tag = {"run_id": "r1", "key": "k", "value": "v"}
+    assert post(relay, "runs/set-tag", tag, Authorization="Bearer s3cret") == (200, {})
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{relay.url}/api/2.0/mlflow/runs/get?run_id=r1", timeout=5)
     assert err.value.code == 503 and json.loads(err.value.read())["error_code"] == "TEMPORARILY_UNAVAILABLE"
@@ -293,9 +326,7 @@ def test_without_a_server_writes_are_journaled_and_reads_refused(tmp_path: Path,
 
 def test_a_torn_last_record_is_dropped_on_start(tmp_path: Path, relays: list[Relay]) -> None:
     relay = start_relay(relays, DEAD, tmp_path / "journal")
-    body = json.dumps({"run_id": "r1", "key": "k", "value": "v"}).encode()
-    req = urllib.request.Request(f"{relay.url}/api/2.0/mlflow/runs/set-tag", body, method="POST")
-    urllib.request.urlopen(req, timeout=5).close()
+    post(relay, "runs/set-tag", {"run_id": "r1", "key": "k", "value": "v"})
     relay.kill()
     with open(tmp_path / "journal" / "journal.jsonl", "ab") as f:
         f.write(b'{"seq": 2, "method": "POS')  # a crash mid-append, before the fsync and the client's answer
