@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fcntl
 import http.client
 import io
 import json
@@ -145,6 +146,11 @@ class Journal:
         self._lock = threading.Lock()
         for d in (root, self.blobs):
             d.mkdir(parents=True, exist_ok=True)
+        self._owner = open(root / "lock", "a")  # held for the journal's life; the kernel drops it on death
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SystemExit(f"another relay is using the journal {root}; give each relay its own") from None
         shutil.rmtree(self.spool, ignore_errors=True)  # uploads cut off mid-body; never acknowledged
         self.spool.mkdir()
         self.done_seq = int(self._cursor.read_text()) if self._cursor.exists() else 0
@@ -282,6 +288,7 @@ class Journal:
 
     def close(self) -> None:
         self._file.close()
+        self._owner.close()
 
 
 class Upstream:

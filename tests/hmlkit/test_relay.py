@@ -331,3 +331,10 @@ def test_a_torn_last_record_is_dropped_on_start(tmp_path: Path, relays: list[Rel
     with open(tmp_path / "journal" / "journal.jsonl", "ab") as f:
         f.write(b'{"seq": 2, "method": "POS')  # a crash mid-append, before the fsync and the client's answer
     assert start_relay(relays, DEAD, tmp_path / "journal").status()["pending"] == 1
+
+
+def test_a_journal_serves_one_relay_at_a_time(tmp_path: Path, relays: list[Relay]) -> None:
+    start_relay(relays, DEAD, tmp_path / "journal")
+    cmd = [sys.executable, "-I", "-S", str(RELAY), "--upstream", DEAD, "--journal", str(tmp_path / "journal")]
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert second.returncode != 0 and "another relay is using the journal" in second.stderr
