@@ -37,7 +37,8 @@ import mlflow
 
 mode = sys.argv[1]
 a = np.random.default_rng(0).standard_normal((160, 160)) / 16
-client, run_id = mlflow.MlflowClient(), os.environ.get("MLFLOW_RUN_ID")
+if mode != "none":  # unset, the tracking URI would make an mlflow.db here
+    client, run_id = mlflow.MlflowClient(), os.environ["MLFLOW_RUN_ID"]
 sync = mode != "async"
 pending = []
 start = time.perf_counter()
