@@ -61,6 +61,7 @@ import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 log = logging.getLogger("hml-relay")
@@ -116,8 +117,9 @@ class Write:
         path = self.target.partition("?")[0]
         return next((path[len(root) :] for root in _API_ROOTS if path.startswith(root)), "")
 
-    def json(self) -> dict:
-        return json.loads(self.body or b"{}")
+    def json(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.body or b"{}")
+        return loaded
 
 
 def is_write(method: str, path: str) -> bool:
@@ -371,11 +373,11 @@ class Upstream:
             conn.close()
 
 
-def _metric_id(m: dict) -> tuple:
+def _metric_id(m: dict[str, Any]) -> tuple[Any, ...]:
     return m["key"], int(m.get("step", 0)), int(m["timestamp"]), repr(float(m["value"]))
 
 
-def _as_metrics(w: Write) -> tuple[str, list[dict]] | None:
+def _as_metrics(w: Write) -> tuple[str, list[dict[str, Any]]] | None:
     """(run_id, metrics) if ``w`` carries well-formed metrics only, which replay may merge into one
     log-batch; anything else is sent as the client sent it, and the server judges it."""
     try:
@@ -413,7 +415,7 @@ class Relay:
         self._wake.set()
         self._thread.join(timeout=30)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         return {
             "pending": self.journal.pending,
             "rejected": self.journal.rejected(),
@@ -509,7 +511,7 @@ class Relay:
             return self.upstream.send(unit)  # malformed: the server's answer says so, once
         if not metrics:
             return self.upstream.send(unit)
-        known: set[tuple] = set()
+        known: set[tuple[Any, ...]] = set()
         for key in {m["key"] for m in metrics}:
             known |= self._history(unit, run_id, key)
         body["metrics"] = [m for m in metrics if _metric_id(m) not in known]
@@ -517,9 +519,9 @@ class Relay:
             return 200, {}, b"{}"
         return self.upstream.send(Write(unit.method, unit.target, unit.headers, json.dumps(body).encode()))
 
-    def _history(self, unit: Write, run_id: str, key: str) -> set[tuple]:
+    def _history(self, unit: Write, run_id: str, key: str) -> set[tuple[Any, ...]]:
         root = unit.target[: unit.target.index("/mlflow/") + len("/mlflow/")]
-        seen: set[tuple] = set()
+        seen: set[tuple[Any, ...]] = set()
         token = ""
         while True:
             query = {"run_id": run_id, "metric_key": key, **({"page_token": token} if token else {})}
@@ -564,7 +566,7 @@ def _unavailable(why: str) -> tuple[int, dict[str, str], bytes]:
     return 503, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
 
-def _ack(w: Write) -> dict:
+def _ack(w: Write) -> dict[str, Any]:
     """The answer MLflow's client expects from a write the server has not seen yet."""
     if w.endpoint == "runs/update":
         req = w.json()
