@@ -296,7 +296,10 @@ class Host:
                     "StrictModes no",
                     "PrintMotd no",
                     "Subsystem sftp internal-sftp",
-                    f"SetEnv {MARKER_VAR}={self.marker}",
+                    # SHLVL=1: bash then counts itself nested and skips ~/.bashrc, as a GPU host's
+                    # bare login would; this machine's root .bashrc runs `pyenv rehash`, whose lock
+                    # file a killed host leaves behind, stalling every later login for a minute
+                    f"SetEnv {MARKER_VAR}={self.marker} SHLVL=1",
                     # Runners open many channels and connections at once; the defaults (10) are low.
                     "MaxSessions 100",
                     "MaxStartups 100",
