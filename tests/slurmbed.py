@@ -40,8 +40,11 @@ from tests.sshbed import MARKER_VAR, Host, _descendants, _free_port, _marked, _p
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch")
 INSTALL_HINT = "apt-get install -y slurmctld slurmd slurm-client munge"
 STATE_FILE = "slurmbed.json"
+PARTITION = "debug"
+"""The default partition: every node but the last."""
 SHORT_PARTITION = "short"
-"""A partition whose default time limit is one minute: Slurm's TIMEOUT without hml's max_runtime."""
+"""The last node alone, with a one-minute default time limit: Slurm's TIMEOUT without hml's
+max_runtime, on a node of its own so the minute it takes overlaps other tests."""
 
 
 @dataclass
@@ -127,16 +130,17 @@ class SlurmBed:
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
 
-    def node_states(self) -> dict[str, str]:
-        out = self.slurm("sinfo", "-h", "-N", "-o", "%N %T", check=False)
+    def node_states(self, partition: str) -> dict[str, str]:
+        out = self.slurm("sinfo", "-h", "-N", "-p", partition, "-o", "%N %T", check=False)
         return dict(line.split() for line in out.splitlines() if len(line.split()) == 2)
 
-    def wait_idle(self, timeout: float = 60) -> None:
-        """Until every node is idle (no job on it, registered, not down)."""
+    def wait_idle(self, partition: str = PARTITION, timeout: float = 60) -> None:
+        """Until every node of ``partition`` is idle (no job on it, registered, not down)."""
+        want = len(self.nodes) - 1 if partition == PARTITION else 1
         deadline = time.monotonic() + timeout
         while True:
-            states = self.node_states()
-            if len(states) == len(self.nodes) and all(s == "idle" for s in states.values()):
+            states = self.node_states(partition)
+            if len(states) == want and all(s == "idle" for s in states.values()):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"Slurm nodes not idle after {timeout}s: {states}; see {self.root}")
@@ -220,16 +224,16 @@ def _conf(root: Path, nodes: list[str]) -> str:
             f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} "
             "CPUs=2 RealMemory=2000 State=UNKNOWN"
         )
-    names = ",".join(nodes)
     lines += [
-        f"PartitionName=debug Nodes={names} Default=YES MaxTime=INFINITE State=UP",
-        f"PartitionName={SHORT_PARTITION} Nodes={names} DefaultTime=1 MaxTime=1 State=UP",
+        f"PartitionName={PARTITION} Nodes={','.join(nodes[:-1])} Default=YES MaxTime=INFINITE State=UP",
+        f"PartitionName={SHORT_PARTITION} Nodes={nodes[-1]} DefaultTime=1 MaxTime=1 State=UP",
     ]
     return "\n".join(lines) + "\n"
 
 
 def start_slurm(root: Path, n: int = 2) -> SlurmBed:
-    """munged, slurmctld and ``n`` slurmd nodes under ``root``; returns once every node is idle."""
+    """munged, slurmctld, ``n`` slurmd nodes in the default partition and one in the short one,
+    under ``root``; returns once every node is idle."""
     missing = [d for d in DAEMONS if not Path(d).exists()]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} missing; install: {INSTALL_HINT}")
@@ -241,7 +245,7 @@ def start_slurm(root: Path, n: int = 2) -> SlurmBed:
     key.write_bytes(os.urandom(1024))
     key.chmod(0o600)
     bed = SlurmBed(
-        root=root, nodes=[f"node{i}" for i in range(1, n + 1)], marker=f"hml-slurm-{uuid.uuid4().hex[:8]}"
+        root=root, nodes=[f"node{i}" for i in range(1, n + 2)], marker=f"hml-slurm-{uuid.uuid4().hex[:8]}"
     )
     bed.conf.write_text(_conf(root, bed.nodes))
     try:
@@ -266,6 +270,7 @@ def start_slurm(root: Path, n: int = 2) -> SlurmBed:
         for node in bed.nodes:
             bed.start_node(node)
         bed.wait_idle()
+        bed.wait_idle(SHORT_PARTITION)
     except BaseException:
         bed.stop()
         raise
@@ -282,7 +287,7 @@ def _wait(ready: Callable[[], bool], what: str, where: Path, timeout: float = 30
 
 @pytest.fixture(scope="session")
 def slurm_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmBed]:
-    """A two-node Slurm cluster for the whole session; stopped at the end."""
+    """A Slurm cluster for the whole session, two nodes in the default partition; stopped at the end."""
     bed = start_slurm(tmp_path_factory.mktemp("slurmbed"), 2)
     try:
         yield bed
@@ -328,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.slurmbed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start munged, slurmctld, the nodes and a login sshd; print a profile")
-    up.add_argument("--nodes", type=int, default=2)
+    up.add_argument("--nodes", type=int, default=2, help="nodes in the default partition")
     up.add_argument("--dir", type=Path, required=True)
     down = sub.add_parser("down", help="stop what up started in --dir")
     down.add_argument("--dir", type=Path, required=True)

@@ -49,6 +49,27 @@ def profile(tmp_path, ssh_bed, slurm_bed, mlflow_server) -> Path:
     return slurm_profile(tmp_path, ssh_bed, slurm_bed, mlflow_server.url)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def timed_out(request, tmp_path_factory, ssh_bed, slurm_bed, mlflow_server):
+    """A run that Slurm's time limit ends, started as the module starts when its test is selected:
+    a limit is whole minutes, checked every 30 s, so it runs beside the other scenarios on the
+    short partition's own node. No max_runtime: the partition's one-minute default ends it."""
+    if not any(
+        item.name == "test_slurms_time_limit_ends_the_run_as_timeout" for item in request.session.items
+    ):
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("timeout")
+    profile = slurm_profile(tmp, ssh_bed, slurm_bed, mlflow_server.url, partition=SHORT_PARTITION)
+    env = {"HML_CONFIG": str(profile), "HML_HOME": str(tmp / "hml-home")}
+    job = write_job(tmp / "w", run="echo started; sleep 600")
+    summary, out = submit_json(str(job), "--target", "cluster", "--detach", env=env)
+    assert out.returncode == 0, out.stderr
+    yield summary["run_id"], env
+    if status(summary["run_id"], env=env)["status"] not in ENDED:
+        hml("cancel", summary["run_id"], env=env)
+
+
 class TestSlurm(BackendContract):
     @pytest.fixture
     def target(self, profile):
@@ -124,19 +145,6 @@ def test_a_job_slurm_can_never_run_is_refused_before_a_run_exists(profile, tmp_p
     assert not (hml_home / "runs").exists() or not list((hml_home / "runs").iterdir())
 
 
-def test_slurms_time_limit_ends_the_run_as_timeout(tmp_path, ssh_bed, slurm_bed, mlflow_server):
-    """No max_runtime: the partition's one-minute default limit stops the job (Slurm TIMEOUT)."""
-    slurm_bed.wait_idle()
-    profile = slurm_profile(tmp_path, ssh_bed, slurm_bed, mlflow_server.url, partition=SHORT_PARTITION)
-    job = write_job(tmp_path / "w", run="echo started; sleep 600")
-    summary, out = submit_json(str(job), "--target", "cluster", env={"HML_CONFIG": str(profile)}, timeout=240)
-    assert out.returncode == 1
-    assert summary["status"] == "FAILED" and summary["reason"].startswith("Slurm TIMEOUT")
-    assert "DUE TO TIME LIMIT" in hml("logs", summary["run_id"]).stdout  # slurmstepd's own words
-    run = wait_finalized(mlflow_server.client(), summary["run_id"])
-    assert run.data.tags["hml.reason"].startswith("Slurm TIMEOUT")
-
-
 def test_a_node_dies_mid_job_node_fail_then_the_retry_runs(profile, tmp_path, slurm_bed):
     env = {"HML_CONFIG": str(profile)}
     run = 'echo "attempt $HML_ATTEMPT on $SLURMD_NODENAME"; [ "$HML_ATTEMPT" -gt 0 ] || sleep 300'
@@ -154,6 +162,41 @@ def test_a_node_dies_mid_job_node_fail_then_the_retry_runs(profile, tmp_path, sl
         assert f"attempt 1 on {victim}" not in logs
     finally:
         slurm_bed.start_node(victim)
+
+
+def test_two_node_ddp_training_with_torchrun(profile, mlflow_server):
+    """The digits example, unmodified, as 2 ranks under srun + torchrun; rank 0 logs to MLflow."""
+    summary, out = submit_json(
+        # the nodes are this machine: its test interpreter has torch (a cluster has its own)
+        str(DIGITS / "job.yaml"),
+        "--target",
+        "cluster",
+        "--set",
+        f"run={PY} train.py",
+        "--set",
+        "num_nodes=2",
+        "--set",
+        "epochs=3",
+        "--set",
+        "envs.GLOO_SOCKET_IFNAME=lo",
+        env={"HML_CONFIG": str(profile)},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr + hml("logs", summary["run_id"]).stdout
+    logs = hml("logs", summary["run_id"]).stdout
+    assert "[node 0]" in logs and "[node 1]" in logs
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert run.data.params["world_size"] == "2"
+    assert run.data.metrics["test_accuracy"] >= 0.8
+
+
+def test_slurms_time_limit_ends_the_run_as_timeout(timed_out, mlflow_server):
+    run_id, env = timed_out
+    final = wait_status(run_id, ENDED, timeout=240, env=env)
+    assert final["status"] == "FAILED" and final["reason"].startswith("Slurm TIMEOUT"), final
+    assert "DUE TO TIME LIMIT" in hml("logs", run_id, env=env).stdout  # slurmstepd's own words
+    run = wait_finalized(mlflow_server.client(), run_id)
+    assert run.data.tags["hml.reason"].startswith("Slurm TIMEOUT")
 
 
 def test_memory_sizes_become_slurm_mebibytes():
