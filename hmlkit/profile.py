@@ -7,6 +7,7 @@ can never drift. Each target kind has its model; a backend's ``Config`` is that 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -70,6 +71,7 @@ class SlurmTarget(ShellTarget):
     kind: Literal["slurm"] = "slurm"
     login: SshHost
     partition: str | None = None
+    """One partition, or several (``gpu,gpu-long``): Slurm starts the job in the first with room."""
     account: str | None = None
     qos: str | None = None
     constraints: str | None = None
@@ -79,6 +81,14 @@ class SlurmTarget(ShellTarget):
     slurm_conf: str | None = None
     """The cluster's slurm.conf on the login node, where it is not the default (a login node
     serving several clusters sets ``SLURM_CONF`` the same way)."""
+
+    @field_validator("partition", "account", "qos", "constraints")
+    @classmethod
+    def _sbatch_word(cls, value: str | None) -> str | None:
+        """These go into ``#SBATCH`` lines as they are: one word, no quotes."""
+        if value is not None and not re.fullmatch(r"[^\s'\"\\#]+", value):
+            raise ValueError(f"{value!r}: one word without spaces or quotes, e.g. gpu,gpu-long or a100&ib")
+        return value
 
 
 class AwsTarget(TargetConfig):

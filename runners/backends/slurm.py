@@ -40,6 +40,8 @@ ENDS = {
     "BOOT_FAIL": "Slurm BOOT_FAIL: a node of the job failed to boot",
     "DEADLINE": "Slurm DEADLINE: the job could not finish before its deadline",
 }
+_UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes were transmitted")
+"""sbatch's words for a controller that is down or busy: not ready, rather than a refusal."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
 _PRELUDE = """#!/bin/bash
@@ -129,11 +131,11 @@ class SlurmBackend(Backend[SlurmHandle]):
         scan(workdir, self.nodes.max_workdir_bytes)
         opts = " ".join(shlex.quote(o) for o in self.options(spec))
         rc, out, err = self._slurm(f"sbatch --test-only {opts} --wrap=true")
+        said = ((err or out).strip().splitlines() or [f"sbatch exit {rc}"])[-1]
+        if rc != 0 and any(s in said for s in _UNREACHABLE):
+            raise BackendError(f"the Slurm controller does not answer: {said}")
         if rc != 0:
-            said = (err or out).strip().splitlines()
-            raise UsageError(
-                f"target {self.name!r} can never run this job: {said[-1] if said else f'sbatch exit {rc}'}"
-            )
+            raise UsageError(f"target {self.name!r} can never run this job: {said}")
 
     def launch(self, request: LaunchRequest) -> tuple[SlurmHandle, Usage]:
         from hmlkit.ssh.staging import scan, stage
@@ -218,7 +220,8 @@ class SlurmBackend(Backend[SlurmHandle]):
         state = state.split(" ")[0]  # sacct: "CANCELLED by 1000"
         reason, _, nodelist = more.partition("|")
         if state in QUEUED:
-            return JobState(True, detail=f"queued in Slurm: {reason or state}", queued=True)
+            why = reason if reason not in ("", "None") else "waiting to be scheduled"
+            return JobState(True, detail=f"queued in Slurm: {why}", queued=True)
         if state in ACTIVE:
             return JobState(True, detail=f"running in Slurm job {job} on {nodelist}")
         exits = {int(r): int(c) for r, c in (ln.split()[1:3] for ln in lines[1:] if len(ln.split()) == 3)}

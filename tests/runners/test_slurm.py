@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hmlkit.profile import target_problems
 from runners.backends.slurm import memory_mib
 from tests.runners.contract import BackendContract
 from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
@@ -50,7 +51,7 @@ def profile(tmp_path, ssh_bed, slurm_bed, mlflow_server) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def timed_out(request, tmp_path_factory, ssh_bed, slurm_bed, mlflow_server):
+def timed_out(request, tmp_path_factory):
     """A run that Slurm's time limit ends, started as the module starts when its test is selected:
     a limit is whole minutes, checked every 30 s, so it runs beside the other scenarios on the
     short partition's own node. No max_runtime: the partition's one-minute default ends it."""
@@ -59,6 +60,8 @@ def timed_out(request, tmp_path_factory, ssh_bed, slurm_bed, mlflow_server):
     ):
         yield None
         return
+    names = ("ssh_bed", "slurm_bed", "mlflow_server")
+    ssh_bed, slurm_bed, mlflow_server = map(request.getfixturevalue, names)
     tmp = tmp_path_factory.mktemp("timeout")
     profile = slurm_profile(tmp, ssh_bed, slurm_bed, mlflow_server.url, partition=SHORT_PARTITION)
     env = {"HML_CONFIG": str(profile), "HML_HOME": str(tmp / "hml-home")}
@@ -197,6 +200,15 @@ def test_slurms_time_limit_ends_the_run_as_timeout(timed_out, mlflow_server):
     assert "DUE TO TIME LIMIT" in hml("logs", run_id, env=env).stdout  # slurmstepd's own words
     run = wait_finalized(mlflow_server.client(), run_id)
     assert run.data.tags["hml.reason"].startswith("Slurm TIMEOUT")
+
+
+def test_profile_words_that_would_break_an_sbatch_line_are_refused():
+    login = {"address": "login.example.com", "user": "hml"}
+    good = {"kind": "slurm", "login": login, "partition": "gpu,gpu-long", "constraints": "a100&ib"}
+    assert target_problems(good) == []
+    problems = target_problems({**good, "account": "ml team", "qos": "x'y"})
+    assert [p.split(":")[0] for p in problems] == ["account", "qos"]
+    assert target_problems({"kind": "slurm"}) == ["login: required field is missing"]
 
 
 def test_memory_sizes_become_slurm_mebibytes():
