@@ -58,6 +58,22 @@ exec bash "$HML_ATTEMPT_DIR/node-$SLURM_NODEID/{wrapper}"'
 exec srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 --label bash -c "$task"
 """
 
+_POLL = """umask 077; c={cache}
+exec 8>>"$c.lock"; flock 8
+if [ $(( $(date +%s) - $(stat -c %Y "$c" 2>/dev/null || echo 0) )) -ge {max_age} ]; then
+  squeue --me -h --states=all -o '%i|%T|%r|%N' > "$c.tmp" 2>/dev/null && mv "$c.tmp" "$c"
+fi
+exec 8>&-
+s=$(grep -m 1 "^{job}|" "$c" 2>/dev/null | cut -d '|' -f 2-)
+[ -n "$s" ] || s=$(squeue -h --states=all -j {job} -o '%T|%r|%N' 2>/dev/null)
+[ -n "$s" ] || s=$(sacct -n -P -X -j {job} -o State 2>/dev/null | head -n 1)
+echo "STATE ${{s:-UNKNOWN}}"
+cd {attempt} || exit 0
+for d in node-*; do [ -f "$d/exit_code" ] && echo "EXIT ${{d#node-}} $(cat "$d/exit_code")"; done
+true
+"""
+"""Prints ``STATE <Slurm state>|<reason>|<nodes>``, then ``EXIT <rank> <code>`` per node that ended."""
+
 
 class SlurmHandle(NodesHandle):
     """One submission: the Slurm job and, per node, the files the login node reads it by."""
@@ -204,15 +220,21 @@ class SlurmBackend(Backend[SlurmHandle]):
         return handle, usage
 
     def poll(self, handle: SlurmHandle) -> JobState:
-        """One round trip: Slurm's state of the job, and the exit codes the nodes left."""
-        job, attempt = handle.job_id, shlex.quote(handle.attempt_dir)
-        rc, out, _ = self._slurm(
-            f"s=$(squeue -h --states=all -j {job} -o '%T|%r|%N' 2>/dev/null); "
-            f'[ -n "$s" ] || s=$(sacct -n -P -X -j {job} -o State 2>/dev/null | head -n 1); '
-            f'echo "STATE ${{s:-UNKNOWN}}"; cd {attempt} && for d in node-*; do '
-            f'[ -f "$d/exit_code" ] && echo "EXIT ${{d#node-}} $(cat "$d/exit_code")"; done; true',
-            timeout=15,
+        """One round trip: Slurm's state of the job, and the exit codes the nodes left.
+
+        Every run of this login user shares one ``squeue --me`` per poll interval (a file under
+        ``remote_root``, refreshed under a lock by whichever run asks first): slurmctld answers
+        one query for all of them. A job too new for it is asked alone, and one slurmctld has
+        forgotten goes to ``sacct``.
+        """
+        job = handle.job_id
+        script = _POLL.format(
+            cache=shlex.quote(f"{handle.nodes[0].root}/squeue"),
+            max_age=math.ceil(self.poll_interval),
+            job=job,
+            attempt=shlex.quote(handle.attempt_dir),
         )
+        rc, out, _ = self._slurm(script, timeout=15)
         if rc != 0 or not out.startswith("STATE "):
             raise BackendError(f"cannot ask Slurm about job {job}: {out.strip()[-200:]}")
         lines = out.splitlines()

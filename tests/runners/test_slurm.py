@@ -100,7 +100,9 @@ def test_two_nodes_get_the_rendezvous_and_keep_each_nodes_output(profile, tmp_pa
     assert "MinCPUsNode=2" in shown and "MinMemoryNode=954M" in shown  # 1 GB is 954 MiB
 
 
-def test_a_job_queued_behind_a_full_cluster_starts_when_room_frees(profile, tmp_path, mlflow_server):
+def test_a_job_queued_behind_a_full_cluster_starts_when_room_frees(
+    profile, tmp_path, slurm_bed, mlflow_server
+):
     env = {"HML_CONFIG": str(profile)}
     full = write_job(tmp_path / "a", run="echo filling; sleep 300", num_nodes=2, resources={"cpus": 2})
     first, out = submit_json(str(full), "--target", "cluster", "--detach", env=env)
@@ -114,6 +116,8 @@ def test_a_job_queued_behind_a_full_cluster_starts_when_room_frees(profile, tmp_
         assert time.monotonic() < deadline, state
         time.sleep(0.5)
     assert state["status"] == "RUNNING"
+    shared = (slurm_bed.root / "shared" / "squeue").read_text()  # one squeue for every run
+    assert all(f"{job_id(r['run_id'])}|" in shared for r in (first, second))
     queued_since = time.monotonic()
     time.sleep(8)
     assert hml("cancel", first["run_id"]).returncode == 0
