@@ -17,7 +17,9 @@ def wall(cmd: list[str], repeat: int = 5, **kw) -> float:
     samples = []
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, **kw)
+        out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+        if out.returncode:
+            raise RuntimeError(f"{cmd} exited {out.returncode}: {out.stderr[-2000:]}")
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 

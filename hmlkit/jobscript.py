@@ -17,6 +17,51 @@ OUTPUT = "output.log"
 EXIT_CODE = "exit_code"
 PID = "pid"
 REDACTOR = "redact.py"
+RELAY = "relay.py"
+RELAY_JOURNAL = "relay-journal"
+
+
+_PENDING = (
+    'import json,sys,urllib.request as u; print(json.load(u.urlopen(sys.argv[1], timeout=5))["pending"])'
+)
+_RELAY_FUNCTIONS = f"""# the job logs through a journaling relay (hmlkit/relay.py) beside it, so a tracking
+# server that is down or slow loses none of its metrics; the job's end waits until they are
+# home (TRACKING_RELAY_DRAIN_S, default 3600, bounds the wait)
+relay_status() {{
+  python3 -I -S -c '{_PENDING}' "http://127.0.0.1:$RELAY_PORT/_relay/status" 2>/dev/null || echo unknown
+}}
+relay_start() {{
+  case "$MLFLOW_TRACKING_URI" in http://*|https://*) ;; *) return 0 ;; esac
+  python3 -I -S "$EXEC/{RELAY}" --upstream "$MLFLOW_TRACKING_URI" --journal "$EXEC/{RELAY_JOURNAL}" \\
+    > "$EXEC/relay.out" 2>> "$EXEC/relay.log" &
+  RELAY_PID=$!
+  for _ in $(seq 200); do
+    RELAY_PORT=$(sed -n 's/.*"port": *\\([0-9]*\\).*/\\1/p' "$EXEC/relay.out" 2>/dev/null)
+    [ -n "$RELAY_PORT" ] && break
+    kill -0 "$RELAY_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$RELAY_PORT" ]; then
+    echo "hml: no tracking relay (see $EXEC/relay.log); the job logs directly" >> "$EXEC/{OUTPUT}"
+    RELAY_PID=""; return 0
+  fi
+  export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
+}}
+relay_drain() {{
+  [ -n "$RELAY_PID" ] || return 0
+  waited=0
+  while [ "$(relay_status)" != 0 ]; do
+    if [ $((waited % 10)) -eq 0 ]; then
+      echo "hml: syncing $(relay_status) records to the tracking server" >> "$EXEC/{OUTPUT}"
+    fi
+    if [ "$waited" -ge "${{TRACKING_RELAY_DRAIN_S:-3600}}" ]; then
+      echo "hml: gave up syncing; the records stay in $EXEC/{RELAY_JOURNAL}" >> "$EXEC/{OUTPUT}"
+      break
+    fi
+    sleep 1; waited=$((waited + 1))
+  done
+  kill "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null
+}}"""
 
 
 def env_lines(env: dict[str, str]) -> str:
@@ -47,12 +92,17 @@ job() {{
   fi
   bash "$EXEC/run.sh" < /dev/null
 }}
+{_RELAY_FUNCTIONS}
+relay_start
 job 2>&1 | python3 -I -S "$EXEC/{REDACTOR}" {names} >> "$EXEC/{OUTPUT}"
-finish "${{PIPESTATUS[0]}}"
+rc="${{PIPESTATUS[0]}}"
+relay_drain
+finish "$rc"
 """
     files = {
         WRAPPER: wrapper,
         REDACTOR: Path(__file__).with_name("redact_stream.py").read_text(),
+        RELAY: Path(__file__).with_name("relay.py").read_text(),
         "run.sh": run.rstrip() + "\n",
     }
     if setup:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hmlkit.errors import ProfileError
 from hmlkit.ssh.hosts import SshHost
@@ -92,15 +92,49 @@ class SlurmTarget(ShellTarget):
 
 
 class AwsTarget(TargetConfig):
-    """EC2 GPU capacity from the pool's launch template (the runner side is not released yet)."""
+    """EC2 GPU instances launched per run from the pool's launch template (or an AMI).
+
+    AWS credentials and endpoint come from boto3's own chain (``AWS_PROFILE``, instance role,
+    ``AWS_ENDPOINT_URL``): nothing here is secret.
+    """
 
     kind: Literal["aws"] = "aws"
     region: str = Field(min_length=1)
-    launch_template: str = Field(min_length=1)
+    launch_template: str | None = None
+    """Launch template id (the GpuNodePool's); its AMI, disk and IAM profile are used."""
+    launch_template_version: str = "$Default"
+    ami: str | None = None
     subnets: list[str] = Field(min_length=1)
+    security_group: str | None = None
     instance_types: list[str] = Field(min_length=1)
+    """The allowed types; the cheapest that fits the job's resources is chosen."""
+    market: Literal["spot", "on-demand", "spot-then-on-demand"] = "spot-then-on-demand"
+    max_instances: int = Field(default=8, ge=1)
+    prices: dict[str, float] = {}
+    """On-demand USD per instance hour by type; else the built-in list prices (hmlkit.aws_prices)."""
+    placement_group: str | None = None
+    """A cluster placement group for multi-node jobs (EC2 places the nodes close together)."""
+    ssh_user: str = "ubuntu"
+    ssh_port: int = Field(default=22, ge=1, le=65535)
+    key_name: str | None = None
+    identity_file: str | None = None
+    """Private key for the SSH login; its ``.pub`` is authorized through cloud-init."""
+    tags: dict[str, str] = {}
+    """The organisation's tags on every instance (team, cost-center)."""
+    budget: str | None = None
+    """The team's AWS Budgets name: a job whose worst case would pass it is refused."""
+    remote_root: str = ".hybridml"
+    boot_timeout: float = Field(default=600.0, gt=0)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    max_workdir_mb: float = Field(default=100.0, gt=0)
     artifact_bucket: str | None = None
     secrets_prefix: str = ""
+
+    @model_validator(mode="after")
+    def _image(self) -> AwsTarget:
+        if (self.launch_template is None) == (self.ami is None):
+            raise ValueError("give exactly one of launch_template (an lt-... id) or ami (an ami-... id)")
+        return self
 
 
 TARGET_KINDS: dict[str, type[TargetConfig]] = {
@@ -117,6 +151,9 @@ class Profile(BaseModel):
     tracking_uri: str | None = None
     default_target: str | None = None
     vault: Vault | None = None
+    placement: list[str] = []
+    """``--target auto`` tries these targets in order and takes the first with room now
+    (e.g. ``[onprem, aws]``: own GPUs first, burst to the cloud); default: every target."""
     probe_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long the tracking server and each target may take to answer before submit gives up."""
     targets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {"kind": "local"}})
@@ -126,6 +163,9 @@ class Profile(BaseModel):
     def target(self, name: str) -> TargetConfig:
         raw = self.targets[name]
         return TARGET_KINDS[raw["kind"]].model_validate(raw)
+
+    def placement_order(self) -> list[str]:
+        return self.placement or list(self.targets)
 
     def pick(self, name: str | None) -> str:
         chosen = name or self.default_target or ("local" if "local" in self.targets else None)
@@ -168,6 +208,11 @@ def parse_profile(data: Any, source: str) -> Profile:
     if not profile.targets:
         raise ProfileError(source, ["targets: define at least one target, e.g. local: {kind: local}"])
     problems = [f"targets.{name}.{p}" for name, raw in profile.targets.items() for p in target_problems(raw)]
+    problems += [
+        f"placement: {name!r} is not one of: {', '.join(profile.targets)}"
+        for name in profile.placement
+        if name not in profile.targets
+    ]
     if profile.default_target and profile.default_target not in profile.targets:
         problems.append(
             f"default_target: {profile.default_target!r} is not one of: {', '.join(profile.targets)}"

@@ -110,7 +110,13 @@ def _exit_for(record: RunRecord) -> int:
 def submit(
     job: Annotated[str, typer.Argument(metavar="JOB", help="The job file (YAML)")],
     target: Annotated[
-        str | None, typer.Option("--target", "-t", metavar="TARGET", help="A target of the profile")
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            metavar="TARGET",
+            help="A target of the profile, or auto: the placement order's first with room",
+        ),
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once the job is started")] = False,
     set_: Annotated[
@@ -146,6 +152,8 @@ def submit(
             "workdir": str(checked.workdir),
             "target": checked.target,
             "tracking_uri": checked.tracking_uri,
+            **({"launch": checked.launch} if checked.launch else {}),
+            **({"placement": checked.placement} if target == "auto" else {}),
         }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         kind = checked.target_config["kind"]
@@ -311,6 +319,20 @@ def list_(
         started = datetime.fromtimestamp(r.started_at or r.submitted_at).strftime("%m-%d %H:%M")
         table.add_row(r.run_id[:8], r.job, r.target, r.status, started, _duration(r), f"${r.cost_usd:.2f}")
     Console().print(table)
+
+
+@app.command()
+def gc(output: OutputOpt = Output.text) -> None:
+    """Release what the profile's targets still hold for finished or unknown runs (cloud instances)."""
+    from runners.profile import load_profile
+    from runners.submit import collect_garbage
+
+    profile = load_profile(_state["config"])
+    done = collect_garbage(profile.targets)
+    if output is Output.json:
+        print(json.dumps(done))
+        return
+    print("\n".join(done) if done else "nothing to release")
 
 
 @targets_app.callback(invoke_without_command=True)

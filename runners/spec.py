@@ -42,6 +42,15 @@ def param_problems(key: str, value: Any) -> list[str]:
     return problems
 
 
+def memory_mib(value: str) -> float:
+    """MiB from ``'16GB'``, ``'512MiB'``, ``'1T'`` or a bare number (GB)."""
+    match = _MEMORY.match(value)
+    if not match:
+        raise ValueError(f"{value!r} is not a size")
+    unit = (match.group(2) or "G").upper()[0]
+    return float(match.group(1)) * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from ``90``, ``"90s"``, ``"30m"``, ``"2h"`` or ``"1d"``."""
     if isinstance(value, bool):

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hmlkit.errors import BackendError, HostKeyError, NotReady, TrackingError
+from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
 from runners import records, supervisor, tracking
-from runners.backends import make_backend
+from runners.backends import backend_class, make_backend
 from runners.jobenv import forwarded
 from runners.probe import check_tracking
 from runners.profile import load_profile, tracking_uri
@@ -31,10 +31,21 @@ class Plan:
     tracking_uri: str
     vault: dict[str, Any] | None
     redact: Redactor
+    launch: dict[str, Any]
+    """What the target would launch (instance type, market, hourly price), where it says."""
+    placement: dict[str, str]
+    """With ``--target auto``: each target tried and why it was or was not taken."""
+
+    @property
+    def placement_reason(self) -> str:
+        return self.placement.get(self.target, "")
 
     def public(self) -> dict[str, Any]:
         """The resolved job as it is shown and recorded: secret values redacted."""
         return self.redact.tree(self.spec.model_dump(mode="json"))
+
+
+AUTO = "auto"
 
 
 def plan(job_path: str, target: str | None, overrides: list[str], config: str | None) -> Plan:
@@ -42,26 +53,58 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
 
     Job file, profile, target, secrets and what the target could ever hold are input (exit 2);
     then the tracking server and the target are asked, with short time-outs (NotReady, exit 2).
+    ``--target auto`` tries the profile's ``placement`` in order and takes the first target
+    with room now, else the first that could ever run the job (it then waits for room).
     """
     spec, workdir = load_job(job_path, overrides)
     profile = load_profile(config)
-    name = profile.pick(target)
-    raw = profile.targets[name]
     vault = profile.vault.model_dump() if profile.vault else None
     redact = Redactor(list(resolve(spec.secrets, vault).values()))
     uri = tracking_uri(profile)
-    with make_backend(name, raw) as backend:
-        backend.check(spec, name)
-        with step(f"checking tracking server {uri}"):
-            check_tracking(uri, profile.probe_timeout_s, profile.source)
-        with step(f"checking target {name!r}"):
-            try:
-                backend.preflight(spec, workdir)
-            except (BackendError, TrackingError) as exc:
-                if isinstance(exc, HostKeyError):
-                    raise
-                raise NotReady(f"target {name!r}: {exc}") from None
-    return Plan(spec, workdir, name, raw, uri, vault, redact)
+    names = profile.placement_order() if target == AUTO else [profile.pick(target)]
+    if target != AUTO:  # what the kind cannot do is bad input: said before anything is asked
+        backend_class(profile.targets[names[0]]["kind"]).check(spec, names[0])
+    with step(f"checking tracking server {uri}"):
+        check_tracking(uri, profile.probe_timeout_s, profile.source)
+    placement: dict[str, str] = {}
+    able: list[tuple[str, dict[str, Any]]] = []
+    chosen = None
+    for name in names:
+        try:
+            with make_backend(name, profile.targets[name]) as backend:
+                _check_target(backend, name, spec, workdir)
+                launch = backend.describe_plan(spec)
+                busy = backend.room(spec) if target == AUTO else None
+        except HmlError as exc:
+            if target != AUTO:
+                raise
+            placement[name] = f"cannot run it: {str(exc).splitlines()[0]}"
+            continue
+        able.append((name, launch))
+        if busy is None:
+            chosen = (name, launch)
+            placement[name] = "the first in placement order with room now" if target == AUTO else "chosen"
+            break
+        placement[name] = f"no room now: {busy}"
+    if chosen is None:
+        if not able:
+            tried = "; ".join(f"{n}: {why}" for n, why in placement.items())
+            raise NotReady(f"no target can run this job: {tried}")
+        chosen = able[0]
+        placement[chosen[0]] += "; every target is busy: the first that can run it waits for room"
+    name, launch = chosen
+    return Plan(spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement)
+
+
+def _check_target(backend: Any, name: str, spec: JobSpec, workdir: Path) -> None:
+    backend.check(spec, name)
+    with step(f"checking target {name!r}"):
+        try:
+            backend.preflight(spec, workdir)
+        except (BackendError, TrackingError) as exc:
+            if isinstance(exc, HostKeyError):
+                raise
+            raise NotReady(f"target {name!r}: {exc}") from None
 
 
 def submit(
@@ -73,10 +116,13 @@ def submit(
     failure once the MLflow run exists ends it FAILED with the reason: no run is left RUNNING.
     """
     p = plan(job_path, target, overrides, config)
+    for line in collect_garbage({p.target: p.target_config}):
+        print(f"hml: gc: {line}", file=sys.stderr)
     spec_dict = p.public()
     params = {k: str(v) for k, v in spec_dict["params"].items()}
+    placement = {"hml.placement": p.target, "hml.placement_reason": p.placement_reason}
     run_id, experiment_id = tracking.start_run(
-        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params
+        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, placement
     )
     record = RunRecord(
         run_id=run_id,
@@ -100,6 +146,22 @@ def submit(
         tracking.fail_run(p.tracking_uri, run_id, reason)
         raise
     return record
+
+
+def collect_garbage(targets: dict[str, dict[str, Any]]) -> list[str]:
+    """Release what targets still hold for runs of this machine that are over or unknown."""
+
+    def is_live(run_id: str) -> bool:
+        try:
+            return not records.load(run_id).terminal
+        except HmlError:
+            return False
+
+    done = []
+    for name, raw in targets.items():
+        with make_backend(name, raw) as backend:
+            done += [f"{name}: {line}" for line in backend.gc(is_live)]
+    return done
 
 
 def ensure_supervised(record: RunRecord) -> None:

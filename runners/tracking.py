@@ -69,6 +69,7 @@ def start_run(
     target: str,
     workdir: Path,
     params: dict[str, str],
+    extra_tags: dict[str, str],
 ) -> tuple[str, str]:
     """Create the run with params, tags and the resolved spec; return (run_id, experiment_id)."""
     from mlflow.entities import Param
@@ -84,6 +85,7 @@ def start_run(
             "hml.workdir": str(workdir),
             "mlflow.user": user,
             "mlflow.source.name": spec["run"].splitlines()[0][:250],
+            **extra_tags,
         }
         commit = git_commit(workdir)
         if commit:

@@ -100,4 +100,5 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+from tests.awsbed import aws_bed  # noqa: E402,F401  (a moto server whose instances boot sshd hosts)
 from tests.sshbed import ssh_bed  # noqa: E402,F401  (real sshd hosts, session-wide)

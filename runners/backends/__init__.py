@@ -24,16 +24,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "local": ("runners.backends.local", "LocalBackend"),
     "ssh": ("runners.backends.ssh", "SshBackend"),
     "slurm": ("runners.backends.slurm", "SlurmBackend"),
-}
-PLANNED = {
-    # kinds a profile may name (the stacks export them) that this release cannot run yet
-    "aws": "the aws target is not in this release yet; submit to an ssh or local target",
+    "aws": ("runners.backends.aws", "AwsBackend"),
 }
 
 
 def backend_class(kind: str) -> type[Backend[Any]]:
-    if kind in PLANNED:
-        raise UsageError(f"target kind {kind!r}: {PLANNED[kind]}")
     if kind not in REGISTRY:
         raise UsageError(f"unknown target kind {kind!r}; known kinds: {', '.join(REGISTRY)}")
     module_name, cls_name = REGISTRY[kind]

@@ -66,11 +66,16 @@ class JobState:
 
 @dataclass
 class Usage:
-    """What the job occupies, and what that costs per hour of wall time."""
+    """What the job occupies, and what that costs per hour of wall time.
+
+    On-prem capacity is priced per GPU hour (an internal rate), cloud capacity per instance
+    hour (what the bill says); a target sets the one that applies.
+    """
 
     nodes: int = 1
     gpus_per_node: int = 0
     gpu_hour_usd: float = 0.0
+    node_hour_usd: float = 0.0
     hosts: list[str] = field(default_factory=list)
 
     def node_hours(self, seconds: float) -> float:
@@ -80,7 +85,9 @@ class Usage:
         return self.node_hours(seconds) * self.gpus_per_node
 
     def cost_usd(self, seconds: float) -> float:
-        return round(self.gpu_hours(seconds) * self.gpu_hour_usd, 6)
+        return round(
+            self.gpu_hours(seconds) * self.gpu_hour_usd + self.node_hours(seconds) * self.node_hour_usd, 6
+        )
 
 
 class Backend(abc.ABC, Generic[H]):
@@ -135,6 +142,24 @@ class Backend(abc.ABC, Generic[H]):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
+
+    def room(self, spec: JobSpec) -> str | None:
+        """Why the target cannot start ``spec`` right now (None: it can), for ``--target auto``.
+
+        A hint: the launch decides, and waits for capacity when it must.
+        """
+        return None
+
+    def describe_plan(self, spec: JobSpec) -> dict[str, Any]:
+        """What this target would launch for ``spec`` (instance type, market, price), for --dry-run."""
+        return {}
+
+    def gc(self, is_live: Callable[[str], bool]) -> list[str]:
+        """Release what the target still holds for runs that are over or unknown; what was done.
+
+        Targets whose resources end with their job (processes, GPU claims) hold nothing.
+        """
+        return []
 
     def trust(self, confirm: Callable[[list[tuple[str, str, str]]], bool]) -> list[tuple[str, str, str]]:
         """Record the target's host keys once ``confirm`` accepts their (host, type, fingerprint)."""

@@ -103,6 +103,13 @@ class SshBackend(Backend[NodesHandle]):
                 f"with {want} GPU(s) each; GPUs per host: {have}"
             )
 
+    def room(self, spec: JobSpec) -> str | None:
+        try:
+            self._placement(spec.num_nodes, spec.resources.gpus)
+        except NoCapacityError as exc:
+            return str(exc)
+        return None
+
     def launch(self, request: LaunchRequest) -> tuple[NodesHandle, Usage]:
         spec = request.spec
         hosts = self._placement(spec.num_nodes, spec.resources.gpus)

@@ -120,7 +120,7 @@ class BackendContract:
             start_new_session=True,
         )
         assert proc.stdout is not None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a cloud target boots its instance first
         while "started" not in proc.stdout.readline() and time.monotonic() < deadline:
             pass
         os.killpg(proc.pid, signal.SIGKILL)
@@ -129,7 +129,7 @@ class BackendContract:
         import json
 
         runs = json.loads(run_id.stdout)
-        assert len(runs) == 1 and runs[0]["status"] == "RUNNING"
+        assert len(runs) == 1 and runs[0]["status"] == "RUNNING", runs
         followed = hml("logs", runs[0]["run_id"], "--follow", timeout=120)  # re-attach until the end
         assert "started" in followed.stdout and "done" in followed.stdout
         assert status(runs[0]["run_id"])["status"] == "FINISHED"
@@ -162,7 +162,7 @@ class BackendContract:
             "HML_CONFIG": str(target[0]),
             "HML_SECRET_API_TOKEN": secret,
             "HML_SECRET_OTHER": undeclared,
-            "AWS_SECRET_ACCESS_KEY": undeclared,
+            "CLOUD_API_TOKEN": undeclared,
         }
         printed = []
         summary, out = submit_json(
@@ -181,7 +181,7 @@ class BackendContract:
 
         record = json.loads((Path(summary["log"]).parent / "record.json").read_text())
         os.kill(record["supervisor_pid"], signal.SIGKILL)  # the restart comes from a clean shell
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HML_SECRET_", "AWS_"))}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("HML_SECRET_", "CLOUD_API_"))}
         follow = subprocess.run(
             [HML, "logs", run_id, "--follow"], env=clean, capture_output=True, text=True, timeout=120
         )
@@ -189,7 +189,7 @@ class BackendContract:
         assert "after restart: ***" in follow.stdout
         assert "token is ***, whole" in follow.stdout and "split *** across chunks" in follow.stdout
         assert "to stderr: [***]" in follow.stdout and "no newline at the end ***" in follow.stdout
-        assert "HML_SECRET_OTHER" not in follow.stdout and "AWS_SECRET_ACCESS_KEY" not in follow.stdout
+        assert "HML_SECRET_OTHER" not in follow.stdout and "CLOUD_API_TOKEN" not in follow.stdout
         final = subprocess.run(
             [HML, "status", run_id, "-o", "json"], env=clean, capture_output=True, text=True
         )

@@ -105,8 +105,13 @@ def test_tracking_server_down_at_the_end_loses_nothing(tmp_path):
         job = write_job(
             tmp_path / "w",
             run=f'{sys.executable} -c "{code}"',
-            # the job's own client gives up quickly at exit; the runner's must not
-            envs={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": 0, "MLFLOW_HTTP_REQUEST_TIMEOUT": 3},
+            # the job's own client gives up quickly at exit, and its relay does not wait for the
+            # server (its end-of-run record stays journaled): the runner's finalize must not give up
+            envs={
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": 0,
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": 3,
+                "TRACKING_RELAY_DRAIN_S": 0,
+            },
         )
         summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
         run_id = summary["run_id"]
@@ -164,3 +169,39 @@ def test_digits_on_a_gpu(tmp_path, mlflow_server):
     run = wait_finalized(mlflow_server.client(), summary["run_id"])
     assert run.data.params["device"] == "cuda"
     assert run.data.metrics["test_accuracy"] >= 0.9
+
+
+def test_tracking_server_down_mid_job_loses_no_metric(tmp_path):
+    """The job logs through the relay beside it: a server outage mid-job costs nothing."""
+    server = MlflowServer(tmp_path / "srv", free_port()).start()
+    try:
+        profile = local_profile(tmp_path / "hybridml.yaml", server.url)
+        code = (
+            "import mlflow, time\n"
+            "for step in range(80):\n"
+            "    mlflow.log_metric('loss', 1.0 / (step + 1), step=step)\n"
+            "    print('step', step, flush=True)\n"
+            "    time.sleep(0.25)\n"
+        )
+        (tmp_path / "w").mkdir()
+        (tmp_path / "w" / "train.py").write_text(code)
+        job = write_job(tmp_path / "w", run=f"{sys.executable} train.py")
+        summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
+        run_id = summary["run_id"]
+        deadline = time.monotonic() + 60
+        while "step 5" not in hml("logs", run_id).stdout and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.stop()  # for about 8 s, in the middle of the job
+        time.sleep(8)
+        during = hml("logs", run_id).stdout
+        assert "step 79" not in during, "the outage did not fall mid-job"
+        assert "step 20" in during, "the job was held up by the outage"
+        server.start()
+        final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=180)
+        assert final["status"] == "FINISHED", hml("logs", run_id).stdout
+        client = server.client()
+        history = client.get_metric_history(run_id, "loss")
+        assert sorted(m.step for m in history) == list(range(80)), "a step is missing or twice"
+        assert wait_finalized(client, run_id).info.status == "FINISHED"
+    finally:
+        server.stop()

@@ -116,7 +116,7 @@ def test_gpus_are_never_shared_and_no_wait_refuses(tmp_path, ssh_bed, mlflow_ser
     env = {"HML_CONFIG": str(profile)}
     job = write_job(
         tmp_path / "w",
-        run='echo "devices=$CUDA_VISIBLE_DEVICES host=$HML_NODE_IPS"; sleep 30',
+        run='echo "devices=$CUDA_VISIBLE_DEVICES host=$HML_NODE_IPS"; sleep 300',
         resources={"gpus": 1},
     )
     first, _ = submit_json(str(job), "--target", "onprem", "--detach", env=env)

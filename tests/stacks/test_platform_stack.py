@@ -174,16 +174,28 @@ def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
     assert profile.pick(None) == "onprem"
 
 
-def test_hybrid_profile_loads_and_the_aws_target_says_it_cannot_run_yet(evaluated, tmp_path):
-    from tests.runners.helpers import hml, write_job
+def test_hybrid_profile_runs_a_job_on_its_aws_target_in_moto(evaluated, tmp_path, aws_bed, mlflow_server):
+    """The stack's exported aws target, pointed at the stand-in's network, runs a job as is."""
+    from tests.awsbed import wait_gone
+    from tests.runners.helpers import submit_json, write_job
 
-    path = tmp_path / "hybridml.yaml"
-    path.write_text(json.dumps(evaluated["hybrid"].outputs["runnerProfile"]))
-    profile = load_profile(str(path))
-    kinds = {name: raw["kind"] for name, raw in profile.targets.items()}
+    exported = evaluated["hybrid"].outputs["runnerProfile"]
+    kinds = {name: raw["kind"] for name, raw in exported["targets"].items()}
     assert "aws" in kinds.values() and "ssh" in kinds.values()
-    aws_target = next(name for name, kind in kinds.items() if kind == "aws")
-    job = write_job(tmp_path / "w", run="true")
-    out = hml("submit", str(job), "--target", aws_target, env={"HML_CONFIG": str(path)})
-    assert out.returncode == 2
-    assert "not in this release" in out.stderr and "Traceback" not in out.stderr
+    name = next(n for n, kind in kinds.items() if kind == "aws")
+    bed = aws_bed.target()
+    # the ids the mocks invented do not exist in moto; the rest of the target is the stack's
+    target = {**exported["targets"][name], **{k: bed[k] for k in ("launch_template", "subnets", "region")}}
+    target.update({k: bed[k] for k in ("ssh_user", "identity_file", "remote_root")})
+    profile = {
+        **exported,
+        "tracking_uri": mlflow_server.url,
+        "targets": {**exported["targets"], name: target},
+    }
+    path = tmp_path / "hybridml.yaml"
+    path.write_text(json.dumps(profile))
+    assert load_profile(str(path)).target(name).kind == "aws"
+    job = write_job(tmp_path / "w", run="echo from-the-stack-profile")
+    summary, out = submit_json(str(job), "--target", name, env={"HML_CONFIG": str(path)})
+    assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
+    assert wait_gone(aws_bed) == []

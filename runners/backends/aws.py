@@ -1,0 +1,510 @@
+"""The aws target: EC2 GPU instances launched for one run, reached by SSH, never leaked.
+
+Per attempt it picks the cheapest allowed instance type that fits the job, launches
+``num_nodes`` instances (spot, on-demand, or spot then on-demand), and hands them to the same
+``NodeRunner`` as the ssh target once they answer. Each instance's SSH host key is generated
+here and delivered in cloud-init's own ``ssh_keys`` entry, so the runner knows it before the
+first contact and never accepts a key blindly. Instances shut down into termination, carry
+a watchdog that powers them off after the job (or past max_runtime), are terminated by
+``teardown`` whatever the end, and ``gc`` reaps what a dead runner left behind.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hmlkit.aws_prices import LIST_PRICES_USD, TAKEN
+from hmlkit.errors import BackendError, HostKeyError, NoCapacityError, UsageError
+from hmlkit.extras import require
+from hmlkit.profile import AwsTarget
+from hmlkit.ssh.hosts import SshHost
+from hmlkit.ssh.pool import HostPool
+from runners.backends.base import Backend, JobState, LaunchRequest, Usage
+from runners.backends.nodes import NodeRunner, NodesHandle
+from runners.spec import JobSpec
+
+MANAGED = "hml:managed"
+RUN_TAG = "hml:run-id"
+HOME_TAG = "hml:runner"
+"""Which runner (machine and state directory) launched it: ``gc`` reaps only its own."""
+GONE = ("shutting-down", "terminated", "stopping", "stopped")
+SPOT_REFUSED = (
+    "InsufficientInstanceCapacity",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "InstanceLimitExceeded",
+    "Unsupported",
+)
+WATCHDOG_GRACE_S = 300
+
+
+@dataclass(frozen=True)
+class Choice:
+    instance_type: str
+    gpus: int
+    gpu_name: str
+    market: str
+    price: float
+    """USD per instance hour."""
+    price_source: str
+
+
+class AwsHandle(NodesHandle):
+    instances: list[str] = []
+    instance_type: str = ""
+    market: str = ""
+    known_hosts: str = ""
+
+
+def runner_id() -> str:
+    """This runner's identity for the ``hml:runner`` tag: host and state directory, hashed."""
+    from runners.paths import home
+
+    return hashlib.sha256(f"{socket.gethostname()}:{home()}".encode()).hexdigest()[:16]
+
+
+def fits(info: dict[str, Any], spec: JobSpec) -> bool:
+    """Whether an instance type (DescribeInstanceTypes' entry) holds the job's resources."""
+    res = spec.resources
+    gpus = info.get("GpuInfo", {}).get("Gpus", [])
+    count = sum(g.get("Count", 0) for g in gpus)
+    if count < res.gpus:
+        return False
+    if res.accelerator and not any(g.get("Name", "").lower() == res.accelerator.lower() for g in gpus):
+        return False
+    if res.cpus and info.get("VCpuInfo", {}).get("DefaultVCpus", 0) < res.cpus:
+        return False
+    if res.memory:
+        from runners.spec import memory_mib
+
+        if info.get("MemoryInfo", {}).get("SizeInMiB", 0) < memory_mib(res.memory):
+            return False
+    return True
+
+
+def user_data(host_private: str, host_public: str, authorized: str | None, spec: JobSpec) -> str:
+    """cloud-init ``#cloud-config``: the host key, the login key, and the power-off watchdog."""
+    import yaml
+
+    deadline = int(spec.max_runtime or 7 * 86400) + WATCHDOG_GRACE_S
+    watchdog = f"""#!/bin/sh
+# hybridml: power off (shutdown behaviour: terminate) once no hml job runs any more, or at
+# max_runtime plus grace, or when no job ever started: an instance outlives no run.
+start=$(date +%s); grace={WATCHDOG_GRACE_S}; deadline=$((start + {deadline}))
+while sleep 30; do
+  now=$(date +%s)
+  [ "$now" -ge "$deadline" ] && poweroff
+  pids=$(cat /home/*/.hybridml/runs/*/*/*/pid /root/.hybridml/runs/*/*/*/pid 2>/dev/null)
+  live=0; for p in $pids; do kill -0 "$p" 2>/dev/null && live=1; done
+  if [ "$live" = 1 ]; then idle=$now; continue; fi
+  [ "$now" -ge "$(( ${{idle:-$start}} + grace ))" ] && poweroff
+done
+"""
+    config: dict[str, Any] = {
+        "ssh_keys": {"ed25519_private": host_private, "ed25519_public": host_public},
+        "ssh_deletekeys": True,
+        "write_files": [{"path": "/usr/local/sbin/hml-watchdog", "permissions": "0755", "content": watchdog}],
+        "runcmd": [["sh", "-c", "nohup /usr/local/sbin/hml-watchdog >/var/log/hml-watchdog.log 2>&1 &"]],
+    }
+    if authorized:
+        config["ssh_authorized_keys"] = [authorized]
+    return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
+
+
+def host_key_pair() -> tuple[str, str]:
+    """A fresh ed25519 host key: (private key in OpenSSH format, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return private, public
+
+
+class AwsBackend(Backend[AwsHandle]):
+    kind = "aws"
+    Config = AwsTarget
+    handle_type = AwsHandle
+    poll_interval = 1.0
+    config: AwsTarget
+
+    def __init__(self, name: str, config: AwsTarget) -> None:
+        super().__init__(name, config)
+        self._ec2: Any = None
+        self._pools: dict[str, HostPool] = {}
+
+    # -- AWS ----------------------------------------------------------------------
+    @property
+    def ec2(self) -> Any:
+        if self._ec2 is None:
+            boto3 = require("boto3", "the aws target")
+            self._ec2 = boto3.client("ec2", region_name=self.config.region)
+        return self._ec2
+
+    def _call(self, what: str, fn: Callable[..., Any], **kw: Any) -> Any:
+        """One EC2 call; its failure as BackendError naming the call and AWS's own code."""
+        botocore = require("botocore.exceptions", "the aws target")
+        try:
+            return fn(**kw)
+        except botocore.ClientError as exc:
+            err = exc.response.get("Error", {})
+            raise BackendError(f"aws {what}: {err.get('Code')}: {err.get('Message')}") from None
+        except botocore.BotoCoreError as exc:
+            raise BackendError(f"aws {what}: {exc}") from None
+
+    def _types(self) -> list[dict[str, Any]]:
+        out = self._call(
+            "DescribeInstanceTypes",
+            self.ec2.describe_instance_types,
+            InstanceTypes=self.config.instance_types,
+        )
+        return list(out["InstanceTypes"])
+
+    def _spot_price(self, instance_type: str) -> float | None:
+        out = self._call(
+            "DescribeSpotPriceHistory",
+            self.ec2.describe_spot_price_history,
+            InstanceTypes=[instance_type],
+            ProductDescriptions=["Linux/UNIX", "Linux/UNIX (Amazon VPC)"],
+            MaxResults=20,
+        )
+        prices = [float(p["SpotPrice"]) for p in out.get("SpotPriceHistory", [])]
+        return min(prices) if prices else None
+
+    def _on_demand_price(self, instance_type: str) -> tuple[float, str]:
+        if instance_type in self.config.prices:
+            return self.config.prices[instance_type], "the profile's price table"
+        if instance_type in LIST_PRICES_USD:
+            return LIST_PRICES_USD[instance_type], f"list price of {TAKEN}"
+        return 0.0, "unknown (no price in the profile or the built-in list)"
+
+    def choose(self, spec: JobSpec, market: str | None = None) -> Choice:
+        """The cheapest allowed type that fits, priced for ``market`` (default: the profile's first)."""
+        market = market or ("on-demand" if self.config.market == "on-demand" else "spot")
+        candidates = []
+        for info in self._types():
+            if not fits(info, spec):
+                continue
+            itype = info["InstanceType"]
+            gpus = info.get("GpuInfo", {}).get("Gpus", [])
+            price, source = self._on_demand_price(itype)
+            if market == "spot":
+                spot = self._spot_price(itype)
+                if spot is not None:
+                    price, source = spot, "spot price history"
+            candidates.append(
+                Choice(
+                    itype,
+                    sum(g.get("Count", 0) for g in gpus),
+                    gpus[0].get("Name", "") if gpus else "",
+                    market,
+                    price,
+                    source,
+                )
+            )
+        if not candidates:
+            wanted = spec.resources.model_dump(exclude_none=True)
+            raise UsageError(
+                f"target {self.name!r} can never run this job: no allowed instance type "
+                f"({', '.join(self.config.instance_types)}) has resources {wanted}"
+            )
+        return min(candidates, key=lambda c: (c.price, c.instance_type))
+
+    def describe_plan(self, spec: JobSpec) -> dict[str, Any]:
+        choice = self.choose(spec)
+        return {
+            "instance_type": choice.instance_type,
+            "market": self.config.market,
+            "nodes": spec.num_nodes,
+            "gpus_per_node": choice.gpus,
+            "hourly_usd": round(choice.price * spec.num_nodes, 4),
+            "price_source": choice.price_source,
+        }
+
+    def room(self, spec: JobSpec) -> str | None:
+        running = len(self._live_instances([]))
+        if running + spec.num_nodes > self.config.max_instances:
+            return f"{running} hml instance(s) run, max_instances is {self.config.max_instances}"
+        return None
+
+    def preflight(self, spec: JobSpec, workdir: Path) -> None:
+        from hmlkit.ssh.staging import scan
+
+        scan(workdir, int(self.config.max_workdir_mb * 1e6))
+        if spec.num_nodes > self.config.max_instances:
+            raise UsageError(
+                f"target {self.name!r} can never run this job: num_nodes is {spec.num_nodes}, "
+                f"max_instances is {self.config.max_instances}"
+            )
+        choice = self.choose(spec)  # reaches AWS (NotReady when it does not answer)
+        self._check_budget(spec, choice)
+
+    def _check_budget(self, spec: JobSpec, choice: Choice) -> None:
+        """Refuse a job whose worst case (max_runtime at this price) would pass the team's budget."""
+        if not self.config.budget:
+            return
+        boto3 = require("boto3", "the aws target")
+        sts = boto3.client("sts", region_name=self.config.region)
+        account = self._call("GetCallerIdentity", sts.get_caller_identity)["Account"]
+        budgets = boto3.client("budgets", region_name="us-east-1")
+        found = self._call(
+            "DescribeBudget", budgets.describe_budget, AccountId=account, BudgetName=self.config.budget
+        )["Budget"]
+        limit = float(found["BudgetLimit"]["Amount"])
+        spend = found.get("CalculatedSpend", {})
+        actual = float(spend.get("ActualSpend", {}).get("Amount", 0))
+        forecast = float(spend.get("ForecastedSpend", {}).get("Amount", 0))
+        hours = (spec.max_runtime or 24 * 3600) / 3600
+        worst = choice.price * spec.num_nodes * hours
+        if max(actual, forecast) + worst > limit:
+            raise UsageError(
+                f"budget {self.config.budget!r}: this job could cost up to {worst:.2f} USD "
+                f"({spec.num_nodes} x {choice.instance_type} at {choice.price:.3f} USD/h for {hours:g} h); "
+                f"spent {actual:.2f}, forecast {forecast:.2f}, limit {limit:.2f} USD. Lower max_runtime "
+                "or num_nodes, or ask the budget's owner"
+            )
+
+    # -- launch ---------------------------------------------------------------------
+    def _live_instances(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = self._call(
+            "DescribeInstances",
+            self.ec2.describe_instances,
+            Filters=[
+                {"Name": f"tag:{MANAGED}", "Values": ["true"]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+                *filters,
+            ],
+        )
+        return [i for r in out["Reservations"] for i in r["Instances"]]
+
+    def _tags(self, request: LaunchRequest) -> list[dict[str, str]]:
+        tags = {
+            **self.config.tags,
+            MANAGED: "true",
+            RUN_TAG: request.run_id,
+            "hml:attempt": str(request.attempt),
+            "hml:user": getpass.getuser(),
+            "hml:job": request.spec.name,
+            HOME_TAG: runner_id(),
+            "Name": f"hml-{request.spec.name}-{request.run_id[:8]}",
+        }
+        return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+    def _run_instances(self, request: LaunchRequest, choice: Choice, data: str) -> list[str]:
+        botocore = require("botocore.exceptions", "the aws target")
+        cfg = self.config
+        args: dict[str, Any] = {
+            "MinCount": request.spec.num_nodes,
+            "MaxCount": request.spec.num_nodes,
+            "InstanceType": choice.instance_type,
+            "SubnetId": cfg.subnets[request.attempt % len(cfg.subnets)],
+            "UserData": data,
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": self._tags(request)},
+                {"ResourceType": "volume", "Tags": self._tags(request)},
+            ],
+        }
+        if cfg.launch_template:
+            args["LaunchTemplate"] = {
+                "LaunchTemplateId": cfg.launch_template,
+                "Version": cfg.launch_template_version,
+            }
+        else:
+            args["ImageId"] = cfg.ami
+        if cfg.security_group:
+            args["SecurityGroupIds"] = [cfg.security_group]
+        if cfg.key_name:
+            args["KeyName"] = cfg.key_name
+        if cfg.placement_group and request.spec.num_nodes > 1:
+            args["Placement"] = {"GroupName": cfg.placement_group}
+        if choice.market == "spot":
+            args["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+        try:
+            out = self.ec2.run_instances(**args)
+        except botocore.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            message = exc.response.get("Error", {}).get("Message", "")
+            if choice.market == "spot" and code in SPOT_REFUSED:
+                raise NoCapacityError(f"spot refused: {code}: {message}") from None
+            raise BackendError(f"aws RunInstances: {code}: {message}") from None
+        except botocore.BotoCoreError as exc:
+            raise BackendError(f"aws RunInstances: {exc}") from None
+        return [i["InstanceId"] for i in out["Instances"]]
+
+    def launch(self, request: LaunchRequest) -> tuple[AwsHandle, Usage]:
+        spec = request.spec
+        running = self._live_instances([])
+        if len(running) + spec.num_nodes > self.config.max_instances:
+            raise NoCapacityError(
+                f"target {self.name!r}: {len(running)} hml instance(s) run, max_instances is "
+                f"{self.config.max_instances}"
+            )
+        # a launch cut short by a dead supervisor may have left this attempt's instances
+        self._terminate(
+            [
+                i["InstanceId"]
+                for i in self._live_instances([{"Name": f"tag:{RUN_TAG}", "Values": [request.run_id]}])
+            ]
+        )
+        private, public = host_key_pair()
+        authorized = None
+        if self.config.identity_file:
+            pub = Path(str(Path(self.config.identity_file).expanduser()) + ".pub")
+            if pub.is_file():
+                authorized = pub.read_text().strip()
+        data = user_data(private, public, authorized, spec)
+        choice = self.choose(spec)
+        try:
+            ids = self._run_instances(request, choice, data)
+        except NoCapacityError:
+            if self.config.market != "spot-then-on-demand":
+                raise
+            choice = self.choose(spec, "on-demand")
+            ids = self._run_instances(request, choice, data)
+        handle = AwsHandle(instances=ids, instance_type=choice.instance_type, market=choice.market)
+        try:
+            addresses = self._wait_running(ids)
+            known = request.state_dir / f"attempt-{request.attempt}-known_hosts"
+            keytype, blob = public.split()[:2]
+            port = self.config.ssh_port
+            names = [a if port == 22 else f"[{a}]:{port}" for a in addresses]
+            known.write_text("".join(f"{n} {keytype} {blob}\n" for n in names))
+            handle.known_hosts = str(known)
+            hosts = [
+                SshHost(
+                    address=a,
+                    port=port,
+                    user=self.config.ssh_user,
+                    identity_file=self.config.identity_file,
+                    gpus=choice.gpus,
+                )
+                for a in addresses
+            ]
+            pool = self._pool(handle)
+            self._wait_ssh(pool, hosts)
+            started = NodeRunner(pool, int(self.config.max_workdir_mb * 1e6)).start(request, hosts)
+        except BaseException:
+            self._terminate(ids)
+            raise
+        handle.nodes = started.nodes
+        usage = Usage(
+            nodes=spec.num_nodes,
+            gpus_per_node=choice.gpus,
+            node_hour_usd=choice.price,
+            hosts=[
+                f"{i} ({a}, {choice.instance_type} {choice.market})"
+                for i, a in zip(ids, addresses, strict=True)
+            ],
+        )
+        return handle, usage
+
+    def _wait_running(self, ids: list[str]) -> list[str]:
+        deadline = time.monotonic() + self.config.boot_timeout
+        while True:
+            out = self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=ids)
+            found = {i["InstanceId"]: i for r in out["Reservations"] for i in r["Instances"]}
+            states = {i: found[i]["State"]["Name"] for i in ids if i in found}
+            if any(s in GONE for s in states.values()):
+                raise BackendError(f"instance terminated while booting ({states})")
+            if all(states.get(i) == "running" and found[i].get("PrivateIpAddress") for i in ids):
+                return [found[i]["PrivateIpAddress"] for i in ids]
+            if time.monotonic() > deadline:
+                raise BackendError(f"instances not running after {self.config.boot_timeout:g} s: {states}")
+            time.sleep(1.0)
+
+    def _wait_ssh(self, pool: HostPool, hosts: list[SshHost]) -> None:
+        """Until every instance's sshd answers with the key we gave it (boot takes a while)."""
+        deadline = time.monotonic() + self.config.boot_timeout
+        for host in hosts:
+            while True:
+                try:
+                    pool.client(host)
+                    break
+                except HostKeyError:
+                    raise  # not the key cloud-init was given: never accepted
+                except BackendError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(1.0)
+
+    def _pool(self, handle: AwsHandle) -> HostPool:
+        if handle.known_hosts not in self._pools:
+            self._pools[handle.known_hosts] = HostPool(
+                handle.known_hosts, self.config.connect_timeout, self.name, self.config.remote_root
+            )
+        return self._pools[handle.known_hosts]
+
+    def _nodes(self, handle: AwsHandle) -> NodeRunner:
+        return NodeRunner(self._pool(handle), int(self.config.max_workdir_mb * 1e6))
+
+    def _terminate(self, ids: list[str]) -> None:
+        if ids:
+            self._call("TerminateInstances", self.ec2.terminate_instances, InstanceIds=ids)
+
+    # -- following ------------------------------------------------------------------
+    def _gone(self, handle: AwsHandle) -> list[str]:
+        """The handle's instances that are terminated or on their way (spot interruption, loss)."""
+        out = self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=handle.instances)
+        states = {i["InstanceId"]: i["State"]["Name"] for r in out["Reservations"] for i in r["Instances"]}
+        return sorted(i for i in handle.instances if states.get(i, "terminated") in GONE)
+
+    def poll(self, handle: AwsHandle) -> JobState:
+        gone = self._gone(handle)
+        if gone:
+            try:
+                self._nodes(handle).cancel(handle)  # what runs on the other nodes stops too
+            except BackendError:
+                pass
+            return JobState(False, None, f"instance terminated ({', '.join(gone)})")
+        return self._nodes(handle).poll(handle)
+
+    def read_output(self, handle: AwsHandle) -> bytes:
+        try:
+            return self._nodes(handle).read_output(handle)
+        except BackendError:
+            if self._gone(handle):
+                return b""  # the instance is gone with its output; poll says so
+            raise
+
+    def cancel(self, handle: AwsHandle) -> None:
+        try:
+            self._nodes(handle).cancel(handle)
+        finally:
+            self._terminate(handle.instances)
+
+    def teardown(self, handle: AwsHandle) -> None:
+        self._terminate(handle.instances)
+
+    def gc(self, is_live: Callable[[str], bool]) -> list[str]:
+        """Terminate this runner's instances whose run is over or unknown here; what was done."""
+        reaped = []
+        for inst in self._live_instances([{"Name": f"tag:{HOME_TAG}", "Values": [runner_id()]}]):
+            tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+            run_id = tags.get(RUN_TAG, "")
+            if not is_live(run_id):
+                self._terminate([inst["InstanceId"]])
+                reaped.append(f"terminated {inst['InstanceId']} of run {run_id or '?'} (run over or unknown)")
+        return reaped
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
