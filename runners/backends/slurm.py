@@ -42,6 +42,9 @@ ENDS = {
 }
 _UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero Bytes were transmitted")
 """sbatch's words for a controller that is down or busy: not ready, rather than a refusal."""
+_STARTS = re.compile(r"to start at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
+ROOM_S = 10.0
+"""A job Slurm would start this soon counts as having room now (``--target auto``)."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
 _PRELUDE = """#!/bin/bash
@@ -145,13 +148,30 @@ class SlurmBackend(Backend[SlurmHandle]):
         from hmlkit.ssh.staging import scan
 
         scan(workdir, self.nodes.max_workdir_bytes)
-        opts = " ".join(shlex.quote(o) for o in self.options(spec))
-        rc, out, err = self._slurm(f"sbatch --test-only {opts} --wrap=true")
-        said = ((err or out).strip().splitlines() or [f"sbatch exit {rc}"])[-1]
+        rc, said, _ = self._test_only(spec)
         if rc != 0 and any(s in said for s in _UNREACHABLE):
             raise BackendError(f"the Slurm controller does not answer: {said}")
         if rc != 0:
             raise UsageError(f"target {self.name!r} can never run this job: {said}")
+
+    def _test_only(self, spec: JobSpec) -> tuple[int, str, str]:
+        """Slurm's verdict on the request, nothing submitted: (exit status, its last line, the
+        login node's clock, which Slurm's times are in)."""
+        opts = " ".join(shlex.quote(o) for o in self.options(spec))
+        rc, now, err = self._slurm(f"date +%Y-%m-%dT%H:%M:%S; sbatch --test-only {opts} --wrap=true")
+        return rc, (err.strip().splitlines() or [f"sbatch exit {rc}"])[-1], now.strip()
+
+    def room(self, spec: JobSpec) -> str | None:
+        """Room now when Slurm expects to start the job within ``ROOM_S`` (its own estimate, from
+        ``sbatch --test-only``); else when it would, so ``--target auto`` can burst elsewhere."""
+        from datetime import datetime
+
+        rc, said, now = self._test_only(spec)
+        match = _STARTS.search(said)
+        if rc != 0 or not match:
+            return f"Slurm cannot say when it would start the job: {said}"
+        wait = (datetime.fromisoformat(match[1]) - datetime.fromisoformat(now)).total_seconds()
+        return None if wait <= ROOM_S else f"Slurm expects to start it at {match[1]} (in {wait / 60:.0f} min)"
 
     def launch(self, request: LaunchRequest) -> tuple[SlurmHandle, Usage]:
         from hmlkit.ssh.staging import scan, stage

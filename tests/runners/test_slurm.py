@@ -108,16 +108,23 @@ def test_a_job_queued_behind_a_full_cluster_starts_when_room_frees(
     first, out = submit_json(str(full), "--target", "cluster", "--detach", env=env)
     assert out.returncode == 0, out.stderr
     wait_log(first["run_id"], "filling")
-    second, out = submit_json(
-        str(write_job(tmp_path / "b", run="echo my turn")), "--target", "cluster", "--detach", env=env
-    )
+    small = write_job(tmp_path / "b", run="echo my turn")
+    second, out = submit_json(str(small), "--target", "cluster", "--detach", env=env)
     deadline = time.monotonic() + 60
     while "queued in Slurm: Resources" not in (state := status(second["run_id"]))["reason"]:
         assert time.monotonic() < deadline, state
         time.sleep(0.5)
     assert state["status"] == "RUNNING"
     shared = (slurm_bed.root / "shared" / "squeue").read_text()  # one squeue for every run
-    assert all(f"{job_id(r['run_id'])}|" in shared for r in (first, second))
+    assert all(f"{job_id(r['run_id'])}|" in shared for r in (first, second)), shared
+    burst = yaml.safe_load(profile.read_text())
+    burst["targets"]["local"] = {"kind": "local"}
+    burst["placement"] = ["cluster", "local"]
+    profile.write_text(yaml.safe_dump(burst))
+    dry = hml("submit", str(small), "--target", "auto", "--dry-run", "-o", "json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    placed = json.loads(dry.stdout)
+    assert placed["target"] == "local" and placed["placement"]["cluster"].startswith("no room now: Slurm")
     queued_since = time.monotonic()
     time.sleep(8)
     assert hml("cancel", first["run_id"]).returncode == 0
