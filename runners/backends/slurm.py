@@ -27,6 +27,7 @@ from hmlkit.ssh.hosts import trust
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
 from runners.backends.nodes import Node, NodeRunner, NodesHandle, torchrun_line, write_files
+from runners.paths import runner_id
 from runners.spec import JobSpec
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
@@ -204,7 +205,7 @@ class SlurmBackend(Backend[SlurmHandle]):
             files |= {f"node-{k}/{name}": text for name, text in node_files.items()}
         directives = [
             f"--job-name={spec.name}",
-            f"--comment=hml-run:{request.run_id}",
+            f"--comment=hml-run:{request.run_id},runner:{runner_id()}",  # what hml gc looks for
             f"--chdir={attempt}",
             f"--output={attempt}/node-0/{jobscript.OUTPUT}",  # Slurm's own words join node 0's log
             "--open-mode=append",
@@ -301,6 +302,22 @@ class SlurmBackend(Backend[SlurmHandle]):
             f"scancel {handle.job_id} 2>/dev/null; "
             f"rm -f {shlex.quote(handle.attempt_dir)}/node-*/{jobscript.ENV_FILE}; true"
         )
+
+    def gc(self, is_live: Callable[[str], bool]) -> list[str]:
+        """Cancel this runner's Slurm jobs whose run is over or unknown here (a supervisor gone for
+        good would otherwise leave them holding nodes until their time limit); what was done."""
+        rc, out, err = self._slurm("squeue --me -h -o '%i|%k'")
+        if rc != 0:
+            raise BackendError(f"cannot list the Slurm jobs: {err.strip()[-200:]}")
+        done = []
+        root = self.pool.root(self.config.login)
+        own = re.compile(rf"^(\d+)\|hml-run:(\w+),runner:{runner_id()}$", re.MULTILINE)
+        for job, run_id in own.findall(out):
+            if not is_live(run_id):
+                runs = shlex.quote(f"{root}/runs/{run_id}")
+                self._slurm(f"scancel {job}; rm -f {runs}/attempt-*/node-*/{jobscript.ENV_FILE}")
+                done.append(f"cancelled Slurm job {job} of run {run_id} (run over or unknown)")
+        return done
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "login": self.config.login.label, "partition": self.config.partition}

@@ -4,6 +4,9 @@ host of the SSH bed, and a real MLflow server."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -31,8 +34,8 @@ def slurm_profile(tmp_path: Path, ssh_bed, slurm_bed, tracking_uri: str, **extra
     return profile
 
 
-def job_id(run_id: str) -> str:
-    record = json.loads((Path(status(run_id)["log"]).parent / "record.json").read_text())
+def job_id(run_id: str, **kw) -> str:
+    record = json.loads((Path(status(run_id, **kw)["log"]).parent / "record.json").read_text())
     return record["handle"]["job_id"]
 
 
@@ -149,6 +152,29 @@ def test_cancel_of_a_two_node_job_leaves_nothing_on_any_node(profile, tmp_path, 
     assert status(run_id)["status"] == "KILLED"
     assert not slurm_bed.job_processes(slurm_job), "a process of the job is left on a node"
     assert "CANCELLED" in slurm_bed.slurm("squeue", "-h", "--states=all", "-j", slurm_job, "-o", "%T")
+
+
+def test_gc_cancels_only_this_runners_jobs_whose_run_is_gone(profile, tmp_path, slurm_bed, hml_home):
+    job = write_job(tmp_path / "w", run="echo up; sleep 300")
+    other_runner = {"HML_CONFIG": str(profile), "HML_HOME": str(tmp_path / "elsewhere")}
+    theirs, _ = submit_json(str(job), "--target", "cluster", "--detach", env=other_runner)
+    ours, _ = submit_json(str(job), "--target", "cluster", "--detach", env={"HML_CONFIG": str(profile)})
+    wait_log(ours["run_id"], "up")
+    ours_job, theirs_job = job_id(ours["run_id"]), job_id(theirs["run_id"], env=other_runner)
+    record = json.loads((hml_home / "runs" / ours["run_id"] / "record.json").read_text())
+    os.kill(record["supervisor_pid"], signal.SIGKILL)
+    shutil.rmtree(hml_home / "runs" / ours["run_id"])  # its supervisor is gone, the run unknown here
+    out = hml("gc", env={"HML_CONFIG": str(profile)})
+    assert (
+        out.stdout.strip()
+        == f"cluster: cancelled Slurm job {ours_job} of run {ours['run_id']} (run over or unknown)"
+    )
+    deadline = time.monotonic() + 15
+    while slurm_bed.job_processes(ours_job) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert not slurm_bed.job_processes(ours_job)
+    assert slurm_bed.slurm("squeue", "-h", "-j", theirs_job, "-o", "%T").strip() == "RUNNING"
+    assert hml("cancel", theirs["run_id"], env=other_runner).returncode == 0
 
 
 def test_a_job_slurm_can_never_run_is_refused_before_a_run_exists(profile, tmp_path, hml_home):
