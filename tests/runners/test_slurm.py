@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -17,11 +16,17 @@ import yaml
 from hmlkit.profile import target_problems
 from runners.backends.slurm import memory_mib
 from tests.runners.contract import BackendContract
-from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
+from tests.runners.helpers import (
+    hml,
+    status,
+    submit_json,
+    two_node_digits,
+    wait_finalized,
+    wait_status,
+    write_job,
+)
 from tests.slurmbed import SHORT_PARTITION
 
-PY = sys.executable
-DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 ENDED = {"FINISHED", "FAILED", "KILLED"}
 
 
@@ -206,28 +211,7 @@ def test_a_node_dies_mid_job_node_fail_then_the_retry_runs(profile, tmp_path, sl
 
 def test_two_node_ddp_training_with_torchrun(profile, mlflow_server):
     """The digits example, unmodified, as 2 ranks under srun + torchrun; rank 0 logs to MLflow."""
-    summary, out = submit_json(
-        # the nodes are this machine: its test interpreter has torch (a cluster has its own)
-        str(DIGITS / "job.yaml"),
-        "--target",
-        "cluster",
-        "--set",
-        f"run={PY} train.py",
-        "--set",
-        "num_nodes=2",
-        "--set",
-        "epochs=3",
-        "--set",
-        "envs.GLOO_SOCKET_IFNAME=lo",
-        env={"HML_CONFIG": str(profile)},
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr + hml("logs", summary["run_id"]).stdout
-    logs = hml("logs", summary["run_id"]).stdout
-    assert "[node 0]" in logs and "[node 1]" in logs
-    run = wait_finalized(mlflow_server.client(), summary["run_id"])
-    assert run.data.params["world_size"] == "2"
-    assert run.data.metrics["test_accuracy"] >= 0.8
+    two_node_digits(profile, "cluster", 3, mlflow_server, accuracy=0.8)
 
 
 def test_slurms_time_limit_ends_the_run_as_timeout(timed_out, mlflow_server):
