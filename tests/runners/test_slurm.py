@@ -25,7 +25,7 @@ from tests.runners.helpers import (
     wait_status,
     write_job,
 )
-from tests.slurmbed import SHORT_PARTITION
+from tests.slurmbed import PARTITION, SHORT_PARTITION
 
 ENDED = {"FINISHED", "FAILED", "KILLED"}
 
@@ -54,7 +54,8 @@ def wait_log(run_id: str, text: str, timeout: float = 120) -> str:
 
 @pytest.fixture
 def profile(tmp_path, ssh_bed, slurm_bed, mlflow_server) -> Path:
-    slurm_bed.wait_idle()  # a test starts on an empty cluster, whatever the last one left
+    slurm_bed.slurm("scancel", f"--partition={PARTITION}")  # whatever a failed test left running
+    slurm_bed.wait_idle()  # a test starts on an empty default partition
     return slurm_profile(tmp_path, ssh_bed, slurm_bed, mlflow_server.url)
 
 
@@ -115,27 +116,32 @@ def test_a_job_queued_behind_a_full_cluster_starts_when_room_frees(
     full = write_job(tmp_path / "a", run="echo filling; sleep 300", num_nodes=2, resources={"cpus": 2})
     first, out = submit_json(str(full), "--target", "cluster", "--detach", env=env)
     assert out.returncode == 0, out.stderr
-    wait_log(first["run_id"], "filling")
-    small = write_job(tmp_path / "b", run="echo my turn")
-    second, out = submit_json(str(small), "--target", "cluster", "--detach", env=env)
-    deadline = time.monotonic() + 60
-    while "queued in Slurm: Resources" not in (state := status(second["run_id"]))["reason"]:
-        assert time.monotonic() < deadline, state
-        time.sleep(0.5)
-    assert state["status"] == "RUNNING"
-    shared = (slurm_bed.root / "shared" / "squeue").read_text()  # one squeue for every run
-    assert all(f"{job_id(r['run_id'])}|" in shared for r in (first, second)), shared
-    burst = yaml.safe_load(profile.read_text())
-    burst["targets"]["local"] = {"kind": "local"}
-    burst["placement"] = ["cluster", "local"]
-    profile.write_text(yaml.safe_dump(burst))
-    dry = hml("submit", str(small), "--target", "auto", "--dry-run", "-o", "json", env=env)
-    assert dry.returncode == 0, dry.stderr
-    placed = json.loads(dry.stdout)
-    assert placed["target"] == "local" and placed["placement"]["cluster"].startswith("no room now: Slurm")
-    queued_since = time.monotonic()
-    time.sleep(8)
-    assert hml("cancel", first["run_id"]).returncode == 0
+    try:
+        wait_log(first["run_id"], "filling")
+        small = write_job(tmp_path / "b", run="echo my turn")
+        second, out = submit_json(str(small), "--target", "cluster", "--detach", env=env)
+        deadline = time.monotonic() + 60
+        while "queued in Slurm: Resources" not in (state := status(second["run_id"]))["reason"]:
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert state["status"] == "RUNNING"
+        burst = yaml.safe_load(profile.read_text())
+        burst["targets"]["local"] = {"kind": "local"}
+        burst["placement"] = ["cluster", "local"]
+        profile.write_text(yaml.safe_dump(burst))
+        dry = hml("submit", str(small), "--target", "auto", "--dry-run", "-o", "json", env=env)
+        assert dry.returncode == 0, dry.stderr
+        placed = json.loads(dry.stdout)
+        assert placed["target"] == "local" and placed["placement"]["cluster"].startswith("no room now: Slurm")
+        shared = slurm_bed.root / "shared" / "squeue"  # one squeue --me serves both runs' polls
+        wanted = [f"{job_id(r['run_id'])}|" for r in (first, second)]
+        while not all(w in shared.read_text() for w in wanted):
+            assert time.monotonic() < deadline, shared.read_text()
+            time.sleep(0.5)
+        queued_since = time.monotonic()
+        time.sleep(8)
+    finally:
+        assert hml("cancel", first["run_id"]).returncode == 0
     queued_for = time.monotonic() - queued_since
     final = wait_status(second["run_id"], ENDED, timeout=120)
     assert final["status"] == "FINISHED", hml("logs", second["run_id"]).stdout
