@@ -21,7 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
-APT_PACKAGES = ["openssh-server", "openssh-client", "procps", "util-linux", "git"]
+APT_PACKAGES = [
+    "openssh-server",
+    "openssh-client",
+    "procps",
+    "util-linux",
+    "git",
+    "slurmctld",
+    "slurmd",
+    "slurm-client",
+    "munge",
+]
 NEEDED_TOOLS = ["ssh-keygen", "pgrep", "pkill", "flock", "git"]
 
 
@@ -45,12 +55,14 @@ def venv(extras: str) -> None:
 
 
 def debian_packages() -> None:
-    """The tests start real sshd hosts: install Debian's openssh-server when it is missing."""
-    if Path("/usr/sbin/sshd").exists() and all(shutil.which(tool) for tool in NEEDED_TOOLS):
+    """The tests start real sshd hosts and a real Slurm cluster: install Debian's openssh-server,
+    slurmctld, slurmd and munge when they are missing."""
+    daemons = ("/usr/sbin/sshd", "/usr/sbin/slurmctld")
+    if all(Path(d).exists() for d in daemons) and all(shutil.which(tool) for tool in NEEDED_TOOLS):
         return
     prefix = [] if os.geteuid() == 0 else ["sudo"]
     if prefix and not shutil.which("sudo"):
-        sys.exit("dev.py: the tests need openssh-server; run as root or install it with apt-get")
+        sys.exit("dev.py: the tests need openssh-server and Slurm; run as root or install them with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     sh(*prefix, "apt-get", "update", "-q", env=env)
     sh(*prefix, "apt-get", "install", "-y", "-q", "--no-install-recommends", *APT_PACKAGES, env=env)

@@ -7,6 +7,7 @@ can never drift. Each target kind has its model; a backend's ``Config`` is that 
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -39,9 +40,9 @@ class LocalTarget(TargetConfig):
     gpu_hour_usd: float = Field(default=0.0, ge=0)
 
 
-class SshTarget(TargetConfig):
-    kind: Literal["ssh"] = "ssh"
-    hosts: list[SshHost] = Field(min_length=1)
+class ShellTarget(TargetConfig):
+    """What every kind that reaches hosts through the SSH layer (``hmlkit.ssh``) shares."""
+
     known_hosts: str = "~/.hybridml/known_hosts"
     remote_root: str = ".hybridml"
     """Where code, runs and GPU claims live on each host; relative paths are under the login home."""
@@ -53,6 +54,41 @@ class SshTarget(TargetConfig):
     @classmethod
     def _root(cls, value: str) -> str:
         return value[2:] if value.startswith("~/") else value
+
+
+class SshTarget(ShellTarget):
+    kind: Literal["ssh"] = "ssh"
+    hosts: list[SshHost] = Field(min_length=1)
+
+
+class SlurmTarget(ShellTarget):
+    """A Slurm cluster, reached through its login node; Slurm decides where and when a job runs.
+
+    ``remote_root`` must be on the file system the login node shares with the compute nodes:
+    code is staged there once and every node reads it, and writes its output beside it.
+    """
+
+    kind: Literal["slurm"] = "slurm"
+    login: SshHost
+    partition: str | None = None
+    """One partition, or several (``gpu,gpu-long``): Slurm starts the job in the first with room."""
+    account: str | None = None
+    qos: str | None = None
+    constraints: str | None = None
+    """A Slurm ``--constraint`` expression over node features, e.g. ``a100&ib``."""
+    gres_name: str = Field(default="gpu", pattern=r"^[A-Za-z0-9_]+$")
+    """The GRES that counts GPUs (``--gres=<name>:N``), as the cluster's gres.conf names it."""
+    slurm_conf: str | None = None
+    """The cluster's slurm.conf on the login node, where it is not the default (a login node
+    serving several clusters sets ``SLURM_CONF`` the same way)."""
+
+    @field_validator("partition", "account", "qos", "constraints")
+    @classmethod
+    def _sbatch_word(cls, value: str | None) -> str | None:
+        """These go into ``#SBATCH`` lines as they are: one word, no quotes."""
+        if value is not None and not re.fullmatch(r"[^\s'\"\\#]+", value):
+            raise ValueError(f"{value!r}: one word without spaces or quotes, e.g. gpu,gpu-long or a100&ib")
+        return value
 
 
 class AwsTarget(TargetConfig):
@@ -104,6 +140,7 @@ class AwsTarget(TargetConfig):
 TARGET_KINDS: dict[str, type[TargetConfig]] = {
     "local": LocalTarget,
     "ssh": SshTarget,
+    "slurm": SlurmTarget,
     "aws": AwsTarget,
 }
 

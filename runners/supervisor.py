@@ -149,11 +149,15 @@ class Supervisor:
     def _follow(self, handle: Handle) -> tuple[str | None, JobState]:
         unreachable_since: float | None = None
         interval = self.backend.poll_interval
+        polled = time.time()
         while True:
             try:
                 self._copy_output(handle)
                 state = self.backend.poll(handle)
                 unreachable_since = None
+                if state.running:
+                    self._running(state, time.time() - polled)
+                polled = time.time()
             except BackendError as exc:
                 unreachable_since = unreachable_since or time.time()
                 if time.time() - unreachable_since > LOST_AFTER_S:
@@ -173,6 +177,21 @@ class Supervisor:
                 self._copy_output(handle, final=True)
                 return stop, state
             time.sleep(interval)
+
+    def _running(self, state: JobState, waited: float) -> None:
+        """A job queued in the target's scheduler has not started: its start moves with the wait,
+        so max_runtime, cost and duration count only running time; what the target says about
+        it (queued and why, where it runs) shows in ``hml status`` and the log."""
+        changed = False
+        if state.queued and self.rec.started_at is not None:
+            self.rec.started_at += waited
+            changed = True
+        if state.detail != self.rec.reason:
+            self.rec.reason, changed = state.detail, True
+            if state.detail:
+                self.note(state.detail)
+        if changed:
+            self.rec.save()
 
     def _stop_reason(self) -> str | None:
         if records.cancel_flag(self.rec.run_id).exists():

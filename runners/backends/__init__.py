@@ -23,6 +23,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     # kind: module:class
     "local": ("runners.backends.local", "LocalBackend"),
     "ssh": ("runners.backends.ssh", "SshBackend"),
+    "slurm": ("runners.backends.slurm", "SlurmBackend"),
     "aws": ("runners.backends.aws", "AwsBackend"),
 }
 

@@ -12,8 +12,6 @@ a watchdog that powers them off after the job (or past max_runtime), are termina
 from __future__ import annotations
 
 import getpass
-import hashlib
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from hmlkit.ssh.hosts import SshHost
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
 from runners.backends.nodes import NodeRunner, NodesHandle
+from runners.paths import runner_id
 from runners.spec import JobSpec
 
 MANAGED = "hml:managed"
@@ -61,13 +60,6 @@ class AwsHandle(NodesHandle):
     instance_type: str = ""
     market: str = ""
     known_hosts: str = ""
-
-
-def runner_id() -> str:
-    """This runner's identity for the ``hml:runner`` tag: host and state directory, hashed."""
-    from runners.paths import home
-
-    return hashlib.sha256(f"{socket.gethostname()}:{home()}".encode()).hexdigest()[:16]
 
 
 def fits(info: dict[str, Any], spec: JobSpec) -> bool:

@@ -57,7 +57,11 @@ class JobState:
     running: bool
     exit_code: int | None = None
     detail: str = ""
-    """Why the job ended other than by exiting (host lost, instance terminated)."""
+    """Why the job ended other than by exiting (host lost, instance terminated); while it runs,
+    where or why it waits (a scheduler's queue), shown by ``hml status``."""
+    queued: bool = False
+    """Waiting in the target's own queue (Slurm PENDING): it neither runs nor costs yet, so the
+    supervisor counts max_runtime, cost and duration from when it leaves the queue."""
 
 
 @dataclass

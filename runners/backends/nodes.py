@@ -58,6 +58,19 @@ def torchrun_line(run_text: str, distributed: bool) -> str:
     )
 
 
+def write_files(client: Any, directory: str, files: dict[str, str]) -> None:
+    """Write ``files`` (names relative to ``directory``) over SFTP, each made 0600 before a byte
+    lands in it: ``env.sh`` carries the job's secrets."""
+    sftp = client.open_sftp()
+    try:
+        for name, text in files.items():
+            with sftp.open(f"{directory}/{name}", "w") as fh:
+                fh.chmod(0o600)
+                fh.write(text)
+    finally:
+        sftp.close()
+
+
 class NodeRunner:
     def __init__(self, pool: HostPool, max_workdir_bytes: int) -> None:
         self.pool = pool
@@ -122,15 +135,8 @@ class NodeRunner:
             "HML_NODE_RANK": str(rank),
             "HML_CODE_DIR": staged.code_dir,
         }
-        sftp = client.open_sftp()
-        try:
-            files[jobscript.ENV_FILE] = jobscript.env_lines({**env, **request.secrets})
-            for name, text in files.items():
-                with sftp.open(f"{exec_dir}/{name}", "w") as fh:
-                    fh.chmod(0o600)
-                    fh.write(text)
-        finally:
-            sftp.close()
+        files[jobscript.ENV_FILE] = jobscript.env_lines({**env, **request.secrets})
+        write_files(client, exec_dir, files)
         rc, out, err = self.pool.exec(
             host, scripts.launch(root, exec_dir, request.spec.resources.gpus, host.gpus)
         )

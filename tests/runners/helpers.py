@@ -72,3 +72,27 @@ def wait_finalized(client: Any, run_id: str, timeout: float = 60) -> Any:
 def processes_matching(marker: str) -> list[str]:
     out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
+
+
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
+
+
+def two_node_digits(profile: Path, target: str, epochs: int, mlflow_server: Any, accuracy: float) -> dict:
+    """The digits example, unmodified, as a 2-node DDP job under torchrun on ``target``: both
+    ranks' output kept, rank 0 logging to MLflow; the run's summary.
+
+    The beds' nodes are this machine, so the test interpreter (which has torch) runs it; a real
+    host or image has its own.
+    """
+    sets = [f"run={sys.executable} train.py", "num_nodes=2", f"epochs={epochs}", "envs.GLOO_SOCKET_IFNAME=lo"]
+    args = [a for s in sets for a in ("--set", s)]
+    summary, out = submit_json(
+        str(DIGITS / "job.yaml"), "--target", target, *args, env={"HML_CONFIG": str(profile)}, timeout=600
+    )
+    logs = hml("logs", summary["run_id"]).stdout
+    assert out.returncode == 0, out.stderr + logs
+    assert "[node 0]" in logs and "[node 1]" in logs
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert run.data.params["world_size"] == "2"
+    assert run.data.metrics["test_accuracy"] >= accuracy
+    return summary

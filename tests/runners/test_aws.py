@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +18,15 @@ from runners.backends.aws import fits, user_data
 from runners.spec import JobSpec
 from tests.awsbed import AwsBed, wait_gone
 from tests.runners.contract import BackendContract
-from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
-
-PY = sys.executable
+from tests.runners.helpers import (
+    hml,
+    status,
+    submit_json,
+    two_node_digits,
+    wait_finalized,
+    wait_status,
+    write_job,
+)
 
 
 def aws_profile(tmp_path: Path, bed: AwsBed, tracking_uri: str, **extra) -> Path:
@@ -247,28 +252,6 @@ def test_spot_refused_then_on_demand(tmp_path, aws_bed, mlflow_server, no_leak):
 @pytest.mark.slow
 def test_two_node_ddp_on_two_instances(tmp_path, aws_bed, mlflow_server, no_leak):
     profile = aws_profile(tmp_path, aws_bed, mlflow_server.url)
-    digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
-    summary, out = submit_json(
-        # the instances are this machine: its test interpreter has torch (a real image has its own)
-        str(digits / "job.yaml"),
-        "--target",
-        "cloud",
-        "--set",
-        f"run={PY} train.py",
-        "--set",
-        "num_nodes=2",
-        "--set",
-        "epochs=4",
-        "--set",
-        "envs.GLOO_SOCKET_IFNAME=lo",
-        env={"HML_CONFIG": str(profile)},
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr + hml("logs", summary["run_id"]).stdout
-    logs = hml("logs", summary["run_id"]).stdout
-    assert "[node 0]" in logs and "[node 1]" in logs
+    summary = two_node_digits(profile, "cloud", 4, mlflow_server, accuracy=0.85)
     hosts = json.loads((Path(summary["log"]).parent / "record.json").read_text())["usage"]["hosts"]
     assert len(hosts) == 2 and all("127.0.10." in h for h in hosts)
-    run = wait_finalized(mlflow_server.client(), summary["run_id"])
-    assert run.data.params["world_size"] == "2"
-    assert run.data.metrics["test_accuracy"] >= 0.85

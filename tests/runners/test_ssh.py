@@ -12,7 +12,15 @@ import yaml
 
 from runners.backends.nodes import torchrun_line
 from tests.runners.contract import BackendContract
-from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
+from tests.runners.helpers import (
+    hml,
+    status,
+    submit_json,
+    two_node_digits,
+    wait_finalized,
+    wait_status,
+    write_job,
+)
 
 PY = sys.executable
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,29 +165,7 @@ def test_torchrun_wrapping():
 
 def test_two_node_ddp_training_with_torchrun(tmp_path, ssh_bed, mlflow_server):
     profile = ssh_profile(tmp_path, ssh_bed, mlflow_server.url)
-    job = DIGITS / "job.yaml"
-    summary, out = submit_json(
-        # the bed's hosts are this machine: its test interpreter has torch (a real host has its own)
-        str(job),
-        "--target",
-        "onprem",
-        "--set",
-        f"run={PY} train.py",
-        "--set",
-        "num_nodes=2",
-        "--set",
-        "epochs=6",
-        "--set",
-        "envs.GLOO_SOCKET_IFNAME=lo",
-        env={"HML_CONFIG": str(profile)},
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr + hml("logs", summary["run_id"]).stdout
-    logs = hml("logs", summary["run_id"]).stdout
-    assert "[node 0]" in logs and "[node 1]" in logs
-    run = wait_finalized(mlflow_server.client(), summary["run_id"])
-    assert run.data.params["world_size"] == "2"
-    assert run.data.metrics["test_accuracy"] >= 0.9
+    two_node_digits(profile, "onprem", 6, mlflow_server, accuracy=0.9)
 
 
 def test_cancel_multi_node_leaves_nothing_on_any_host(tmp_path, ssh_bed, mlflow_server):
