@@ -132,3 +132,31 @@ def test_usage_counts_node_hours_gpu_hours_and_cost():
     assert usage.gpu_hours(1800) == 16.0
     assert usage.cost_usd(1800) == 40.0
     assert Usage().cost_usd(3600) == 0.0
+
+
+def test_param_rules_hold_at_their_boundaries():
+    from runners.spec import MAX_PARAM_KEY, MAX_PARAM_VALUE, param_problems
+
+    assert param_problems("k" * MAX_PARAM_KEY, "v" * MAX_PARAM_VALUE) == []
+    assert "longer than 250" in param_problems("k" * (MAX_PARAM_KEY + 1), 1)[0]
+    assert "value longer than 6000" in param_problems("k", "v" * (MAX_PARAM_VALUE + 1))[0]
+    for bad in ("a//b", ".", "a/./b", "a/", "/abs", "../up"):
+        assert param_problems(bad, 1), bad
+    assert param_problems("ok/with.dots-and space:colon", 1) == []
+
+
+def test_duration_edges():
+    assert parse_duration("0.5s") == 0.5
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(True)
+    with pytest.raises(ValueError, match="positive"):
+        parse_duration("0")
+
+
+def test_set_values_edge_cases(tmp_path):
+    with pytest.raises(SpecError, match="lr: empty value"):
+        load_job(write(tmp_path, VALID), ["lr="])
+    spec, _ = load_job(write(tmp_path, VALID), ["note=[unclosed"])  # not YAML: kept as text
+    assert spec.params["note"] == "[unclosed"
+    with pytest.raises(SpecError, match="job.yaml: params: Input should be a valid dictionary"):
+        load_job(write(tmp_path, VALID), ["params=3"])
