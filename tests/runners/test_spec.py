@@ -160,3 +160,20 @@ def test_set_values_edge_cases(tmp_path):
     assert spec.params["note"] == "[unclosed"
     with pytest.raises(SpecError, match="job.yaml: params: Input should be a valid dictionary"):
         load_job(write(tmp_path, VALID), ["params=3"])
+
+
+@pytest.mark.parametrize(
+    "text,mib",
+    [("16GB", 16384), ("512MiB", 512), ("1T", 1048576), ("2", 2048), ("1024K", 1), ("1.5gb", 1536)],
+)
+def test_memory_sizes_in_mib(text, mib):
+    from runners.spec import memory_mib
+
+    assert memory_mib(text) == mib
+
+
+def test_memory_size_that_is_not_one():
+    from runners.spec import memory_mib
+
+    with pytest.raises(ValueError, match="not a size"):
+        memory_mib("lots")
