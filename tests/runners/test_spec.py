@@ -154,8 +154,10 @@ def test_duration_edges():
 
 
 def test_set_values_edge_cases(tmp_path):
-    with pytest.raises(SpecError, match="lr: empty value"):
+    with pytest.raises(SpecError, match="^--set: lr: empty value"):
         load_job(write(tmp_path, VALID), ["lr="])
+    spec, _ = load_job(write(tmp_path, VALID), ["note=a=b"])  # the first = splits
+    assert spec.params["note"] == "a=b"
     spec, _ = load_job(write(tmp_path, VALID), ["note=[unclosed"])  # not YAML: kept as text
     assert spec.params["note"] == "[unclosed"
     with pytest.raises(SpecError, match="job.yaml: params: Input should be a valid dictionary"):
