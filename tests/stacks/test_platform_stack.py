@@ -174,14 +174,17 @@ def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
     assert profile.pick(None) == "onprem"
 
 
-def test_hybrid_profile_runs_a_job_on_its_aws_target_in_moto(evaluated, tmp_path, aws_bed, mlflow_server):
+@pytest.mark.parametrize("stack", ["aws-dev", "hybrid"])
+def test_exported_profile_runs_a_job_on_its_aws_target_in_moto(
+    evaluated, stack, tmp_path, aws_bed, mlflow_server
+):
     """The stack's exported aws target, pointed at the stand-in's network, runs a job as is."""
     from tests.awsbed import wait_gone
     from tests.runners.helpers import submit_json, write_job
 
-    exported = evaluated["hybrid"].outputs["runnerProfile"]
+    exported = evaluated[stack].outputs["runnerProfile"]
     kinds = {name: raw["kind"] for name, raw in exported["targets"].items()}
-    assert "aws" in kinds.values() and "ssh" in kinds.values()
+    assert "aws" in kinds.values() and ("ssh" in kinds.values()) == (stack == "hybrid")
     name = next(n for n, kind in kinds.items() if kind == "aws")
     bed = aws_bed.target()
     # the ids the mocks invented do not exist in moto; the rest of the target is the stack's
