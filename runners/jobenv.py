@@ -14,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runners.records import RunRecord
 
 FORWARDED = (
     "LANG",
@@ -47,30 +50,22 @@ def param_env_name(key: str) -> str:
     return "HML_PARAM_" + "".join(c if c.isalnum() else "_" for c in key).upper()
 
 
-def job_env(
-    spec: Mapping[str, Any],
-    inherited: Mapping[str, str],
-    run_id: str,
-    experiment_id: str,
-    target: str,
-    tracking_uri: str,
-    attempt: int,
-) -> dict[str, str]:
+def job_env(rec: RunRecord) -> dict[str, str]:
     """Everything but the secrets and the host's login variables."""
-    params = spec.get("params", {})
-    env = dict(inherited)
-    env.update({k: str(v) for k, v in spec.get("envs", {}).items()})
+    params = rec.spec.get("params", {})
+    env = dict(rec.inherited_env)
+    env.update({k: str(v) for k, v in rec.spec.get("envs", {}).items()})
     env.update({param_env_name(k): str(v) for k, v in params.items()})
     env.update(
         {
             "HML_PARAMS": json.dumps(params),  # typed: --set lr=0.1 arrives as a number
-            "HML_RUN_ID": run_id,
-            "HML_JOB": spec["name"],
-            "HML_TARGET": target,
-            "HML_ATTEMPT": str(attempt),
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            "MLFLOW_RUN_ID": run_id,
-            "MLFLOW_EXPERIMENT_ID": experiment_id,
+            "HML_RUN_ID": rec.run_id,
+            "HML_JOB": rec.job,
+            "HML_TARGET": rec.target,
+            "HML_ATTEMPT": str(rec.attempt),
+            "MLFLOW_TRACKING_URI": rec.tracking_uri,
+            "MLFLOW_RUN_ID": rec.run_id,
+            "MLFLOW_EXPERIMENT_ID": rec.experiment_id,
             "PYTHONUNBUFFERED": "1",
         }
     )

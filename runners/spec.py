@@ -6,6 +6,7 @@ file runs on the laptop, on-prem and on AWS; the target is chosen at submit time
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 from pathlib import Path
@@ -42,13 +43,18 @@ def param_problems(key: str, value: Any) -> list[str]:
     return problems
 
 
-def memory_mib(value: str) -> float:
-    """MiB from ``'16GB'``, ``'512MiB'``, ``'1T'`` or a bare number (GB)."""
+def memory_mib(value: str) -> int:
+    """Whole MiB (rounded up) from ``'16GB'`` (decimal), ``'16GiB'`` (binary), ``'1T'`` or ``16`` (GB).
+
+    The one reading of ``resources.memory``, for Slurm's ``--mem`` and EC2's ``SizeInMiB`` alike.
+    """
     match = _MEMORY.match(value)
     if not match:
         raise ValueError(f"{value!r} is not a size")
-    unit = (match.group(2) or "G").upper()[0]
-    return float(match.group(1)) * {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
+    unit = (match.group(2) or "G").upper()
+    power = "KMGT".index(unit[0]) + 1
+    base = 1024 if "I" in unit else 1000
+    return math.ceil(float(match.group(1)) * float(base) ** power / 2**20)
 
 
 def parse_duration(value: Any) -> float:

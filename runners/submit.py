@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
 from runners import records, supervisor, tracking
 from runners.backends import backend_class, make_backend
+from runners.backends.base import Backend
 from runners.jobenv import forwarded
 from runners.probe import check_tracking
 from runners.profile import load_profile, tracking_uri
@@ -96,7 +97,7 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     return Plan(spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement)
 
 
-def _check_target(backend: Any, name: str, spec: JobSpec, workdir: Path) -> None:
+def _check_target(backend: Backend[Any], name: str, spec: JobSpec, workdir: Path) -> None:
     backend.check(spec, name)
     with step(f"checking target {name!r}"):
         try:

@@ -99,20 +99,11 @@ class Supervisor:
         self.backend.check(self.spec)
         secrets = {**tracking_credentials(), **resolve(self.rec.secrets, self.rec.vault)}
         self.redact = Redactor(list(secrets.values()))
-        rec = self.rec
         request = LaunchRequest(
-            run_id=rec.run_id,
+            run_id=self.rec.run_id,
             spec=self.spec,
-            workdir=Path(rec.workdir),
-            env=job_env(
-                rec.spec,
-                rec.inherited_env,
-                rec.run_id,
-                rec.experiment_id,
-                rec.target,
-                rec.tracking_uri,
-                rec.attempt,
-            ),
+            workdir=Path(self.rec.workdir),
+            env=job_env(self.rec),
             secrets=secrets,
             attempt=self.rec.attempt,
             state_dir=self.rec.dir,
@@ -281,7 +272,7 @@ def _supervise(sup: Supervisor) -> None:
         import traceback
 
         traceback.print_exc()
-        handle = sup._handle() if sup.rec.handle else None
+        handle = sup._handle()
         if handle is not None:
             try:
                 sup.backend.cancel(handle)

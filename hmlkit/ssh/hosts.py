@@ -154,6 +154,19 @@ def trust(
     return found
 
 
+def write_files(client: Any, directory: str, files: dict[str, str]) -> None:
+    """Write ``files`` (names relative to ``directory``) over SFTP, each made 0600 before a byte
+    lands in it: ``env.sh`` carries the job's secrets."""
+    sftp = client.open_sftp()
+    try:
+        for name, text in files.items():
+            with sftp.open(f"{directory}/{name}", "w") as fh:
+                fh.chmod(0o600)
+                fh.write(text)
+    finally:
+        sftp.close()
+
+
 def prepare_root(client: Any, host: SshHost, root: str) -> str:
     """Create the remote root's layout (code, blobs, runs) once; its absolute path.
 

@@ -27,7 +27,7 @@ from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
 from runners.backends.nodes import NodeRunner, NodesHandle
 from runners.paths import runner_id
-from runners.spec import JobSpec
+from runners.spec import JobSpec, memory_mib
 
 MANAGED = "hml:managed"
 RUN_TAG = "hml:run-id"
@@ -48,7 +48,6 @@ WATCHDOG_GRACE_S = 300
 class Choice:
     instance_type: str
     gpus: int
-    gpu_name: str
     market: str
     price: float
     """USD per instance hour."""
@@ -74,8 +73,6 @@ def fits(info: dict[str, Any], spec: JobSpec) -> bool:
     if res.cpus and info.get("VCpuInfo", {}).get("DefaultVCpus", 0) < res.cpus:
         return False
     if res.memory:
-        from runners.spec import memory_mib
-
         if info.get("MemoryInfo", {}).get("SizeInMiB", 0) < memory_mib(res.memory):
             return False
     return True
@@ -198,16 +195,7 @@ class AwsBackend(Backend[AwsHandle]):
                 spot = self._spot_price(itype)
                 if spot is not None:
                     price, source = spot, "spot price history"
-            candidates.append(
-                Choice(
-                    itype,
-                    sum(g.get("Count", 0) for g in gpus),
-                    gpus[0].get("Name", "") if gpus else "",
-                    market,
-                    price,
-                    source,
-                )
-            )
+            candidates.append(Choice(itype, sum(g.get("Count", 0) for g in gpus), market, price, source))
         if not candidates:
             wanted = spec.resources.model_dump(exclude_none=True)
             raise UsageError(
@@ -343,12 +331,9 @@ class AwsBackend(Backend[AwsHandle]):
 
     def launch(self, request: LaunchRequest) -> tuple[AwsHandle, Usage]:
         spec = request.spec
-        running = self._live_instances([])
-        if len(running) + spec.num_nodes > self.config.max_instances:
-            raise NoCapacityError(
-                f"target {self.name!r}: {len(running)} hml instance(s) run, max_instances is "
-                f"{self.config.max_instances}"
-            )
+        busy = self.room(spec)
+        if busy:
+            raise NoCapacityError(f"target {self.name!r}: {busy}")
         # a launch cut short by a dead supervisor may have left this attempt's instances
         self._terminate(
             [
@@ -390,9 +375,8 @@ class AwsBackend(Backend[AwsHandle]):
                 )
                 for a in addresses
             ]
-            pool = self._pool(handle)
-            self._wait_ssh(pool, hosts)
-            started = NodeRunner(pool, int(self.config.max_workdir_mb * 1e6)).start(request, hosts)
+            self._wait_ssh(self._pool(handle), hosts)
+            started = self._nodes(handle).start(request, hosts)
         except BaseException:
             self._terminate(ids)
             raise
@@ -408,11 +392,14 @@ class AwsBackend(Backend[AwsHandle]):
         )
         return handle, usage
 
+    def _describe(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        out = self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=ids)
+        return {i["InstanceId"]: i for r in out["Reservations"] for i in r["Instances"]}
+
     def _wait_running(self, ids: list[str]) -> list[str]:
         deadline = time.monotonic() + self.config.boot_timeout
         while True:
-            out = self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=ids)
-            found = {i["InstanceId"]: i for r in out["Reservations"] for i in r["Instances"]}
+            found = self._describe(ids)
             states = {i: found[i]["State"]["Name"] for i in ids if i in found}
             if any(s in GONE for s in states.values()):
                 raise BackendError(f"instance terminated while booting ({states})")
@@ -454,9 +441,8 @@ class AwsBackend(Backend[AwsHandle]):
     # -- following ------------------------------------------------------------------
     def _gone(self, handle: AwsHandle) -> list[str]:
         """The handle's instances that are terminated or on their way (spot interruption, loss)."""
-        out = self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=handle.instances)
-        states = {i["InstanceId"]: i["State"]["Name"] for r in out["Reservations"] for i in r["Instances"]}
-        return sorted(i for i in handle.instances if states.get(i, "terminated") in GONE)
+        found = self._describe(handle.instances)
+        return sorted(i for i in handle.instances if i not in found or found[i]["State"]["Name"] in GONE)
 
     def poll(self, handle: AwsHandle) -> JobState:
         gone = self._gone(handle)

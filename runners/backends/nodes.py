@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from hmlkit import jobscript
 from hmlkit.errors import BackendError, NoCapacityError
 from hmlkit.ssh import scripts
-from hmlkit.ssh.hosts import SshHost
+from hmlkit.ssh.hosts import SshHost, write_files
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Handle, JobState, LaunchRequest
 
@@ -56,19 +56,6 @@ def torchrun_line(run_text: str, distributed: bool) -> str:
         f'--node-rank="$NODE_RANK" --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" '
         f"--tee 3 {script}{args}"
     )
-
-
-def write_files(client: Any, directory: str, files: dict[str, str]) -> None:
-    """Write ``files`` (names relative to ``directory``) over SFTP, each made 0600 before a byte
-    lands in it: ``env.sh`` carries the job's secrets."""
-    sftp = client.open_sftp()
-    try:
-        for name, text in files.items():
-            with sftp.open(f"{directory}/{name}", "w") as fh:
-                fh.chmod(0o600)
-                fh.write(text)
-    finally:
-        sftp.close()
 
 
 class NodeRunner:

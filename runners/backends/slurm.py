@@ -23,12 +23,12 @@ from typing import Any
 from hmlkit import jobscript
 from hmlkit.errors import BackendError, UsageError
 from hmlkit.profile import SlurmTarget
-from hmlkit.ssh.hosts import trust
+from hmlkit.ssh.hosts import trust, write_files
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
-from runners.backends.nodes import Node, NodeRunner, NodesHandle, torchrun_line, write_files
+from runners.backends.nodes import Node, NodeRunner, NodesHandle, torchrun_line
 from runners.paths import runner_id
-from runners.spec import JobSpec
+from runners.spec import JobSpec, memory_mib
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 ACTIVE = QUEUED | {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}
@@ -46,7 +46,6 @@ _UNREACHABLE = ("Unable to contact slurm controller", "Socket timed out", "Zero 
 _STARTS = re.compile(r"to start at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")
 ROOM_S = 10.0
 """A job Slurm would start this soon counts as having room now (``--target auto``)."""
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
 _PRELUDE = """#!/bin/bash
 # hybridml batch script for run {run_id}: one task per node, each running that node's wrapper
@@ -84,16 +83,6 @@ class SlurmHandle(NodesHandle):
 
     job_id: str
     attempt_dir: str
-
-
-def memory_mib(size: str) -> int:
-    """``resources.memory`` as Slurm's ``--mem`` MiB: ``16GB`` (decimal), ``16GiB``, ``16`` (GB)."""
-    match = _SIZE.match(size)
-    if not match:
-        raise UsageError(f"resources.memory: {size!r} is not a size; use e.g. '16GB'")
-    number, unit, binary = match.groups()
-    power = "KMGT".find(unit.upper()) + 1 if unit else 3
-    return math.ceil(float(number) * float(1024 if binary else 1000) ** power / 2**20)
 
 
 class SlurmBackend(Backend[SlurmHandle]):

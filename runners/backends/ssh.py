@@ -36,29 +36,25 @@ class SshBackend(Backend[NodesHandle]):
     def close(self) -> None:
         self.pool.close()
 
-    def _total_gpus(self, host: SshHost) -> int | BackendError:
-        """The host's GPU count, or why it could not be asked (a host key problem is raised)."""
+    def _gpus(self, host: SshHost) -> tuple[int, int] | BackendError:
+        """The host's (total, free) GPUs by the claims, or why it could not be asked."""
         try:
             rc, out, _ = self.pool.exec(host, scripts.probe(self.pool.root(host), host.gpus))
-        except HostKeyError:
-            raise
         except BackendError as exc:
             return exc
-        return int(out.split()[1]) if rc == 0 and out.startswith("TOTAL") else 0
+        total, free = (int(x) for x in out.split()[1::2]) if rc == 0 and out.startswith("TOTAL") else (0, 0)
+        return total, free
 
     def _placement(self, nodes: int, gpus: int) -> list[SshHost]:
         fits, notes = [], []
         for host in self.config.hosts:
-            try:
-                rc, out, _ = self.pool.exec(host, scripts.probe(self.pool.root(host), host.gpus))
-            except BackendError as exc:
-                notes.append(str(exc))
-                continue
-            total, free = (int(x) for x in out.split()[1::2]) if rc == 0 else (0, 0)
-            if free >= gpus:
-                fits.append((free, host))
+            found = self._gpus(host)
+            if isinstance(found, BackendError):
+                notes.append(str(found))
+            elif found[1] >= gpus:
+                fits.append((found[1], host))
             else:
-                notes.append(f"{host.label}: {free} of {total} GPU(s) free")
+                notes.append(f"{host.label}: {found[1]} of {found[0]} GPU(s) free")
         if len(fits) < nodes:
             raise NoCapacityError(
                 f"target {self.name!r}: the job needs {nodes} host(s) with {gpus} free GPU(s) each, "
@@ -82,7 +78,11 @@ class SshBackend(Backend[NodesHandle]):
                 f"it has {len(hosts)} host(s)"
             )
         with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-            totals = list(pool.map(self._total_gpus, hosts))
+            found = list(pool.map(self._gpus, hosts))
+        keys = [f for f in found if isinstance(f, HostKeyError)]
+        if keys:
+            raise keys[0]  # an unknown or changed host key goes to the user, never around it
+        totals = [f if isinstance(f, BackendError) else f[0] for f in found]
         unreachable = [str(t) for t in totals if isinstance(t, BackendError)]
         if len(unreachable) == len(hosts):
             raise BackendError(f"no host reachable: {'; '.join(unreachable)}")

@@ -79,6 +79,7 @@ def test_list_short_ids_filters_and_80_columns(tmp_path, hml_home):
     assert ids("--target", "elsewhere") == set() and ids("--since", "2999-01-01") == set()
     assert ids("--limit", "1") == {detached["run_id"]}
     assert status(failed["run_id"][:8])["status"] == "FAILED"  # a short id works everywhere
-    assert "exit 4" not in hml("logs", failed["run_id"][:8]).stderr
+    logs = hml("logs", failed["run_id"][:8])
+    assert logs.returncode == 0 and "exit code 4" in logs.stdout, logs.stderr
     assert (hml_home / "runs").stat().st_mode & 0o077 == 0
     assert all(p.stat().st_mode & 0o077 == 0 for p in Path(hml_home, "runs").rglob("*"))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from hmlkit.profile import target_problems
-from runners.backends.slurm import memory_mib
+from runners.spec import memory_mib
 from tests.runners.contract import BackendContract
 from tests.runners.helpers import (
     hml,

@@ -166,7 +166,7 @@ def test_set_values_edge_cases(tmp_path):
 
 @pytest.mark.parametrize(
     "text,mib",
-    [("16GB", 16384), ("512MiB", 512), ("1T", 1048576), ("2", 2048), ("1024K", 1), ("1.5gb", 1536)],
+    [("16GiB", 16384), ("16GB", 15259), ("512MiB", 512), ("1TiB", 1048576), ("2", 1908), ("1024K", 1)],
 )
 def test_memory_sizes_in_mib(text, mib):
     from runners.spec import memory_mib
