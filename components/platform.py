@@ -25,7 +25,7 @@ from components.keyvault import KeyVault, KeyVaultArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.object_store import AccessGrants, ObjectStore, ObjectStoreArgs, StorageEndpoint
 from components.platform_config import PlatformConfig, PlatformSecrets
-from components.profile import aws_target, runner_profile, ssh_target
+from components.profile import aws_target, runner_profile, slurm_target, ssh_target
 from components.tracking import TrackingServer, TrackingServerArgs, TrackingSettings
 
 VAULT_SECRETS = ("tracking-db-uri", "tracking-admin-password")
@@ -224,6 +224,10 @@ class Platform:
                         remote_root=onprem.remote_root,
                         gpu_hour_usd=self.config.budget.gpu_hour_usd,
                     )
+            for name, cluster in onprem.slurm.items():
+                targets[name] = slurm_target(
+                    cluster, known_hosts=onprem.known_hosts, gpu_hour_usd=self.config.budget.gpu_hour_usd
+                )
         vault = (
             {"kind": "aws", "prefix": self.prefix, "region": self.config.aws.region}
             if self.config.aws

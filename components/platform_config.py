@@ -22,6 +22,7 @@ from components.monitoring import Budget
 from components.object_store import AccessGrants
 from components.retention import RetentionPlan
 from components.tracking import TrackingSettings
+from hmlkit.profile import SlurmTarget
 
 NAMESPACE = "platform"
 SECRET_KEYS = {
@@ -80,6 +81,19 @@ class AwsConfig(Args):
     """Target name -> pool; each becomes a runner target of kind ``aws``."""
 
 
+class SlurmCluster(SlurmTarget):
+    """A Slurm cluster the on-prem teams already run: the stack builds nothing on it, it hands
+    the runner its coordinates, checked by the runner's own model so both sides agree.
+
+    Unset ``known_hosts`` and ``gpu_hour_usd`` come from ``onprem.known_hosts`` and
+    ``budget.gpu_hour_usd``.
+    """
+
+    remote_root: str = Field(min_length=1)
+    """Required here: the directory the login node shares with every compute node
+    (e.g. ``/shared/hybridml`` on the cluster's NFS or Lustre)."""
+
+
 class OnpremConfig(Args):
     site: str = "onprem"
     """Site name; selects the legal minimum retention for on-prem buckets."""
@@ -91,6 +105,8 @@ class OnpremConfig(Args):
     remote_root: str = "/var/lib/hybridml"
     pools: dict[str, OnpremMachines] = Field(default_factory=dict)
     """Target name -> pool; pools with SSH hosts become runner targets of kind ``ssh``."""
+    slurm: dict[str, SlurmCluster] = Field(default_factory=dict)
+    """Target name -> Slurm cluster; each becomes a runner target of kind ``slurm``."""
 
 
 class PlatformConfig(Args):
@@ -143,6 +159,12 @@ class PlatformConfig(Args):
                 "aws.pools and onprem.pools share target names "
                 f"{sorted(set(self.aws.pools) & set(self.onprem.pools))}"
             )
+        pools = {"local", *(self.aws.pools if self.aws else []), *(self.onprem.pools if self.onprem else [])}
+        if self.onprem and set(self.onprem.slurm) & pools:
+            raise ValueError(
+                "onprem.slurm: cluster names are target names and must differ from local and the "
+                f"pools' names; rename {sorted(set(self.onprem.slurm) & pools)}"
+            )
         if self.default_target and self.default_target not in self.target_names():
             raise ValueError(
                 f"default_target: {self.default_target!r} is not one of {', '.join(self.target_names())}"
@@ -153,6 +175,7 @@ class PlatformConfig(Args):
         names = ["local"]
         names += list(self.aws.pools) if self.aws else []
         names += [n for n, p in self.onprem.pools.items() if p.hosts] if self.onprem else []
+        names += list(self.onprem.slurm) if self.onprem else []
         return names
 
     def platforms(self) -> list[str]:

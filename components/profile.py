@@ -15,6 +15,7 @@ from typing import Any
 import pulumi
 
 from components.gpu_pool import GpuNodePool
+from hmlkit.profile import SlurmTarget
 
 
 def aws_target(
@@ -43,6 +44,12 @@ def ssh_target(
         "remote_root": remote_root,
         "gpu_hour_usd": gpu_hour_usd,
     }
+
+
+def slurm_target(cluster: SlurmTarget, *, known_hosts: str, gpu_hour_usd: float) -> dict[str, Any]:
+    """A target of kind ``slurm``: the cluster as configured, the site's defaults where unset."""
+    given = cluster.model_dump(mode="json", exclude_unset=True)
+    return {"kind": "slurm", "known_hosts": known_hosts, "gpu_hour_usd": gpu_hour_usd, **given}
 
 
 def runner_profile(

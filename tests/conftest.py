@@ -101,4 +101,5 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 from tests.awsbed import aws_bed  # noqa: E402,F401  (a moto server whose instances boot sshd hosts)
+from tests.slurmbed import slurm_bed  # noqa: E402,F401  (a real Slurm cluster, session-wide)
 from tests.sshbed import ssh_bed  # noqa: E402,F401  (real sshd hosts, session-wide)

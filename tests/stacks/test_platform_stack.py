@@ -9,7 +9,7 @@ import yaml
 
 from hmlkit.errors import ProfileError
 from hmlkit.profile import parse_profile
-from policies.offline import load_stack_config
+from policies.offline import load_stack_config, run_project
 from runners.profile import load_profile
 from tests.programs import missing_tags, plaintext_occurrences
 from tests.stacks.examples import PROJECT, SECRETS, STACKS
@@ -169,8 +169,64 @@ def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
     path = tmp_path / "hybridml.yaml"
     path.write_text(json.dumps(evaluated["onprem"].outputs["runnerProfile"]))
     profile = load_profile(str(path))  # validates every target with its backend's config
-    assert sorted(profile.targets) == ["local", "onprem"]
+    assert sorted(profile.targets) == ["hpc", "local", "onprem"]
     assert profile.pick(None) == "onprem"
+    assert profile.target("hpc").kind == "slurm"
+
+
+def test_slurm_cluster_is_exported_as_configured_with_the_sites_defaults(evaluated):
+    target = evaluated["onprem"].outputs["runnerProfile"]["targets"]["hpc"]
+    assert target == {
+        "kind": "slurm",
+        "login": {"address": "login.hpc.example.com", "user": "hml", "identity_file": "~/.ssh/id_ed25519"},
+        "remote_root": "/shared/hybridml",
+        "partition": "gpu,gpu-long",
+        "account": "ml-platform",
+        "qos": "normal",
+        "gres_name": "gpu",
+        "gpu_hour_usd": 0.6,
+        "known_hosts": "~/.hybridml/known_hosts",  # onprem.known_hosts
+    }
+    result = run_project(
+        PROJECT, "onprem", config={"platform:onprem": _onprem_with_slurm({})}, secrets=SECRETS
+    )
+    plain = result.outputs["runnerProfile"]["targets"]["hpc"]
+    assert plain["gpu_hour_usd"] == 0.9  # budget.gpu_hour_usd when the cluster sets none
+
+
+def _onprem_with_slurm(changes: dict) -> dict:
+    """The on-prem example's ``platform:onprem`` with ``changes`` made to its ``hpc`` cluster."""
+    onprem = load_stack_config(PROJECT, "onprem").values["platform:onprem"]
+    hpc = {k: v for k, v in onprem["slurm"]["hpc"].items() if k != "gpu_hour_usd"}
+    return {**onprem, "slurm": {"hpc": {**hpc, **changes}}}
+
+
+def test_exported_slurm_target_runs_a_job_on_the_slurm_bed(
+    evaluated, tmp_path, ssh_bed, slurm_bed, mlflow_server
+):
+    """The stack's slurm target, pointed at the bed's login node and shared directory, runs a job
+    to FINISHED with the stack's account and qos."""
+    from tests.runners.helpers import hml, submit_json, write_job
+    from tests.slurmbed import PARTITION
+
+    exported = evaluated["onprem"].outputs["runnerProfile"]
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_bed.known_hosts_text())
+    bed = slurm_bed.target(ssh_bed.hosts[0], known, partition=PARTITION)
+    # the login node, shared directory and partition are the bed's; the rest is the stack's
+    target = {**exported["targets"]["hpc"], **bed}
+    assert (target["account"], target["qos"]) == ("ml-platform", "normal")
+    profile = {
+        **exported,
+        "tracking_uri": mlflow_server.url,
+        "targets": {**exported["targets"], "hpc": target},
+    }
+    path = tmp_path / "hybridml.yaml"
+    path.write_text(json.dumps(profile))
+    job = write_job(tmp_path / "w", run="echo from-the-stack-profile")
+    summary, out = submit_json(str(job), "--target", "hpc", env={"HML_CONFIG": str(path)})
+    assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
+    assert "from-the-stack-profile" in hml("logs", summary["run_id"]).stdout
 
 
 @pytest.mark.parametrize("stack", ["aws-dev", "hybrid"])

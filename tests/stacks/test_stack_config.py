@@ -80,6 +80,44 @@ def test_bad_config_names_the_key_and_the_fix(config, expected):
     assert expected in str(info.value)
 
 
+def _onprem(**changes):
+    onprem = load_stack_config(PROJECT, "onprem").values["platform:onprem"]
+    return {**onprem, **changes}
+
+
+def _hpc(**changes):
+    return _onprem(slurm={"hpc": {**_onprem()["slurm"]["hpc"], **changes}})
+
+
+@pytest.mark.parametrize(
+    "onprem, expected",
+    [
+        (
+            _hpc(account="ml team"),
+            "platform:onprem.slurm.hpc.account: 'ml team': one word without spaces or quotes",
+        ),
+        (_hpc(remote_root=None), "platform:onprem.slurm.hpc.remote_root: Input should be a valid string"),
+        (
+            _onprem(slurm={"hpc": {"login": {"address": "login"}, "remote_root": "/shared"}}),
+            "platform:onprem.slurm.hpc.login.user: required field is missing; set it with: "
+            "pulumi config set --path 'platform:onprem.slurm.hpc.login.user' <value>",
+        ),
+        (_hpc(partition_name="gpu"), "platform:onprem.slurm.hpc.partition_name: unknown field"),
+        (_hpc(gres_name="gpu:a100"), "platform:onprem.slurm.hpc.gres_name: String should match pattern"),
+        (_hpc(gpu_hour_usd=-1), "platform:onprem.slurm.hpc.gpu_hour_usd: Input should be greater than"),
+        (
+            _onprem(slurm={"onprem": _onprem()["slurm"]["hpc"]}),
+            "platform: onprem.slurm: cluster names are target names and must differ from local and "
+            "the pools' names; rename ['onprem']",
+        ),
+    ],
+)
+def test_bad_slurm_cluster_names_the_field(onprem, expected):
+    with pytest.raises(StackConfigError) as info:
+        run_project(PROJECT, "onprem", config={"platform:onprem": onprem})
+    assert expected in str(info.value)
+
+
 def test_missing_secret_says_how_to_set_it_as_a_secret():
     with pytest.raises(StackConfigError) as info:
         run_project(PROJECT, "onprem", config={"platform:s3SecretKey": None})
