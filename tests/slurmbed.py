@@ -42,6 +42,8 @@ INSTALL_HINT = "apt-get install -y slurmctld slurmd slurm-client munge"
 STATE_FILE = "slurmbed.json"
 PARTITION = "debug"
 """The default partition: every node but the last."""
+URGENT_PARTITION = "urgent"
+"""The default partition's nodes at a higher priority tier: its jobs preempt (cancel) the others."""
 SHORT_PARTITION = "short"
 """The last node alone, with a one-minute default time limit: Slurm's TIMEOUT without hml's
 max_runtime, on a node of its own so the minute it takes overlaps other tests."""
@@ -207,10 +209,19 @@ def _conf(root: Path, nodes: list[str]) -> str:
         # no cgroups in a container: follow a job's processes by their parentage
         "ProctrackType=proctrack/linuxproc",
         "TaskPlugin=task/none",
-        "JobAcctGatherType=jobacct_gather/none",
+        # memory read from /proc each second; a step past its --mem is killed: OUT_OF_MEMORY
+        "JobAcctGatherType=jobacct_gather/linux",
+        "JobAcctGatherParams=OverMemoryKill",
+        "JobAcctGatherFrequency=task=1",
+        # a job in the urgent partition cancels what holds its nodes in the default one: PREEMPTED
+        "PreemptType=preempt/partition_prio",
+        "PreemptMode=CANCEL",
         "AccountingStorageType=accounting_storage/none",
         "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_CPU",
+        # memory is requested and enforced (OverMemoryKill); nodes declare far more than the
+        # default, so CPUs alone decide where jobs fit, as before
+        "SelectTypeParameters=CR_CPU_Memory",
+        "DefMemPerCPU=8000",
         "MpiDefault=none",
         "SlurmdParameters=config_overrides",  # nodes may declare more CPUs than this machine has
         "ReturnToService=2",  # a killed node that comes back is usable again
@@ -222,10 +233,11 @@ def _conf(root: Path, nodes: list[str]) -> str:
     for node, port in zip(nodes, ports[1:], strict=True):
         lines.append(
             f"NodeName={node} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} "
-            "CPUs=2 RealMemory=2000 State=UNKNOWN"
+            "CPUs=2 RealMemory=64000 State=UNKNOWN"
         )
     lines += [
         f"PartitionName={PARTITION} Nodes={','.join(nodes[:-1])} Default=YES MaxTime=INFINITE State=UP",
+        f"PartitionName={URGENT_PARTITION} Nodes={','.join(nodes[:-1])} PriorityTier=2 State=UP",
         f"PartitionName={SHORT_PARTITION} Nodes={nodes[-1]} DefaultTime=1 MaxTime=1 State=UP",
     ]
     return "\n".join(lines) + "\n"

@@ -261,6 +261,8 @@ class SlurmBackend(Backend[SlurmHandle]):
         code = min(failed.items())[1] if failed else None
         if state in ENDS:
             return JobState(False, code, ENDS[state])
+        if (failed or len(exits) < len(handle.nodes)) and self._over_memory(handle):
+            return JobState(False, code, ENDS["OUT_OF_MEMORY"])
         if failed:
             rank = min(failed)
             return JobState(False, code, f"node {rank} exited with {code}" if len(handle.nodes) > 1 else "")
@@ -270,6 +272,14 @@ class SlurmBackend(Backend[SlurmHandle]):
             return JobState(False, None, f"Slurm no longer knows job {job} and it left no exit code")
         why = reason or "no reason given"
         return JobState(False, None, f"Slurm {state} ({why}) before the job's wrapper ended")
+
+    def _over_memory(self, handle: SlurmHandle) -> bool:
+        """Whether Slurm killed the job for its memory. With cgroups the job ends OUT_OF_MEMORY;
+        without them (``JobAcctGatherParams=OverMemoryKill``) it ends FAILED, and only the step
+        daemon's words, which join node 0's log, say why."""
+        log = shlex.quote(f"{handle.attempt_dir}/node-0/{jobscript.OUTPUT}")
+        rc, _, _ = self._slurm(f"grep -qs 'slurmstepd-[^:]*: error: Exceeded job memory limit' {log}")
+        return rc == 0
 
     def read_output(self, handle: SlurmHandle) -> bytes:
         return self.nodes.read_output(handle)

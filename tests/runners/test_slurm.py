@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -25,7 +26,7 @@ from tests.runners.helpers import (
     wait_status,
     write_job,
 )
-from tests.slurmbed import PARTITION, SHORT_PARTITION
+from tests.slurmbed import PARTITION, SHORT_PARTITION, URGENT_PARTITION
 
 ENDED = {"FINISHED", "FAILED", "KILLED"}
 
@@ -213,6 +214,56 @@ def test_a_node_dies_mid_job_node_fail_then_the_retry_runs(profile, tmp_path, sl
         assert f"attempt 1 on {victim}" not in logs
     finally:
         slurm_bed.start_node(victim)
+
+
+def test_a_job_past_its_memory_is_out_of_memory(profile, tmp_path, mlflow_server):
+    """The bed enforces ``--mem`` as clusters without cgroups do (OverMemoryKill)."""
+    run = "echo allocating; python3 -c 'import time; b = bytearray(400 * 2**20); time.sleep(60)'"
+    job = write_job(tmp_path / "w", run=run, resources={"memory": "100MB"})
+    summary, out = submit_json(str(job), "--target", "cluster", env={"HML_CONFIG": str(profile)})
+    assert out.returncode != 0 and summary["status"] == "FAILED", out.stderr
+    shown = status(summary["run_id"])
+    assert shown["reason"].startswith("Slurm OUT_OF_MEMORY") and "raise resources.memory" in shown["reason"]
+    assert "Exceeded job memory limit" in hml("logs", summary["run_id"]).stdout  # Slurm's own words
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert run.data.tags["hml.reason"].startswith("Slurm OUT_OF_MEMORY")
+
+
+CHECKPOINTED = """done=$(cat .checkpoints/step 2>/dev/null || echo 0); mkdir -p .checkpoints
+echo "attempt $HML_ATTEMPT on $SLURMD_NODENAME after step $done"
+for s in 1 2 3; do
+  [ "$s" -le "$done" ] && continue
+  echo "step $s"; echo "$s" > .checkpoints/step
+  if [ "$s" = 2 ] && [ "$HML_ATTEMPT" = 0 ]; then sleep 300; fi
+done
+"""
+"""Three steps, a checkpoint after each in the workdir; the first attempt stalls after step 2."""
+
+
+def test_preempted_then_the_retry_resumes_from_its_checkpoint(profile, tmp_path, slurm_bed, mlflow_server):
+    env = {"HML_CONFIG": str(profile)}
+    job = write_job(tmp_path / "w", run=CHECKPOINTED, retries=1)
+    summary, _ = submit_json(str(job), "--target", "cluster", "--detach", env=env)
+    run_id = summary["run_id"]
+    logs = wait_log(run_id, "step 2")
+    victim = logs.split("attempt 0 on ")[1].split()[0]
+    slurm_bed.slurm(  # a job of the higher tier needs the victim's node whole: Slurm cancels ours
+        "sbatch",
+        f"--partition={URGENT_PARTITION}",
+        f"--nodelist={victim}",
+        "--exclusive",
+        f"--output={slurm_bed.root}/urgent-%j.out",
+        "--wrap=sleep 3",
+    )
+    final = wait_status(run_id, ENDED, timeout=120)
+    logs = hml("logs", run_id).stdout
+    assert final["status"] == "FINISHED", logs
+    assert "attempt 1 failed (Slurm PREEMPTED: the scheduler took the nodes" in logs
+    assert "DUE TO PREEMPTION" in logs  # slurmstepd's own words
+    assert "attempt 1 on node" in logs and "after step 2" in logs  # the retry read the checkpoint
+    steps = [line[5:] for line in logs.splitlines() if re.fullmatch(r"step \d", line)]
+    assert steps == ["1", "2", "3"], logs  # done steps are not run again
+    assert wait_finalized(mlflow_server.client(), run_id).info.status == "FINISHED"  # one run, both attempts
 
 
 def test_two_node_ddp_training_with_torchrun(profile, mlflow_server):
