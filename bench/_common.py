@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 
@@ -41,6 +42,24 @@ def first_line_latency(cmd: list[str], expect: str, **kw) -> float:
         raise RuntimeError(f"{expect!r} never appeared from {cmd}")
     proc.wait()
     return elapsed
+
+
+def plain_ssh(host: Any, known_hosts: Path) -> list[str]:
+    """OpenSSH to a bed host (``tests.sshbed.Host``), host key checked: the benchmarks' baseline."""
+    return [
+        "ssh",
+        "-i",
+        str(host.identity_file),
+        "-p",
+        str(host.port),
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        f"{host.user}@{host.address}",
+    ]
 
 
 def report(title: str, rows: list[tuple[str, float, float]]) -> None:

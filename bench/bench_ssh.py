@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from _common import BIN, first_line_latency, median_of, report, wall  # noqa: E402
+from _common import BIN, first_line_latency, median_of, plain_ssh, report, wall  # noqa: E402
 
 from tests.sshbed import start_bed  # noqa: E402
 
@@ -37,20 +37,7 @@ def main() -> None:
             profile.write_text(json.dumps({"targets": {"onprem": bed.target(known)}}))
             env = {**os.environ, "HML_HOME": str(tmp_path / "home"), "HML_CONFIG": str(profile)}
             host = bed.hosts[0]
-            ssh = [
-                "ssh",
-                "-i",
-                str(host.identity_file),
-                "-p",
-                str(host.port),
-                "-o",
-                f"UserKnownHostsFile={known}",
-                "-o",
-                "StrictHostKeyChecking=yes",
-                "-o",
-                "BatchMode=yes",
-                f"{host.user}@{host.address}",
-            ]
+            ssh = plain_ssh(host, known)
             work = tmp_path / "work"
             work.mkdir()
             (work / "job.yaml").write_text(json.dumps({"name": "bench", "run": JOB}))
