@@ -40,6 +40,7 @@ from tests.sshbed import MARKER_VAR, Host, _descendants, _free_port, _marked, _p
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch")
 INSTALL_HINT = "apt-get install -y slurmctld slurmd slurm-client munge"
 STATE_FILE = "slurmbed.json"
+EPILOG = Path(__file__).resolve().parents[1] / "docs" / "runbooks" / "slurm-epilog-linuxproc.sh"
 PARTITION = "debug"
 """The default partition: every node but the last."""
 URGENT_PARTITION = "urgent"
@@ -189,10 +190,10 @@ def _alive(pid: int) -> bool:
     return state is not None and state[1] != "Z"
 
 
-def _conf(root: Path, nodes: list[str]) -> str:
+def _conf(root: Path, nodes: list[str], cluster: str) -> str:
     ports = [_free_port("127.0.0.1") for _ in range(len(nodes) + 1)]
     lines = [
-        "ClusterName=hmlbed",
+        f"ClusterName={cluster}",  # per bed: the epilog kills only this cluster's job's processes
         "SlurmctldHost=localhost(127.0.0.1)",
         f"SlurmctldPort={ports[0]}",
         f"SlurmUser={os.environ.get('USER') or 'root'}",
@@ -206,8 +207,10 @@ def _conf(root: Path, nodes: list[str]) -> str:
         f"SlurmctldLogFile={root / 'slurmctld.log'}",
         f"SlurmdLogFile={root / 'spool' / 'slurmd-%n.log'}",
         "MailProg=/bin/true",
-        # no cgroups in a container: follow a job's processes by their parentage
+        # no cgroups in a container: follow a job's processes by their parentage, and at the
+        # job's end kill what daemonized itself out of it (the epilog we give such clusters)
         "ProctrackType=proctrack/linuxproc",
+        f"Epilog={root / EPILOG.name}",
         "TaskPlugin=task/none",
         # memory read from /proc each second; a step past its --mem is killed: OUT_OF_MEMORY
         "JobAcctGatherType=jobacct_gather/linux",
@@ -259,7 +262,9 @@ def start_slurm(root: Path, n: int = 2) -> SlurmBed:
     bed = SlurmBed(
         root=root, nodes=[f"node{i}" for i in range(1, n + 2)], marker=f"hml-slurm-{uuid.uuid4().hex[:8]}"
     )
-    bed.conf.write_text(_conf(root, bed.nodes))
+    bed.conf.write_text(_conf(root, bed.nodes, bed.marker.replace("-", "")))
+    (root / EPILOG.name).write_text(EPILOG.read_text())
+    (root / EPILOG.name).chmod(0o755)
     try:
         munge = root / "munge"
         bed._start(

@@ -154,7 +154,8 @@ def test_a_job_queued_behind_a_full_cluster_starts_when_room_frees(
 
 def test_cancel_of_a_two_node_job_leaves_nothing_on_any_node(profile, tmp_path, slurm_bed):
     env = {"HML_CONFIG": str(profile)}
-    job = write_job(tmp_path / "w", run="echo up; sleep 600 & sleep 601", num_nodes=2)
+    daemon = "(setsid sleep 602 </dev/null >/dev/null 2>&1 &)"  # out of the job's process tree
+    job = write_job(tmp_path / "w", run=f"{daemon}; echo up; sleep 600 & sleep 601", num_nodes=2)
     summary, _ = submit_json(str(job), "--target", "cluster", "--detach", env=env)
     run_id = summary["run_id"]
     wait_log(run_id, "[node 1] up")
@@ -162,7 +163,7 @@ def test_cancel_of_a_two_node_job_leaves_nothing_on_any_node(profile, tmp_path, 
     assert len(slurm_bed.job_processes(slurm_job)) >= 6, "the job does not run on both nodes"
     assert hml("cancel", run_id).returncode == 0
     assert status(run_id)["status"] == "KILLED"
-    assert not slurm_bed.job_processes(slurm_job), "a process of the job is left on a node"
+    assert not slurm_bed.job_processes(slurm_job), "a process of the job is left on a node"  # the epilog
     assert "CANCELLED" in slurm_bed.slurm("squeue", "-h", "--states=all", "-j", slurm_job, "-o", "%T")
 
 
@@ -233,11 +234,13 @@ CHECKPOINTED = """done=$(cat .checkpoints/step 2>/dev/null || echo 0); mkdir -p 
 echo "attempt $HML_ATTEMPT on $SLURMD_NODENAME after step $done"
 for s in 1 2 3; do
   [ "$s" -le "$done" ] && continue
-  echo "step $s"; echo "$s" > .checkpoints/step
+  echo "$s" > .checkpoints/step.tmp && mv .checkpoints/step.tmp .checkpoints/step  # whole or not at all
+  echo "step $s"
   if [ "$s" = 2 ] && [ "$HML_ATTEMPT" = 0 ]; then sleep 300; fi
 done
 """
-"""Three steps, a checkpoint after each in the workdir; the first attempt stalls after step 2."""
+"""Three steps, a checkpoint after each in the workdir (before the step is reported done); the
+first attempt stalls after step 2."""
 
 
 def test_preempted_then_the_retry_resumes_from_its_checkpoint(profile, tmp_path, slurm_bed, mlflow_server):
