@@ -12,6 +12,10 @@ from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, Tracki
 from runners import records, supervisor, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
+from runners.data import lineage
+from runners.data.inputs import Input
+from runners.data.inputs import resolve as resolve_inputs
+from runners.data.inputs import save as save_inputs
 from runners.jobenv import forwarded
 from runners.probe import check_tracking
 from runners.profile import load_profile, tracking_uri
@@ -36,6 +40,8 @@ class Plan:
     """What the target would launch (instance type, market, hourly price), where it says."""
     placement: dict[str, str]
     """With ``--target auto``: each target tried and why it was or was not taken."""
+    inputs: list[Input]
+    """The job's datasets, resolved to exact snapshots."""
 
     @property
     def placement_reason(self) -> str:
@@ -61,6 +67,7 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     profile = load_profile(config)
     vault = profile.vault.model_dump() if profile.vault else None
     redact = Redactor(list(resolve(spec.secrets, vault).values()))
+    inputs = resolve_inputs(spec.inputs, profile, job_path) if spec.inputs else []
     uri = tracking_uri(profile)
     names = profile.placement_order() if target == AUTO else [profile.pick(target)]
     if target != AUTO:  # what the kind cannot do is bad input: said before anything is asked
@@ -94,7 +101,7 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         chosen = able[0]
         placement[chosen[0]] += "; every target is busy: the first that can run it waits for room"
     name, launch = chosen
-    return Plan(spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement)
+    return Plan(spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement, inputs)
 
 
 def _check_target(backend: Backend[Any], name: str, spec: JobSpec, workdir: Path) -> None:
@@ -121,9 +128,9 @@ def submit(
         print(f"hml: gc: {line}", file=sys.stderr)
     spec_dict = p.public()
     params = {k: str(v) for k, v in spec_dict["params"].items()}
-    placement = {"hml.placement": p.target, "hml.placement_reason": p.placement_reason}
+    tags = {"hml.placement": p.target, "hml.placement_reason": p.placement_reason, **lineage.tags(p.inputs)}
     run_id, experiment_id = tracking.start_run(
-        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, placement
+        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, tags
     )
     record = RunRecord(
         run_id=run_id,
@@ -141,6 +148,8 @@ def submit(
     )
     try:
         record.save()
+        save_inputs(record.dir, p.inputs)
+        lineage.log_inputs(p.tracking_uri, run_id, p.inputs)
         supervisor.spawn(run_id)
     except BaseException as exc:
         reason = f"runner error before the job started: {type(exc).__name__}: {exc}"

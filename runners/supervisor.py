@@ -21,6 +21,7 @@ from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
 from runners import records, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
+from runners.data.inputs import load as load_inputs
 from runners.jobenv import job_env, tracking_credentials
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
@@ -107,6 +108,7 @@ class Supervisor:
             secrets=secrets,
             attempt=self.rec.attempt,
             state_dir=self.rec.dir,
+            inputs=tuple(load_inputs(self.rec.dir)),
         )
         handle, usage = self.backend.launch(request)
         self.rec.handle = handle.model_dump()

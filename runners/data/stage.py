@@ -1,0 +1,147 @@
+"""Putting a job's inputs next to it, before it starts: on this machine or on each SSH host.
+
+The plan is built here (presigned URLs need the runner's credentials); the host side is
+``hmlkit.datafetch``, shipped as it is. A host that cannot reach the store gets the missing
+objects streamed by the runner over SFTP (read from the store, written into the host's cache,
+hashed on the way), then the plan runs again and only links.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hmlkit import datafetch
+from hmlkit.errors import BackendError
+from runners.data.inputs import Input
+from runners.data.store import Store
+
+Via = Literal["auto", "store", "ssh"]
+
+
+@dataclass
+class Staged:
+    env: dict[str, str] = field(default_factory=dict)
+    fetched_bytes: int = 0
+    """Read from the store by the host itself."""
+    streamed_bytes: int = 0
+    """Sent by the runner over SSH (hosts that cannot reach the store)."""
+
+
+def plan(inputs: list[Input], root: str, urls: bool) -> dict[str, Any]:
+    stores: dict[str, Store] = {}
+
+    def url(inp: Input, obj: Any) -> str | None:
+        if not urls:
+            return None
+        store = stores.setdefault(inp.snapshot.store, Store(inp.snapshot.store, inp.store))
+        return store.presign(inp.snapshot.where, obj)
+
+    return {
+        "root": root,
+        "inputs": {
+            inp.name: {
+                "digest": inp.snapshot.digest,
+                "objects": [
+                    {"key": o.cache_key, "path": o.key, "sha256": o.sha256, "url": url(inp, o)}
+                    for o in inp.snapshot.objects
+                ],
+            }
+            for inp in inputs
+        },
+    }
+
+
+def _env(inputs: list[Input], dirs: dict[str, str]) -> dict[str, str]:
+    return {inp.env_name: dirs[inp.name] for inp in inputs}
+
+
+def stage_here(inputs: list[Input], root: Path) -> Staged:
+    """This machine is the host: it reads the store itself (it resolved the inputs from it)."""
+    if not inputs:
+        return Staged()
+    try:
+        done = datafetch.materialise(plan(inputs, str(root), urls=True))
+    except (ValueError, OSError) as exc:
+        raise BackendError(f"staging the inputs: {exc}") from None
+    if done["missing"]:
+        raise BackendError(
+            f"staging the inputs: the store did not answer for {len(done['missing'])} object(s)"
+        )
+    return Staged(_env(inputs, done["dirs"]), done["fetched_bytes"])
+
+
+def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Input], via: Via) -> Staged:
+    """Materialise ``inputs`` on an SSH host (``pool``: its HostPool); ``scratch``: a private
+    directory of this attempt on the host for the plan."""
+    from hmlkit.ssh.hosts import write_files
+
+    if not inputs:
+        return Staged()
+    client = pool.client(host)
+    script = Path(datafetch.__file__).read_text()
+    staged = Staged()
+    for attempt in range(2):  # the plan; once more after streaming what the host could not fetch
+        urls = via != "ssh" and attempt == 0
+        write_files(
+            client,
+            scratch,
+            {"datafetch.py": script, "inputs-plan.json": json.dumps(plan(inputs, root, urls))},
+        )
+        q = shlex.quote(scratch)
+        rc, out, err = pool.exec(host, f"python3 {q}/datafetch.py {q}/inputs-plan.json", timeout=3600)
+        if rc != 0:
+            raise BackendError(f"{host.label}: staging the inputs failed: {(err or out).strip()[-300:]}")
+        done = json.loads(out.strip().splitlines()[-1])
+        staged.fetched_bytes += done["fetched_bytes"]
+        if not done["missing"]:
+            staged.env = _env(inputs, done["dirs"])
+            return staged
+        if via == "store":
+            raise BackendError(
+                f"{host.label}: cannot reach the data store (data_via: store); use data_via: auto or ssh"
+            )
+        staged.streamed_bytes += _stream(client, root, inputs, set(done["missing"]))
+    raise BackendError(f"{host.label}: inputs still incomplete after streaming them")
+
+
+def _stream(client: Any, root: str, inputs: list[Input], missing: set[str]) -> int:
+    """Copy the ``missing`` cache keys from the store into the host's cache over SFTP."""
+    sent = 0
+    sftp = client.open_sftp()
+    try:
+        for inp in inputs:
+            store = Store(inp.snapshot.store, inp.store)
+            for obj in inp.snapshot.objects:
+                if obj.cache_key not in missing:
+                    continue
+                missing.discard(obj.cache_key)
+                tmp = f"{root}/data/.{obj.cache_key}.part"
+                body = _Hashing(store.open(inp.snapshot.where, obj))
+                sftp.putfo(body, tmp, file_size=obj.size, confirm=True)
+                if obj.sha256 and body.sha.hexdigest() != obj.sha256:
+                    sftp.remove(tmp)
+                    raise BackendError(f"{obj.key}: the store returned other bytes than the snapshot's")
+                sftp.chmod(tmp, 0o444)
+                sftp.posix_rename(tmp, f"{root}/data/{obj.cache_key}")
+                sent += obj.size
+    finally:
+        sftp.close()
+    return sent
+
+
+class _Hashing:
+    """A read-only stream that hashes what passes through it."""
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.body.read(n)
+        self.sha.update(data)
+        return data
