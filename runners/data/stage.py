@@ -32,14 +32,16 @@ class Staged:
     """Sent by the runner over SSH (hosts that cannot reach the store)."""
 
 
-def plan(inputs: list[Input], root: str, urls: bool) -> dict[str, Any]:
+def plan(inputs: list[Input], root: str, urls_for: set[str]) -> dict[str, Any]:
+    """The host's plan; objects whose cache key is in ``urls_for`` get a presigned URL."""
     stores: dict[str, Store] = {}
 
     def url(inp: Input, obj: Any) -> str | None:
-        if not urls:
+        if obj.cache_key not in urls_for:
             return None
-        store = stores.setdefault(inp.snapshot.store, Store(inp.snapshot.store, inp.store))
-        return store.presign(inp.snapshot.where, obj)
+        if inp.snapshot.store not in stores:
+            stores[inp.snapshot.store] = Store(inp.snapshot.store, inp.store)
+        return stores[inp.snapshot.store].presign(inp.snapshot.where, obj)
 
     return {
         "root": root,
@@ -64,20 +66,28 @@ def stage_here(inputs: list[Input], root: Path) -> Staged:
     """This machine is the host: it reads the store itself (it resolved the inputs from it)."""
     if not inputs:
         return Staged()
-    try:
-        done = datafetch.materialise(plan(inputs, str(root), urls=True))
-    except (ValueError, OSError) as exc:
-        raise BackendError(f"staging the inputs: {exc}") from None
-    if done["missing"]:
-        raise BackendError(
-            f"staging the inputs: the store did not answer for {len(done['missing'])} object(s)"
-        )
-    return Staged(_env(inputs, done["dirs"]), done["fetched_bytes"])
+    staged = Staged()
+    urls_for: set[str] = set()  # first round: what the cache holds already is only linked
+    for _ in range(2):
+        try:
+            done = datafetch.materialise(plan(inputs, str(root), urls_for))
+        except (ValueError, OSError) as exc:
+            raise BackendError(f"staging the inputs: {exc}") from None
+        staged.fetched_bytes += done["fetched_bytes"]
+        if not done["missing"]:
+            staged.env = _env(inputs, done["dirs"])
+            return staged
+        urls_for = set(done["missing"])
+    raise BackendError(f"staging the inputs: the store did not answer for {len(urls_for)} object(s)")
 
 
 def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Input], via: Via) -> Staged:
     """Materialise ``inputs`` on an SSH host (``pool``: its HostPool); ``scratch``: a private
-    directory of this attempt on the host for the plan."""
+    directory of this attempt on the host for the plan.
+
+    Rounds: link what the host's cache holds; presign what it lacks and let it fetch (unless
+    ``via`` is ssh); stream over SFTP what it still lacks (unless ``via`` is store), and link.
+    """
     from hmlkit.ssh.hosts import write_files
 
     if not inputs:
@@ -85,13 +95,16 @@ def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Inp
     client = pool.client(host)
     script = Path(datafetch.__file__).read_text()
     staged = Staged()
-    for attempt in range(2):  # the plan; once more after streaming what the host could not fetch
-        urls = via != "ssh" and attempt == 0
-        write_files(
-            client,
-            scratch,
-            {"datafetch.py": script, "inputs-plan.json": json.dumps(plan(inputs, root, urls))},
-        )
+    urls_for: set[str] = set()
+    for round_ in ("cache", "store", "ssh"):
+        if round_ == "ssh" and via == "store":
+            raise BackendError(
+                f"{host.label}: cannot reach the data store (data_via: store); use data_via: auto or ssh"
+            )
+        if round_ == "store" and via == "ssh":
+            continue
+        files = {"datafetch.py": script, "inputs-plan.json": json.dumps(plan(inputs, root, urls_for))}
+        write_files(client, scratch, files)
         q = shlex.quote(scratch)
         rc, out, err = pool.exec(host, f"python3 {q}/datafetch.py {q}/inputs-plan.json", timeout=3600)
         if rc != 0:
@@ -101,11 +114,10 @@ def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Inp
         if not done["missing"]:
             staged.env = _env(inputs, done["dirs"])
             return staged
-        if via == "store":
-            raise BackendError(
-                f"{host.label}: cannot reach the data store (data_via: store); use data_via: auto or ssh"
-            )
-        staged.streamed_bytes += _stream(client, root, inputs, set(done["missing"]))
+        urls_for = set(done["missing"])
+        if via != "store" and (round_ == "store" or via == "ssh"):
+            staged.streamed_bytes += _stream(client, root, inputs, urls_for)
+            urls_for = set()
     raise BackendError(f"{host.label}: inputs still incomplete after streaming them")
 
 
