@@ -21,6 +21,7 @@ from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
 from runners import records, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
+from runners.data import lineage
 from runners.data.inputs import load as load_inputs
 from runners.jobenv import job_env, tracking_credentials
 from runners.records import RunRecord
@@ -244,8 +245,10 @@ class Supervisor:
         """Hand the end to the tracking server, retrying while it is down; the record keeps all."""
         self._out.close()
         start = self.rec.started_at or self.rec.submitted_at
+        inputs = load_inputs(self.rec.dir)
         for attempt in range(FINALIZE_TRIES):
             try:
+                lineage.tag_models(self.rec.tracking_uri, self.rec.run_id, self.rec.experiment_id, inputs)
                 tracking.finalize(
                     self.rec.tracking_uri,
                     self.rec.run_id,

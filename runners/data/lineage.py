@@ -83,3 +83,24 @@ def runs_using(tracking_uri: str, name: str, version: str) -> list[dict[str, Any
         }
         for r in runs
     ]
+
+
+def tag_models(tracking_uri: str, run_id: str, experiment_id: str, inputs: list[Input]) -> int:
+    """Tag the models the run logged with its inputs' snapshot versions; how many were tagged."""
+    if not inputs:
+        return 0
+    from runners.tracking import _client, _short
+
+    wanted = {k: v for k, v in tags(inputs).items() if k.startswith("hml.input.")}
+    try:
+        client = _client(tracking_uri)
+        models = client.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"
+        )
+        for model in models:
+            client.set_logged_model_tags(model.model_id, wanted)
+    except Exception as exc:
+        raise TrackingError(
+            f"tracking server {tracking_uri}: tagging the run's models: {_short(exc)}"
+        ) from exc
+    return len(models)

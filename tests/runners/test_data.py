@@ -25,6 +25,9 @@ d = pathlib.Path(os.environ["HML_INPUT_TRAIN"])
 files = {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
          for p in sorted(d.rglob("*")) if p.is_file()}
 writable = [str(p) for p in [d, *d.rglob("*")] if p.stat().st_mode & 0o222]
+if os.environ.get("LOG_MODEL"):
+    import mlflow
+    mlflow.initialize_logged_model(name="m", source_run_id=os.environ["MLFLOW_RUN_ID"])
 print("INPUT " + json.dumps({"files": files, "writable": writable}))
 """
 
@@ -178,7 +181,7 @@ def test_a_run_on_an_old_version_sees_the_old_bytes_and_a_rerun_fetches_nothing(
     s3.delete_object(Bucket=bucket, Key="digits/sub/b.bin")
     assert data(profile, "snapshot", "digits", f"s3://{bucket}/digits")["ref"] == "digits@v2"
 
-    first, seen, _ = _input_run(tmp_path, profile, "digits@v2", "inputs.train=digits@v1")
+    first, seen, _ = _input_run(tmp_path, profile, "digits@v2", "inputs.train=digits@v1", "envs.LOG_MODEL=1")
     assert seen["files"] == {k: sha(v) for k, v in OLD.items()}
     assert seen["writable"] == [], "the input directory must be read-only"
     assert status(first["run_id"])["data_bytes"] == {"localhost": sum(len(v) for v in OLD.values())}
@@ -198,6 +201,10 @@ def test_a_run_on_an_old_version_sees_the_old_bytes_and_a_rerun_fetches_nothing(
     source = json.loads(logged.dataset.source)
     assert source["uri"] == f"s3://{bucket}/digits/" and source["manifest"].endswith("digits/v1.json")
     assert {t.key: t.value for t in logged.tags}["mlflow.data.context"] == "train"
+    [model] = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert model.tags["hml.input.train"] == "digits@v1"
     used = {r["run_id"] for r in data(profile, "show", "digits@v1")["runs"]}
     assert used == {first["run_id"], second["run_id"]}
     assert {r["run_id"] for r in data(profile, "show", "digits@v2")["runs"]} == {latest["run_id"]}
