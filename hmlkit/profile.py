@@ -36,6 +36,9 @@ class TargetConfig(_Strict):
     """Base of every target kind's model: unknown keys are refused, the kind is named."""
 
     kind: str
+    near: list[str] = []
+    """The profile's stores this target sits next to: ``--target auto`` prefers it for jobs
+    whose inputs live there, as their bytes need not cross a slow link."""
 
 
 class LocalTarget(TargetConfig):
@@ -243,6 +246,14 @@ def parse_profile(data: Any, source: str) -> Profile:
                     f"stores.{store_name}.buckets: {bucket!r} is in stores.{buckets[bucket]} too; keep one"
                 )
             buckets.setdefault(bucket, store_name)
+    problems += [
+        f"targets.{name}.near: {store!r} is not a store of the profile "
+        f"({', '.join(profile.stores) or 'none defined'})"
+        for name, raw in profile.targets.items()
+        if isinstance(raw, dict)
+        for store in raw.get("near") or []
+        if isinstance(store, str) and store not in profile.stores
+    ]
     if profile.default_target and profile.default_target not in profile.targets:
         problems.append(
             f"default_target: {profile.default_target!r} is not one of: {', '.join(profile.targets)}"

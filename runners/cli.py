@@ -158,6 +158,8 @@ def submit(
             "tracking_uri": checked.tracking_uri,
             **({"launch": checked.launch} if checked.launch else {}),
             **({"placement": checked.placement} if target == "auto" else {}),
+            **({"inputs": {i.name: i.snapshot.ref for i in checked.inputs}} if checked.inputs else {}),
+            **({"transfer_bytes": checked.transfer} if checked.transfer else {}),
         }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         kind = checked.target_config["kind"]

@@ -13,7 +13,7 @@ from runners import records, supervisor, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
 from runners.data import lineage
-from runners.data.inputs import Input
+from runners.data.inputs import Input, far_bytes
 from runners.data.inputs import resolve as resolve_inputs
 from runners.data.inputs import save as save_inputs
 from runners.jobenv import forwarded
@@ -42,6 +42,8 @@ class Plan:
     """With ``--target auto``: each target tried and why it was or was not taken."""
     inputs: list[Input]
     """The job's datasets, resolved to exact snapshots."""
+    transfer: dict[str, int]
+    """Input bytes each candidate target would fetch from stores it is not near."""
 
     @property
     def placement_reason(self) -> str:
@@ -61,7 +63,8 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     Job file, profile, target, secrets and what the target could ever hold are input (exit 2);
     then the tracking server and the target are asked, with short time-outs (NotReady, exit 2).
     ``--target auto`` tries the profile's ``placement`` in order and takes the first target
-    with room now, else the first that could ever run the job (it then waits for room).
+    with room now, else the first that could ever run the job (it then waits for room); a job
+    with inputs tries first the targets near their stores (the fewest bytes to move).
     """
     spec, workdir = load_job(job_path, overrides)
     profile = load_profile(config)
@@ -70,6 +73,9 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     inputs = resolve_inputs(spec.inputs, profile, job_path) if spec.inputs else []
     uri = tracking_uri(profile)
     names = profile.placement_order() if target == AUTO else [profile.pick(target)]
+    transfer = {n: far_bytes(profile.targets[n], inputs) for n in names} if inputs else {}
+    if target == AUTO:  # data close to compute: the fewest bytes to move first, else placement order
+        names = sorted(names, key=lambda n: transfer.get(n, 0))
     if target != AUTO:  # what the kind cannot do is bad input: said before anything is asked
         backend_class(profile.targets[names[0]]["kind"]).check(spec, names[0])
     with step(f"checking tracking server {uri}"):
@@ -92,6 +98,8 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         if busy is None:
             chosen = (name, launch)
             placement[name] = "the first in placement order with room now" if target == AUTO else "chosen"
+            if target == AUTO and inputs:
+                placement[name] += f", {transfer[name]} input bytes from stores it is not near"
             break
         placement[name] = f"no room now: {busy}"
     if chosen is None:
@@ -101,7 +109,9 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         chosen = able[0]
         placement[chosen[0]] += "; every target is busy: the first that can run it waits for room"
     name, launch = chosen
-    return Plan(spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement, inputs)
+    return Plan(
+        spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement, inputs, transfer
+    )
 
 
 def _check_target(backend: Backend[Any], name: str, spec: JobSpec, workdir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hmlkit.profile import DataStore, Profile
 from runners.data.manifest import Snapshot, parse_ref, parse_uri
@@ -42,6 +43,13 @@ def resolve(refs: dict[str, str], profile: Profile, source: str) -> list[Input]:
             snap = store.find(profile, parse_ref(ref, field), field)
         found.append(Input(name, snap, profile.stores[snap.store]))
     return found
+
+
+def far_bytes(target: dict[str, Any], inputs: list[Input]) -> int:
+    """Input bytes from stores the target is not ``near``: what would cross a slow link to it
+    (at most: a host's cache may hold some already)."""
+    near = set(target.get("near") or [])
+    return sum(i.snapshot.size for i in inputs if i.snapshot.store not in near)
 
 
 def save(directory: Path, inputs: list[Input]) -> None:

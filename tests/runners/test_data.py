@@ -248,3 +248,31 @@ def test_a_two_node_ssh_job_gets_the_inputs_on_both_nodes(tmp_path, lake, ssh_be
     assert sorted(status(summary["run_id"])["data_bytes"].values()) == [size, size]
     again, _, _ = _input_run(tmp_path, profile, f"{name}@v1", "num_nodes=2", target="onprem")
     assert sorted(status(again["run_id"])["data_bytes"].values()) == [0, 0]
+
+
+def test_auto_placement_prefers_the_target_near_the_inputs(tmp_path, lake, hml_home):
+    s3, bucket, profile = lake
+    put_all(s3, bucket, "digits", OLD)
+    data(profile, "snapshot", "digits", f"s3://{bucket}/digits")
+    raw = yaml.safe_load(profile.read_text())
+    raw["targets"] = {"here": {"kind": "local"}, "by-the-lake": {"kind": "local", "near": ["lake"]}}
+    raw["placement"] = ["here", "by-the-lake"]
+    profile.write_text(yaml.safe_dump(raw))
+    with_inputs = write_job(tmp_path / "a", run="true", inputs={"train": "digits@v1"})
+    rc, out, err = run_cli(
+        "--config", str(profile), "submit", str(with_inputs), "-t", "auto", "--dry-run", "-o", "json"
+    )
+    assert rc == 0, err
+    plan = json.loads(out.splitlines()[0])
+    assert plan["target"] == "by-the-lake"
+    assert plan["transfer_bytes"] == {"here": sum(len(v) for v in OLD.values()), "by-the-lake": 0}
+    assert plan["inputs"] == {"train": "digits@v1"}
+    without = write_job(tmp_path / "b", run="true")
+    rc, out, err = run_cli(
+        "--config", str(profile), "submit", str(without), "-t", "auto", "--dry-run", "-o", "json"
+    )
+    assert rc == 0 and json.loads(out.splitlines()[0])["target"] == "here", err
+    raw["targets"]["here"]["near"] = ["nowhere"]
+    profile.write_text(yaml.safe_dump(raw))
+    rc, _, err = run_cli("--config", str(profile), "submit", str(without), "--dry-run")
+    assert_refused_without_debris(rc, err, "targets.here.near", hml_home)
