@@ -276,3 +276,22 @@ def test_auto_placement_prefers_the_target_near_the_inputs(tmp_path, lake, hml_h
     profile.write_text(yaml.safe_dump(raw))
     rc, _, err = run_cli("--config", str(profile), "submit", str(without), "--dry-run")
     assert_refused_without_debris(rc, err, "targets.here.near", hml_home)
+
+
+def test_the_digits_example_trains_from_its_snapshot(tmp_path, lake, mlflow_server):
+    import subprocess
+    import sys
+
+    s3, bucket, profile = lake
+    digits = Path(__file__).resolve().parents[2] / "examples" / "digits"
+    subprocess.run([sys.executable, str(digits / "publish_data.py"), f"s3://{bucket}/digits"], check=True)
+    assert data(profile, "snapshot", "digits", f"s3://{bucket}/digits")["ref"] == "digits@v1"
+    sets = ["inputs.digits=digits@v1", "epochs=2", f"run={sys.executable} train.py"]
+    args = [a for s in sets for a in ("--set", s)]
+    summary, out = submit_json(str(digits / "job.yaml"), *args, env={"HML_CONFIG": str(profile)}, timeout=600)
+    logs = hml("logs", summary["run_id"]).stdout
+    assert out.returncode == 0, out.stderr + logs
+    assert "data: 1797 samples from " in logs
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert run.data.metrics["test_accuracy"] >= 0.8
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["digits@v1"]
