@@ -47,14 +47,16 @@ class Store:
             config=botocore.Config(retries={"max_attempts": 3}, max_pool_connections=16),
         )
 
-    def _call(self, what: str, fn: Any, **kw: Any) -> Any:
+    def _call(self, what: str, fn: Any, *also: str, **kw: Any) -> Any:
+        """``fn(**kw)``; KeyError(code) for a missing or forbidden thing (and the codes ``also``
+        names), BackendError for the store failing."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return fn(**kw)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchBucket", "404", "NoSuchKey", "NoSuchVersion", "AccessDenied", "403"):
+            if code in ("NoSuchBucket", "404", "NoSuchKey", "NoSuchVersion", "AccessDenied", "403", *also):
                 raise KeyError(code) from exc
             raise BackendError(f"store {self.name!r}: {what}: {exc}") from None
         except BotoCoreError as exc:
@@ -209,14 +211,21 @@ class Store:
             objects=hashed,
         )
         body = json.dumps({**snap.model_dump(mode="json"), "digest": snap.digest}, indent=1).encode()
-        self._call(
-            "PutObject",
-            self.s3.put_object,
-            Bucket=where.bucket,
-            Key=snap.manifest_key,
-            Body=body,
-            ContentType="application/json",
-        )
+        try:  # written once: a snapshot made meanwhile under the same version is not overwritten
+            self._call(
+                "PutObject",
+                self.s3.put_object,
+                "PreconditionFailed",
+                Bucket=where.bucket,
+                Key=snap.manifest_key,
+                Body=body,
+                ContentType="application/json",
+                IfNoneMatch="*",
+            )
+        except KeyError:
+            raise BackendError(
+                f"{snap.ref} was written meanwhile by another snapshot; run it again"
+            ) from None
         return snap
 
 
