@@ -70,14 +70,14 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     profile = load_profile(config)
     vault = profile.vault.model_dump() if profile.vault else None
     redact = Redactor(list(resolve(spec.secrets, vault).values()))
-    inputs = resolve_inputs(spec.inputs, profile, job_path) if spec.inputs else []
     uri = tracking_uri(profile)
     names = profile.placement_order() if target == AUTO else [profile.pick(target)]
+    if target != AUTO:  # what the kind cannot do is bad input: said before anything is asked
+        backend_class(profile.targets[names[0]]["kind"]).check(spec, names[0])
+    inputs = resolve_inputs(spec.inputs, profile, job_path) if spec.inputs else []
     transfer = {n: far_bytes(profile.targets[n], inputs) for n in names} if inputs else {}
     if target == AUTO:  # data close to compute: the fewest bytes to move first, else placement order
         names = sorted(names, key=lambda n: transfer.get(n, 0))
-    if target != AUTO:  # what the kind cannot do is bad input: said before anything is asked
-        backend_class(profile.targets[names[0]]["kind"]).check(spec, names[0])
     with step(f"checking tracking server {uri}"):
         check_tracking(uri, profile.probe_timeout_s, profile.source)
     placement: dict[str, str] = {}

@@ -295,3 +295,12 @@ def test_the_digits_example_trains_from_its_snapshot(tmp_path, lake, mlflow_serv
     run = wait_finalized(mlflow_server.client(), summary["run_id"])
     assert run.data.metrics["test_accuracy"] >= 0.8
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["digits@v1"]
+
+
+def test_inputs_on_a_slurm_target_are_refused_before_anything_is_asked(tmp_path, hml_home):
+    profile = tmp_path / "hybridml.yaml"
+    slurm = {"kind": "slurm", "login": {"address": "login.invalid", "user": "u"}}
+    profile.write_text(yaml.safe_dump({"targets": {"hpc": slurm}}))
+    job = write_job(tmp_path / "w", run="true", inputs={"train": "digits@v1"})
+    rc, _, err = run_cli("--config", str(profile), "submit", str(job), "--target", "hpc")
+    assert_refused_without_debris(rc, err, "inputs: not staged on slurm yet", hml_home)
