@@ -25,7 +25,7 @@ from components.keyvault import KeyVault, KeyVaultArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.object_store import AccessGrants, ObjectStore, ObjectStoreArgs, StorageEndpoint
 from components.platform_config import PlatformConfig, PlatformSecrets
-from components.profile import aws_target, runner_profile, slurm_target, ssh_target
+from components.profile import aws_target, data_store, runner_profile, slurm_target, ssh_target
 from components.tracking import TrackingServer, TrackingServerArgs, TrackingSettings
 
 VAULT_SECRETS = ("tracking-db-uri", "tracking-admin-password")
@@ -233,9 +233,33 @@ class Platform:
             if self.config.aws
             else None
         )
+        stores = self._data_stores()
+        for target in targets.values():  # each target sits next to its own platform's buckets
+            platform = "aws" if target["kind"] == "aws" else "onprem"
+            if platform in stores:
+                target["near"] = [platform]
         return runner_profile(
             tracking_uri=self.tracking.url,
             targets=targets,
             default_target=self.config.default_target,
             vault=vault,
+            stores=stores,
         )
+
+    def _data_stores(self) -> dict[str, dict[str, Any]]:
+        """The dataset buckets (all but the artifact bucket) as one store per platform."""
+        storage, onprem = self.config.storage, self.config.onprem
+        stores = {}
+        for platform in ("aws", "onprem"):
+            buckets = [
+                self.stores[name].bucket
+                for name, bucket in storage.buckets.items()
+                if bucket.platform == platform and name != storage.artifact_bucket
+            ]
+            if not buckets:
+                continue
+            if platform == "aws" and self.config.aws:
+                stores["aws"] = data_store(buckets, region=self.config.aws.region, endpoint_url=None)
+            elif platform == "onprem" and onprem:
+                stores["onprem"] = data_store(buckets, region=None, endpoint_url=onprem.s3_endpoint)
+        return stores

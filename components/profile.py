@@ -52,18 +52,29 @@ def slurm_target(cluster: SlurmTarget, *, known_hosts: str, gpu_hour_usd: float)
     return {"kind": "slurm", "known_hosts": known_hosts, "gpu_hour_usd": gpu_hour_usd, **given}
 
 
+def data_store(
+    buckets: list[pulumi.Input[str]], *, region: str | None, endpoint_url: str | None
+) -> dict[str, Any]:
+    """A store of datasets (``hml data``, a job's ``inputs``): the platform's buckets on one S3 API."""
+    optional = {"region": region, "endpoint_url": endpoint_url}
+    return {"buckets": buckets, **{k: v for k, v in optional.items() if v}}
+
+
 def runner_profile(
     *,
     tracking_uri: pulumi.Input[str],
     targets: dict[str, dict[str, Any]],
     default_target: str | None = None,
     vault: dict[str, str] | None = None,
+    stores: dict[str, dict[str, Any]] | None = None,
 ) -> pulumi.Output[dict[str, Any]]:
     """The profile, with every nested Output resolved; ``local`` is always a target."""
     profile: dict[str, Any] = {
         "tracking_uri": tracking_uri,
         "targets": {"local": {"kind": "local"}, **targets},
     }
+    if stores:
+        profile["stores"] = stores
     if default_target:
         profile["default_target"] = default_target
     if vault:

@@ -8,13 +8,16 @@ can never drift. Each target kind has its model; a backend's ``Config`` is that 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hmlkit.errors import ProfileError
 from hmlkit.ssh.hosts import SshHost
 from hmlkit.validation import format_errors
+
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+STORE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
 
 
 class _Strict(BaseModel):
@@ -33,6 +36,9 @@ class TargetConfig(_Strict):
     """Base of every target kind's model: unknown keys are refused, the kind is named."""
 
     kind: str
+    near: list[str] = []
+    """The profile's stores this target sits next to: ``--target auto`` prefers it for jobs
+    whose inputs live there, as their bytes need not cross a slow link."""
 
 
 class LocalTarget(TargetConfig):
@@ -49,6 +55,10 @@ class ShellTarget(TargetConfig):
     gpu_hour_usd: float = Field(default=0.0, ge=0)
     max_workdir_mb: float = Field(default=100.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
+    data_via: Literal["auto", "store", "ssh"] = "auto"
+    """How job inputs reach the hosts: ``store`` (each host reads presigned URLs itself), ``ssh``
+    (the runner streams the bytes over SSH: hosts that cannot reach the store), or ``auto``
+    (the store, falling back to SSH when a host cannot reach it)."""
 
     @field_validator("remote_root")
     @classmethod
@@ -137,6 +147,19 @@ class AwsTarget(TargetConfig):
         return self
 
 
+class DataStore(_Strict):
+    """An S3 API endpoint that holds datasets: AWS S3 itself, or the on-prem S3-compatible store.
+
+    Credentials come from boto3's own chain (``AWS_PROFILE``, instance role): nothing here is secret.
+    """
+
+    endpoint_url: str | None = None
+    """``https://minio.example.internal:9000``; unset means AWS S3 (or ``AWS_ENDPOINT_URL``)."""
+    region: str | None = None
+    buckets: list[Annotated[str, Field(pattern=BUCKET_PATTERN)]] = Field(min_length=1)
+    """The versioned buckets whose datasets hml snapshots (the ObjectStore component's)."""
+
+
 TARGET_KINDS: dict[str, type[TargetConfig]] = {
     "local": LocalTarget,
     "ssh": SshTarget,
@@ -156,6 +179,8 @@ class Profile(BaseModel):
     (e.g. ``[onprem, aws]``: own GPUs first, burst to the cloud); default: every target."""
     probe_timeout_s: float = Field(default=10.0, gt=0, le=600)
     """How long the tracking server and each target may take to answer before submit gives up."""
+    stores: dict[Annotated[str, Field(pattern=STORE_NAME_PATTERN)], DataStore] = {}
+    """Where datasets live, by name (``hml data``, a job's ``inputs``)."""
     targets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {"kind": "local"}})
     """Each target's raw config (kept as given: runs record it); ``target()`` gives its model."""
     source: str = Field(default="embedded default", exclude=True)
@@ -212,6 +237,22 @@ def parse_profile(data: Any, source: str) -> Profile:
         f"placement: {name!r} is not one of: {', '.join(profile.targets)}"
         for name in profile.placement
         if name not in profile.targets
+    ]
+    buckets: dict[str, str] = {}
+    for store_name, store in profile.stores.items():
+        for bucket in store.buckets:
+            if bucket in buckets:
+                problems.append(
+                    f"stores.{store_name}.buckets: {bucket!r} is in stores.{buckets[bucket]} too; keep one"
+                )
+            buckets.setdefault(bucket, store_name)
+    problems += [
+        f"targets.{name}.near: {store!r} is not a store of the profile "
+        f"({', '.join(profile.stores) or 'none defined'})"
+        for name, raw in profile.targets.items()
+        if isinstance(raw, dict)
+        for store in raw.get("near") or []
+        if isinstance(store, str) and store not in profile.stores
     ]
     if profile.default_target and profile.default_target not in profile.targets:
         problems.append(

@@ -12,6 +12,7 @@ import typer
 
 from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
+from runners.data.cli import app as data_app
 
 if TYPE_CHECKING:
     from runners.records import RunRecord
@@ -26,6 +27,7 @@ app = typer.Typer(
 targets_app = typer.Typer(help="List the profile's targets, or trust an SSH target's host keys.")
 app.add_typer(targets_app, name="targets")
 app.add_typer(policy_app, name="policy")
+app.add_typer(data_app, name="data")
 
 
 class Output(StrEnum):
@@ -84,6 +86,8 @@ def _summary(record: RunRecord) -> dict[str, Any]:
         "reason": record.reason,
         "attempts": record.attempt + 1,
         "cost_usd": record.cost_usd,
+        **({"inputs": record.spec["inputs"]} if record.spec.get("inputs") else {}),
+        **({"data_bytes": record.usage["data_bytes"]} if record.usage.get("data_bytes") else {}),
         "log": str(record.log_path),
     }
 
@@ -154,6 +158,8 @@ def submit(
             "tracking_uri": checked.tracking_uri,
             **({"launch": checked.launch} if checked.launch else {}),
             **({"placement": checked.placement} if target == "auto" else {}),
+            **({"inputs": {i.name: i.snapshot.ref for i in checked.inputs}} if checked.inputs else {}),
+            **({"transfer_bytes": checked.transfer} if checked.transfer else {}),
         }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         kind = checked.target_config["kind"]

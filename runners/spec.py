@@ -12,10 +12,11 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from hmlkit.errors import SpecError
 from hmlkit.validation import read_yaml, validate
+from runners.data.manifest import input_ref_problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -73,6 +74,13 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def _input_ref(value: str) -> str:
+    problem = input_ref_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -107,6 +115,10 @@ class JobSpec(_Strict):
     envs: dict[Annotated[str, Field(pattern=ENV_NAME_PATTERN)], Scalar] = {}
     params: dict[str, Scalar] = {}
     secrets: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = []
+    inputs: dict[
+        Annotated[str, Field(pattern=ENV_NAME_PATTERN)], Annotated[str, AfterValidator(_input_ref)]
+    ] = {}
+    """Datasets the job reads, by the name of its ``HML_INPUT_<NAME>`` directory."""
     max_runtime: float | None = Field(default=None, description="seconds, or '30m', '2h'")
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_cost_usd: Annotated[float, Field(ge=0)] | None = None
@@ -128,6 +140,17 @@ class JobSpec(_Strict):
     @classmethod
     def _params(cls, value: dict[str, Scalar]) -> dict[str, Scalar]:
         problems = [p for k, v in value.items() for p in param_problems(k, v)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        upper = [k.upper() for k in value]
+        problems = [
+            f"{k}: HML_INPUT_{k.upper()} twice; rename one" for k in sorted(set(upper)) if upper.count(k) > 1
+        ]
         if problems:
             raise ValueError("; ".join(problems))
         return value

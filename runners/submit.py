@@ -12,6 +12,10 @@ from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, Tracki
 from runners import records, supervisor, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
+from runners.data import lineage
+from runners.data.inputs import Input, far_bytes
+from runners.data.inputs import resolve as resolve_inputs
+from runners.data.inputs import save as save_inputs
 from runners.jobenv import forwarded
 from runners.probe import check_tracking
 from runners.profile import load_profile, tracking_uri
@@ -36,6 +40,10 @@ class Plan:
     """What the target would launch (instance type, market, hourly price), where it says."""
     placement: dict[str, str]
     """With ``--target auto``: each target tried and why it was or was not taken."""
+    inputs: list[Input]
+    """The job's datasets, resolved to exact snapshots."""
+    transfer: dict[str, int]
+    """Input bytes each candidate target would fetch from stores it is not near."""
 
     @property
     def placement_reason(self) -> str:
@@ -55,7 +63,8 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     Job file, profile, target, secrets and what the target could ever hold are input (exit 2);
     then the tracking server and the target are asked, with short time-outs (NotReady, exit 2).
     ``--target auto`` tries the profile's ``placement`` in order and takes the first target
-    with room now, else the first that could ever run the job (it then waits for room).
+    with room now, else the first that could ever run the job (it then waits for room); a job
+    with inputs tries first the targets near their stores (the fewest bytes to move).
     """
     spec, workdir = load_job(job_path, overrides)
     profile = load_profile(config)
@@ -65,6 +74,10 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     names = profile.placement_order() if target == AUTO else [profile.pick(target)]
     if target != AUTO:  # what the kind cannot do is bad input: said before anything is asked
         backend_class(profile.targets[names[0]]["kind"]).check(spec, names[0])
+    inputs = resolve_inputs(spec.inputs, profile, job_path) if spec.inputs else []
+    transfer = {n: far_bytes(profile.targets[n], inputs) for n in names} if inputs else {}
+    if target == AUTO:  # data close to compute: the fewest bytes to move first, else placement order
+        names = sorted(names, key=lambda n: transfer.get(n, 0))
     with step(f"checking tracking server {uri}"):
         check_tracking(uri, profile.probe_timeout_s, profile.source)
     placement: dict[str, str] = {}
@@ -85,6 +98,8 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         if busy is None:
             chosen = (name, launch)
             placement[name] = "the first in placement order with room now" if target == AUTO else "chosen"
+            if target == AUTO and inputs:
+                placement[name] += f", {transfer[name]} input bytes from stores it is not near"
             break
         placement[name] = f"no room now: {busy}"
     if chosen is None:
@@ -94,7 +109,9 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         chosen = able[0]
         placement[chosen[0]] += "; every target is busy: the first that can run it waits for room"
     name, launch = chosen
-    return Plan(spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement)
+    return Plan(
+        spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement, inputs, transfer
+    )
 
 
 def _check_target(backend: Backend[Any], name: str, spec: JobSpec, workdir: Path) -> None:
@@ -121,9 +138,9 @@ def submit(
         print(f"hml: gc: {line}", file=sys.stderr)
     spec_dict = p.public()
     params = {k: str(v) for k, v in spec_dict["params"].items()}
-    placement = {"hml.placement": p.target, "hml.placement_reason": p.placement_reason}
+    tags = {"hml.placement": p.target, "hml.placement_reason": p.placement_reason, **lineage.tags(p.inputs)}
     run_id, experiment_id = tracking.start_run(
-        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, placement
+        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, tags
     )
     record = RunRecord(
         run_id=run_id,
@@ -141,6 +158,8 @@ def submit(
     )
     try:
         record.save()
+        save_inputs(record.dir, p.inputs)
+        lineage.log_inputs(p.tracking_uri, run_id, p.inputs)
         supervisor.spawn(run_id)
     except BaseException as exc:
         reason = f"runner error before the job started: {type(exc).__name__}: {exc}"

@@ -21,6 +21,9 @@ from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
 from runners import records, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
+from runners.data import lineage
+from runners.data.inputs import Input
+from runners.data.inputs import load as load_inputs
 from runners.jobenv import job_env, tracking_credentials
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
@@ -107,6 +110,7 @@ class Supervisor:
             secrets=secrets,
             attempt=self.rec.attempt,
             state_dir=self.rec.dir,
+            inputs=tuple(load_inputs(self.rec.dir)),
         )
         handle, usage = self.backend.launch(request)
         self.rec.handle = handle.model_dump()
@@ -238,12 +242,22 @@ class Supervisor:
         self.note(f"run {status} ({reason})")
         self.rec.save()
 
+    def _tag_models(self, inputs: list[Input]) -> None:
+        """Best effort: a server without logged models must not hold the run open; an outage
+        fails the finalize that follows, which retries both."""
+        try:
+            lineage.tag_models(self.rec.tracking_uri, self.rec.run_id, self.rec.experiment_id, inputs)
+        except TrackingError as exc:
+            print(f"models not tagged with their inputs: {exc}", flush=True)
+
     def finalize(self) -> None:
         """Hand the end to the tracking server, retrying while it is down; the record keeps all."""
         self._out.close()
         start = self.rec.started_at or self.rec.submitted_at
+        inputs = load_inputs(self.rec.dir)
         for attempt in range(FINALIZE_TRIES):
             try:
+                self._tag_models(inputs)
                 tracking.finalize(
                     self.rec.tracking_uri,
                     self.rec.run_id,

@@ -389,6 +389,7 @@ class AwsBackend(Backend[AwsHandle]):
                 f"{i} ({a}, {choice.instance_type} {choice.market})"
                 for i, a in zip(ids, addresses, strict=True)
             ],
+            data_bytes=started.data_bytes(),
         )
         return handle, usage
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hmlkit.errors import UsageError
 from hmlkit.profile import TargetConfig
+from runners.data.inputs import Input
 from runners.spec import JobSpec
 
 
@@ -38,6 +39,7 @@ H = TypeVar("H", bound=Handle)
 class Feature(StrEnum):
     GPUS = "gpus"
     MULTI_NODE = "multi-node"
+    INPUTS = "inputs"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ class LaunchRequest:
     attempt: int
     state_dir: Path
     """A directory of this run on the submitting machine, for backend scratch files."""
+    inputs: tuple[Input, ...] = ()
+    """The job's datasets, resolved at submit: staged on every node before the job starts."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class Usage:
     gpu_hour_usd: float = 0.0
     node_hour_usd: float = 0.0
     hosts: list[str] = field(default_factory=list)
+    data_bytes: dict[str, int] = field(default_factory=dict)
+    """Input bytes each host had to fetch or be sent (0: its cache held them all)."""
 
     def node_hours(self, seconds: float) -> float:
         return self.nodes * seconds / 3600
@@ -105,7 +111,11 @@ class Backend(abc.ABC, Generic[H]):
     @classmethod
     def check(cls, spec: JobSpec, target: str = "") -> None:
         """Refuse, before anything starts, a job that needs what this kind cannot do."""
-        wants = {Feature.MULTI_NODE: spec.num_nodes > 1, Feature.GPUS: spec.resources.gpus > 0}
+        wants = {
+            Feature.MULTI_NODE: spec.num_nodes > 1,
+            Feature.GPUS: spec.resources.gpus > 0,
+            Feature.INPUTS: bool(spec.inputs),
+        }
         gaps = [f"{f.value}: {why}" for f, why in cls.unsupported.items() if wants[f]]
         if gaps:
             raise UsageError(f"target {target or cls.kind!r} cannot run this job: " + "; ".join(gaps))

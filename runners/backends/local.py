@@ -13,7 +13,9 @@ from hmlkit import jobscript
 from hmlkit.errors import NoCapacityError, UsageError
 from hmlkit.profile import LocalTarget
 from runners.backends.base import Backend, Feature, Handle, JobState, LaunchRequest, Usage
+from runners.data.stage import stage_here
 from runners.jobenv import HOST_LOGIN
+from runners.paths import home
 from runners.spec import JobSpec
 
 
@@ -23,6 +25,7 @@ class LocalHandle(Handle):
     """The kernel's start tick of ``pid``, so a recycled pid is not taken for our job."""
     exec_dir: str
     offset: int = 0
+    data_bytes: int = 0
 
 
 def _start_time(pid: int) -> str | None:
@@ -87,10 +90,11 @@ class LocalBackend(Backend[LocalHandle]):
         )
         for name, text in files.items():
             (exec_dir / name).write_text(text)
+        data = stage_here(list(request.inputs), home())
         env_file = exec_dir / jobscript.ENV_FILE
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(jobscript.env_lines({**request.env, **request.secrets}))
+            fh.write(jobscript.env_lines({**request.env, **data.env, **request.secrets}))
         # this machine's login variables only (runners.jobenv): never the supervisor's whole
         # environment; the interpreter hml runs under comes first, so `python` means it
         login = {k: os.environ[k] for k in HOST_LOGIN if k in os.environ}
@@ -104,8 +108,15 @@ class LocalBackend(Backend[LocalHandle]):
                 start_new_session=True,
                 env=login,
             )
-        handle = LocalHandle(pid=proc.pid, started=_start_time(proc.pid), exec_dir=str(exec_dir))
-        usage = Usage(gpus_per_node=gpus, gpu_hour_usd=self.config.gpu_hour_usd, hosts=["localhost"])
+        handle = LocalHandle(
+            pid=proc.pid, started=_start_time(proc.pid), exec_dir=str(exec_dir), data_bytes=data.fetched_bytes
+        )
+        usage = Usage(
+            gpus_per_node=gpus,
+            gpu_hour_usd=self.config.gpu_hour_usd,
+            hosts=["localhost"],
+            data_bytes={"localhost": data.fetched_bytes} if request.inputs else {},
+        )
         return handle, usage
 
     def poll(self, handle: LocalHandle) -> JobState:

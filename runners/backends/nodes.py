@@ -23,6 +23,7 @@ from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost, write_files
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Handle, JobState, LaunchRequest
+from runners.data.stage import Via, stage_remote
 
 _PY_SCRIPT = re.compile(r"^\s*(\S*python3?(?:\.\d+)?)\s+(?!-)(\S+\.py)(.*)$")
 
@@ -33,6 +34,8 @@ class Node(BaseModel):
     root: str
     exec_dir: str
     bytes_staged: int = 0
+    data_bytes: int = 0
+    """Input bytes this node fetched from the store or was sent over SSH."""
     gpus: str = ""
     """The GPU indices claimed on the host (CUDA_VISIBLE_DEVICES)."""
     cursor: int = 0
@@ -42,6 +45,9 @@ class Node(BaseModel):
 
 class NodesHandle(Handle):
     nodes: list[Node] = []
+
+    def data_bytes(self) -> dict[str, int]:
+        return {n.host.label: n.data_bytes for n in self.nodes}
 
 
 def torchrun_line(run_text: str, distributed: bool) -> str:
@@ -59,9 +65,10 @@ def torchrun_line(run_text: str, distributed: bool) -> str:
 
 
 class NodeRunner:
-    def __init__(self, pool: HostPool, max_workdir_bytes: int) -> None:
+    def __init__(self, pool: HostPool, max_workdir_bytes: int, data_via: Via = "auto") -> None:
         self.pool = pool
         self.max_workdir_bytes = max_workdir_bytes
+        self.data_via = data_via
 
     def start(self, request: LaunchRequest, hosts: list[SshHost]) -> NodesHandle:
         """Start the job on ``hosts`` (rank = position); on any failure, stop what started."""
@@ -111,6 +118,8 @@ class NodeRunner:
         self.pool.exec(host, f"umask 077 && mkdir -p {shlex.quote(exec_dir)}")  # private to the login
         node = Node(host=host, rank=rank, root=root, exec_dir=exec_dir, bytes_staged=staged.bytes_sent)
         handle.nodes.append(node)
+        data = stage_remote(self.pool, host, root, exec_dir, list(request.inputs), self.data_via)
+        node.data_bytes = data.fetched_bytes + data.streamed_bytes
         run_text = torchrun_line(request.spec.run, distributed)
         files = jobscript.render(
             exec_dir, staged.code_dir, request.spec.setup, run_text, request.run_id, list(request.secrets)
@@ -121,6 +130,7 @@ class NodeRunner:
             "NODE_RANK": str(rank),
             "HML_NODE_RANK": str(rank),
             "HML_CODE_DIR": staged.code_dir,
+            **data.env,
         }
         files[jobscript.ENV_FILE] = jobscript.env_lines({**env, **request.secrets})
         write_files(client, exec_dir, files)

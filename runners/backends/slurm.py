@@ -25,7 +25,7 @@ from hmlkit.errors import BackendError, UsageError
 from hmlkit.profile import SlurmTarget
 from hmlkit.ssh.hosts import trust, write_files
 from hmlkit.ssh.pool import HostPool
-from runners.backends.base import Backend, JobState, LaunchRequest, Usage
+from runners.backends.base import Backend, Feature, JobState, LaunchRequest, Usage
 from runners.backends.nodes import Node, NodeRunner, NodesHandle, torchrun_line
 from runners.paths import runner_id
 from runners.spec import JobSpec, memory_mib
@@ -89,6 +89,7 @@ class SlurmBackend(Backend[SlurmHandle]):
     kind = "slurm"
     Config = SlurmTarget
     handle_type = SlurmHandle
+    unsupported = {Feature.INPUTS: "not staged on slurm yet; use an ssh target, or read the data in the job"}
     poll_interval = 2.0
     """slurmctld answers every user's squeue; polling it faster only loads the controller."""
     config: SlurmTarget

@@ -88,6 +88,13 @@ WRONG_VALUES: list[tuple[str, Any, str]] = [
     ("workdir", "does/not/exist", "workdir"),
     ("bogus", 1, "bogus"),
     ("setup", ["a"], "setup"),
+    ("inputs", {"train": "Digits@3"}, "inputs.train"),
+    ("inputs", {"train": "digits@latest"}, "v1, v2"),
+    ("inputs", {"bad-name": "digits"}, "inputs.bad-name"),
+    ("inputs", {"train": "s3://x"}, "s3://bucket/prefix"),
+    ("inputs", {"train": "s3://bucket/../up"}, "'..'"),
+    ("inputs", {"train": "digits", "TRAIN": "digits"}, "HML_INPUT_TRAIN twice"),
+    ("inputs", ["digits"], "inputs"),
 ]
 JOB_CASES: list[tuple[str, Any, list[str], str]] = [
     *[(f"mutate-{path}={value!r}"[:60], _with(path, value), [], word) for path, value, word in WRONG_VALUES],
@@ -111,6 +118,8 @@ JOB_CASES: list[tuple[str, Any, list[str], str]] = [
     ("multi-node on local", _with("num_nodes", 2), [], "multi-node"),
     ("missing secret", _with("secrets", ["NOT_SET_ANYWHERE"]), [], "NOT_SET_ANYWHERE"),
     ("unknown target", EXAMPLE, ["--target", "nowhere"], "nowhere"),
+    ("an input but no store", _with("inputs", {"train": "digits@v1"}), [], "stores"),
+    ("set a bad input", EXAMPLE, ["--set", "inputs.train=digits@one"], "inputs.train"),
     ("bad output", EXAMPLE, ["--output", "xml"], "--output"),
     ("unknown option", EXAMPLE, ["--frobnicate"], "--frobnicate"),
 ]
@@ -129,6 +138,18 @@ PROFILE_CASES: list[tuple[str, Any, str]] = [
         "port",
     ),
     ("probe timeout", _with("probe_timeout_s", 0, PROFILE), "probe_timeout_s"),
+    ("store without buckets", _with("stores", {"lake": {"buckets": []}}, PROFILE), "stores.lake.buckets"),
+    (
+        "store bucket name",
+        _with("stores", {"lake": {"buckets": ["Bad_B"]}}, PROFILE),
+        "stores.lake.buckets.0",
+    ),
+    ("store field", _with("stores", {"lake": {"buckets": ["ok-b"], "url": "x"}}, PROFILE), "stores.lake.url"),
+    (
+        "bucket in two stores",
+        _with("stores", {"a": {"buckets": ["ok-b"]}, "b": {"buckets": ["ok-b"]}}, PROFILE),
+        "stores.b.buckets",
+    ),
     ("unknown key", _with("trackin_uri", "http://x", PROFILE), "trackin_uri"),
     ("duplicate key", "targets:\n  local: {kind: local}\ntargets:\n  b: {kind: local}\n", "lines 1 and 3"),
     ("not a mapping", "- local\n", "top level"),

@@ -93,6 +93,11 @@ def test_aws_target_points_at_the_stacks_own_resources(evaluated):
         "instance_types": ["g5.xlarge", "g5.2xlarge"],
         "artifact_bucket": artifacts.outputs["bucket"],
         "secrets_prefix": "hybridml/aws-dev",
+        "near": ["aws"],
+    }
+    datasets = [b.outputs["bucket"] for b in result.by_type("aws:s3/bucket:Bucket") if b != artifacts]
+    assert datasets and result.outputs["runnerProfile"]["stores"] == {
+        "aws": {"buckets": datasets, "region": "eu-west-1"}
     }
     assert result.outputs["runnerProfile"]["vault"] == {
         "kind": "aws",
@@ -127,6 +132,14 @@ def test_hybrid_has_both_targets_one_tracker_and_copies_secrets_on_prem(evaluate
     result = evaluated["hybrid"]
     profile = result.outputs["runnerProfile"]
     assert set(profile["targets"]) == {"local", "onprem", "aws"}
+    # data close to compute: each target sits next to its own platform's dataset buckets
+    assert profile["stores"]["onprem"]["endpoint_url"] == "https://minio.lab.example.com:9000"
+    assert len(profile["stores"]["onprem"]["buckets"]) == len(profile["stores"]["aws"]["buckets"]) == 1
+    assert [profile["targets"][t].get("near") for t in ("local", "onprem", "aws")] == [
+        None,
+        ["onprem"],
+        ["aws"],
+    ]
     assert profile["tracking_uri"] == "https://mlflow.example.com"
     (k8s_secret,) = [
         s for s in result.by_type("kubernetes:core/v1:Secret") if s.name == "vault-onprem-secret"
