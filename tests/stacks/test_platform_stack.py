@@ -199,6 +199,7 @@ def test_slurm_cluster_is_exported_as_configured_with_the_sites_defaults(evaluat
         "gres_name": "gpu",
         "gpu_hour_usd": 0.6,
         "known_hosts": "~/.hybridml/known_hosts",  # onprem.known_hosts
+        "near": ["onprem"],  # the on-prem dataset buckets
     }
     result = run_project(
         PROJECT, "onprem", config={"platform:onprem": _onprem_with_slurm({})}, secrets=SECRETS
