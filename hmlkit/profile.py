@@ -56,9 +56,16 @@ class ShellTarget(TargetConfig):
         return value[2:] if value.startswith("~/") else value
 
 
+TrackingVia = Literal["direct", "runner"]
+"""How a job's tracking relay reaches the tracking server: ``direct`` from the host, or ``runner``
+through a port the runner forwards over its own SSH connection (hmlkit/ssh/forward.py), for
+hosts that cannot reach the server; then the runner must reach it, over ``http://``."""
+
+
 class SshTarget(ShellTarget):
     kind: Literal["ssh"] = "ssh"
     hosts: list[SshHost] = Field(min_length=1)
+    tracking_via: TrackingVia = "direct"
 
 
 class SlurmTarget(ShellTarget):
@@ -100,6 +107,7 @@ class AwsTarget(TargetConfig):
 
     kind: Literal["aws"] = "aws"
     region: str = Field(min_length=1)
+    tracking_via: TrackingVia = "direct"
     launch_template: str | None = None
     """Launch template id (the GpuNodePool's); its AMI, disk and IAM profile are used."""
     launch_template_version: str = "$Default"

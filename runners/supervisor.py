@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import time
@@ -178,9 +179,9 @@ class Supervisor:
             self.rec.started_at += waited
             changed = True
         if state.detail != self.rec.reason:
+            if state.detail and re.sub(r"\d+", "", state.detail) != re.sub(r"\d+", "", self.rec.reason):
+                self.note(state.detail)  # once per kind: a backlog counting down is not news each second
             self.rec.reason, changed = state.detail, True
-            if state.detail:
-                self.note(state.detail)
         if changed:
             self.rec.save()
 

@@ -432,7 +432,7 @@ class AwsBackend(Backend[AwsHandle]):
         return self._pools[handle.known_hosts]
 
     def _nodes(self, handle: AwsHandle) -> NodeRunner:
-        return NodeRunner(self._pool(handle), int(self.config.max_workdir_mb * 1e6))
+        return NodeRunner(self._pool(handle), int(self.config.max_workdir_mb * 1e6), self.config.tracking_via)
 
     def _terminate(self, ids: list[str]) -> None:
         if ids:

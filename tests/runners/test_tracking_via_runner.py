@@ -1,0 +1,74 @@
+"""``tracking_via: runner`` on the ssh target, with a host that cannot reach the tracking server.
+
+How the host is cut off, for real: its sshd lives in its own network namespace
+(``start_bed(own_network=True)`` in tests/sshbed.py), joined to this machine by one veth pair
+and nothing else. The MLflow server listens on this machine's 127.0.0.1; inside the namespace
+127.0.0.1 is the host's own loopback, where nothing listens, and the server does not listen on
+the veth address either. The test first shows, from inside the namespace, that the server's
+address refuses; the job can then only reach it through the runner's SSH connection.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.runners.helpers import (
+    assert_every_step_once,
+    hml,
+    logging_job,
+    status,
+    submit_json,
+    wait_log,
+    wait_status,
+)
+from tests.runners.test_ssh import record_of, ssh_profile
+from tests.sshbed import SshBed, start_bed
+
+
+@pytest.fixture(scope="module")
+def cut_off_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:
+    bed = start_bed(tmp_path_factory.mktemp("cutbed"), 1, own_network=True)
+    try:
+        yield bed
+    finally:
+        bed.stop()
+
+
+def test_a_host_that_cannot_reach_the_server_logs_through_the_runner(tmp_path, cut_off_bed, mlflow_server):
+    host = cut_off_bed.hosts[0]
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {mlflow_server.port}), timeout=3)"
+    inside = subprocess.run(
+        ["ip", "netns", "exec", host.netns, sys.executable, "-c", probe], capture_output=True, text=True
+    )
+    assert inside.returncode != 0 and "ConnectionRefusedError" in inside.stderr, "the host reaches the server"
+    with socket.create_connection(("127.0.0.1", mlflow_server.port), timeout=3):
+        pass  # while the runner does
+
+    profile = ssh_profile(tmp_path, cut_off_bed, mlflow_server.url, tracking_via="runner")
+    env = {"HML_CONFIG": str(profile)}
+    job = logging_job(tmp_path / "w", steps=60, pause=0.1)
+    summary, _ = submit_json(str(job), "--target", "onprem", "--detach", env=env)
+    run_id = summary["run_id"]
+    wait_log(run_id, "step 5", timeout=120)
+
+    # the runner goes away mid-job: the forward closes with its connection, the relay journals
+    os.kill(record_of(run_id)["supervisor_pid"], signal.SIGKILL)
+    time.sleep(4)
+    exec_dir = host.remote_root / "runs" / run_id / "attempt-0" / "node-0"
+    assert "journaling writes" in (exec_dir / "relay.log").read_text(), "the relay never lost its upstream"
+
+    # the next contact (hml status restarts the supervisor) opens the forward again; the relay replays
+    status(run_id, env=env)
+    final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=180, env=env)
+    assert final["status"] == "FINISHED", hml("logs", run_id).stdout
+    assert_every_step_once(mlflow_server, run_id, 60)
+    assert not (Path(exec_dir) / "syncing").exists()
