@@ -29,10 +29,29 @@ class Vault(_Strict):
     region: str | None = None
 
 
+class CloudWatchTelemetry(_Strict):
+    region: str = Field(min_length=1)
+    namespace: str = Field(default="HybridML", min_length=1)
+    """The namespace components/monitoring.py's alarm and dashboard read."""
+
+
+class Telemetry(_Strict):
+    """What the runner publishes when a run on this target ends (runners/telemetry.py), for the
+    monitors components/monitoring.py provisions: CloudWatch on AWS, a node_exporter textfile
+    on-prem."""
+
+    team: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Whose GPU seconds and spend these are (the budget's team tag)."""
+    cloudwatch: CloudWatchTelemetry | None = None
+    prometheus_textfile: str | None = Field(default=None, pattern=r"\.prom$")
+    """A ``*.prom`` file in node_exporter's ``--collector.textfile.directory``."""
+
+
 class TargetConfig(_Strict):
     """Base of every target kind's model: unknown keys are refused, the kind is named."""
 
     kind: str
+    telemetry: Telemetry = Telemetry()
 
 
 class LocalTarget(TargetConfig):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
-from runners import records, tracking
+from runners import records, telemetry, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.jobenv import job_env, tracking_credentials
@@ -238,6 +238,8 @@ class Supervisor:
         self.rec.ended_at = time.time()
         self.note(f"run {status} ({reason})")
         self.rec.save()
+        for problem in telemetry.publish(self.rec, self.backend.config.telemetry):
+            self.note(f"telemetry not sent: {problem}")
 
     def finalize(self) -> None:
         """Hand the end to the tracking server, retrying while it is down; the record keeps all."""
