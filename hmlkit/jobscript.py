@@ -18,6 +18,7 @@ EXIT_CODE = "exit_code"
 PID = "pid"
 REDACTOR = "redact.py"
 RELAY = "relay.py"
+SYSMETRICS = "sysmetrics.py"
 RELAY_JOURNAL = "relay-journal"
 SYNCING = "syncing"
 RELAY_UPSTREAM = "HML_RELAY_UPSTREAM"
@@ -49,8 +50,13 @@ relay_start() {{
     RELAY_PID=""; return 0
   fi
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
+  # this node's CPU, memory and GPUs into the run, through the relay (hmlkit/sysmetrics.py)
+  if [ -n "$MLFLOW_RUN_ID" ] && [ "${{TRACKING_SYSTEM_METRICS_S:-5}}" != 0 ]; then
+    python3 -I -S "$EXEC/{SYSMETRICS}" 2>> "$EXEC/relay.log" & SAMPLER_PID=$!
+  fi
 }}
 relay_drain() {{  # the backlog's size goes to $EXEC/{SYNCING} too, for `hml status`
+  [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null && wait "$SAMPLER_PID" 2>/dev/null
   [ -n "$RELAY_PID" ] || return 0
   waited=0
   while n=$(relay_status); [ "$n" != 0 ]; do
@@ -119,6 +125,7 @@ finish "$rc"
         WRAPPER: wrapper,
         REDACTOR: Path(__file__).with_name("redact_stream.py").read_text(),
         RELAY: Path(__file__).with_name("relay.py").read_text(),
+        SYSMETRICS: Path(__file__).with_name("sysmetrics.py").read_text(),
         "run.sh": run.rstrip() + "\n",
     }
     if setup:

@@ -74,7 +74,7 @@ def publish(rec: RunRecord, telemetry: Telemetry) -> list[str]:
 def to_cloudwatch(end: RunEnd, config: CloudWatchTelemetry) -> None:
     from hmlkit.extras import require
 
-    boto3: Any = require("boto3", "aws")
+    boto3: Any = require("boto3", "CloudWatch telemetry")
     team = [{"Name": "Team", "Value": end.team}]
     data = [
         {"MetricName": "JobsFailed", "Value": float(end.status == "FAILED"), "Unit": "Count"},

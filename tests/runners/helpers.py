@@ -74,7 +74,7 @@ def processes_matching(marker: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
-def logging_job(dir_: Path, steps: int, pause: float, gate: bool = False) -> Path:
+def logging_job(dir_: Path, steps: int, pause: float, gate: bool = False, **fields: Any) -> Path:
     """A loop logging a param, a metric per step and a tag; with ``gate``, the steps wait for a
     file ``go`` in the workdir (the param, logged first, has read the run by then)."""
     code = (
@@ -89,7 +89,7 @@ def logging_job(dir_: Path, steps: int, pause: float, gate: bool = False) -> Pat
     ) % (steps, steps, pause)
     dir_.mkdir()
     (dir_ / "train.py").write_text(code)
-    return write_job(dir_, run=f"{sys.executable} train.py")
+    return write_job(dir_, run=f"{sys.executable} train.py", **fields)
 
 
 def wait_log(run_id: str, text: str, timeout: float = 60) -> None:
@@ -97,6 +97,15 @@ def wait_log(run_id: str, text: str, timeout: float = 60) -> None:
     while text not in hml("logs", run_id).stdout:
         assert time.monotonic() < deadline, f"{text!r} never appeared: {hml('logs', run_id).stdout}"
         time.sleep(0.2)
+
+
+def assert_system_metrics(client: Any, run_id: str, prefix: str = "system/", at_least: int = 2) -> None:
+    """The node's sampler (hmlkit/sysmetrics.py) logged CPU and memory, each sample exactly once."""
+    for key in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, prefix + key))
+        assert len(steps) >= at_least and steps == list(range(len(steps))), f"{key}: {steps}"
+    cpu = client.get_metric_history(run_id, prefix + "cpu_utilization_percentage")
+    assert all(0 <= m.value <= 100 for m in cpu)
 
 
 def assert_every_step_once(server: Any, run_id: str, steps: int) -> None:

@@ -17,6 +17,7 @@ from tests.conftest import MlflowServer, free_port
 from tests.runners.contract import BackendContract
 from tests.runners.helpers import (
     assert_every_step_once,
+    assert_system_metrics,
     hml,
     logging_job,
     status,
@@ -187,7 +188,7 @@ def test_tracking_server_down_for_30s_mid_job_loses_no_metric(tmp_path):
     server = MlflowServer(tmp_path / "srv", free_port()).start()
     try:
         profile = local_profile(tmp_path / "hybridml.yaml", server.url)
-        job = logging_job(tmp_path / "w", steps=200, pause=0.2)
+        job = logging_job(tmp_path / "w", steps=200, pause=0.2, envs={"TRACKING_SYSTEM_METRICS_S": "1"})
         summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
         run_id = summary["run_id"]
         wait_log(run_id, "step 5")
@@ -200,6 +201,7 @@ def test_tracking_server_down_for_30s_mid_job_loses_no_metric(tmp_path):
         final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=180)
         assert final["status"] == "FINISHED", hml("logs", run_id).stdout
         assert_every_step_once(server, run_id, 200)
+        assert_system_metrics(server.client(), run_id, at_least=30)  # samples journaled mid-outage too
     finally:
         server.stop()
 

@@ -23,6 +23,7 @@ import pytest
 
 from tests.runners.helpers import (
     assert_every_step_once,
+    assert_system_metrics,
     hml,
     logging_job,
     status,
@@ -55,7 +56,7 @@ def test_a_host_that_cannot_reach_the_server_logs_through_the_runner(tmp_path, c
 
     profile = ssh_profile(tmp_path, cut_off_bed, mlflow_server.url, tracking_via="runner")
     env = {"HML_CONFIG": str(profile)}
-    job = logging_job(tmp_path / "w", steps=60, pause=0.1)
+    job = logging_job(tmp_path / "w", steps=60, pause=0.1, envs={"TRACKING_SYSTEM_METRICS_S": "1"})
     summary, _ = submit_json(str(job), "--target", "onprem", "--detach", env=env)
     run_id = summary["run_id"]
     wait_log(run_id, "step 5", timeout=120)
@@ -71,4 +72,5 @@ def test_a_host_that_cannot_reach_the_server_logs_through_the_runner(tmp_path, c
     final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=180, env=env)
     assert final["status"] == "FINISHED", hml("logs", run_id).stdout
     assert_every_step_once(mlflow_server, run_id, 60)
+    assert_system_metrics(mlflow_server.client(), run_id)
     assert not (Path(exec_dir) / "syncing").exists()
