@@ -44,6 +44,9 @@ def open_forward(client: Any, tracking_uri: str, port: int = 0) -> int:
     def accept(channel: Any, origin: Any, server: Any) -> None:
         threading.Thread(target=_join, args=(channel, target), daemon=True, name="hml-forward").start()
 
+    # each forwarded request and answer is a few small SSH packets: without this, Nagle holds
+    # one back for the peer's delayed ACK (about 40 ms a call)
+    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         return int(transport.request_port_forward("127.0.0.1", port, handler=accept))
     except Exception as exc:  # paramiko's SSHException: the host refused (AllowTcpForwarding no?)
@@ -61,6 +64,7 @@ def _join(channel: Any, target: tuple[str, int]) -> None:
         channel.close()  # the relay sees a dropped connection and journals
         return
     upstream.settimeout(None)
+    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # small HTTP writes: no Nagle wait
 
     def pump(read: Any, write: Any, done: Any) -> None:
         try:
