@@ -1,4 +1,5 @@
-"""``tracking_via: runner`` on the ssh target, with a host that cannot reach the tracking server.
+"""``tracking_via: runner`` on the ssh target, with a host that cannot reach the tracking server
+(and on the aws target, whose bed's instances could reach it: see that test).
 
 How the host is cut off, for real: its sshd lives in its own network namespace
 (``start_bed(own_network=True)`` in tests/sshbed.py), joined to this machine by one veth pair
@@ -31,6 +32,7 @@ from tests.runners.helpers import (
     wait_log,
     wait_status,
 )
+from tests.runners.test_aws import aws_profile, no_leak  # noqa: F401  (a fixture)
 from tests.runners.test_ssh import record_of, ssh_profile
 from tests.sshbed import SshBed, start_bed
 
@@ -74,3 +76,17 @@ def test_a_host_that_cannot_reach_the_server_logs_through_the_runner(tmp_path, c
     assert_every_step_once(mlflow_server, run_id, 60)
     assert_system_metrics(mlflow_server.client(), run_id)
     assert not (Path(exec_dir) / "syncing").exists()
+
+
+@pytest.mark.usefixtures("no_leak")
+def test_an_aws_instance_logs_through_the_runner_too(tmp_path, aws_bed, mlflow_server):
+    """The same forward on the aws target. The bed's instances are sshd hosts on this machine's
+    loopback, so they could reach the server themselves; what this shows is that the relay's
+    upstream is the forwarded port the record names, and every step still lands once."""
+    env = {"HML_CONFIG": str(aws_profile(tmp_path, aws_bed, mlflow_server.url, tracking_via="runner"))}
+    job = logging_job(tmp_path / "w", steps=20, pause=0.05)
+    summary, out = submit_json(str(job), "--target", "cloud", env=env, timeout=600)
+    assert summary["status"] == "FINISHED", out.stderr + hml("logs", summary["run_id"]).stdout
+    tracking_uri, port = record_of(summary["run_id"])["handle"]["nodes"][0]["forward"]
+    assert tracking_uri == mlflow_server.url and port > 0
+    assert_every_step_once(mlflow_server, summary["run_id"], 20)
