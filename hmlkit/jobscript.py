@@ -18,7 +18,11 @@ EXIT_CODE = "exit_code"
 PID = "pid"
 REDACTOR = "redact.py"
 RELAY = "relay.py"
+SYSMETRICS = "sysmetrics.py"
 RELAY_JOURNAL = "relay-journal"
+SYNCING = "syncing"
+RELAY_UPSTREAM = "HML_RELAY_UPSTREAM"
+"""Where the relay sends writes when not to the tracking URI itself (tracking_via: runner)."""
 
 
 _PENDING = (
@@ -32,8 +36,8 @@ relay_status() {{
 }}
 relay_start() {{
   case "$MLFLOW_TRACKING_URI" in http://*|https://*) ;; *) return 0 ;; esac
-  python3 -I -S "$EXEC/{RELAY}" --upstream "$MLFLOW_TRACKING_URI" --journal "$EXEC/{RELAY_JOURNAL}" \\
-    > "$EXEC/relay.out" 2>> "$EXEC/relay.log" &
+  python3 -I -S "$EXEC/{RELAY}" --upstream "${{{RELAY_UPSTREAM}:-$MLFLOW_TRACKING_URI}}" \\
+    --journal "$EXEC/{RELAY_JOURNAL}" > "$EXEC/relay.out" 2>> "$EXEC/relay.log" &
   RELAY_PID=$!
   for _ in $(seq 200); do
     RELAY_PORT=$(sed -n 's/.*"port": *\\([0-9]*\\).*/\\1/p' "$EXEC/relay.out" 2>/dev/null)
@@ -46,13 +50,19 @@ relay_start() {{
     RELAY_PID=""; return 0
   fi
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
+  # this node's CPU, memory and GPUs into the run, through the relay (hmlkit/sysmetrics.py)
+  if [ -n "$MLFLOW_RUN_ID" ] && [ "${{TRACKING_SYSTEM_METRICS_S:-5}}" != 0 ]; then
+    python3 -I -S "$EXEC/{SYSMETRICS}" 2>> "$EXEC/relay.log" & SAMPLER_PID=$!
+  fi
 }}
-relay_drain() {{
+relay_drain() {{  # the backlog's size goes to $EXEC/{SYNCING} too, for `hml status`
+  [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null && wait "$SAMPLER_PID" 2>/dev/null
   [ -n "$RELAY_PID" ] || return 0
   waited=0
-  while [ "$(relay_status)" != 0 ]; do
+  while n=$(relay_status); [ "$n" != 0 ]; do
+    echo "$n" > "$EXEC/{SYNCING}.tmp"; mv "$EXEC/{SYNCING}.tmp" "$EXEC/{SYNCING}"
     if [ $((waited % 10)) -eq 0 ]; then
-      echo "hml: syncing $(relay_status) records to the tracking server" >> "$EXEC/{OUTPUT}"
+      echo "hml: syncing $n records to the tracking server" >> "$EXEC/{OUTPUT}"
     fi
     if [ "$waited" -ge "${{TRACKING_RELAY_DRAIN_S:-3600}}" ]; then
       echo "hml: gave up syncing; the records stay in $EXEC/{RELAY_JOURNAL}" >> "$EXEC/{OUTPUT}"
@@ -60,8 +70,20 @@ relay_drain() {{
     fi
     sleep 1; waited=$((waited + 1))
   done
+  rm -f "$EXEC/{SYNCING}"
   kill "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null
 }}"""
+
+
+def syncing_detail(backlogs: list[str]) -> str:
+    """What ``hml status`` shows while the wrapper waits for its relay's journal to drain (the
+    contents of each node's ``SYNCING`` file; empty when no node waits). The run turns terminal
+    only after every node's wrapper is done waiting, so this is the one visible sign of it."""
+    waiting = [b.strip() for b in backlogs if b.strip()]
+    if not waiting:
+        return ""
+    known = [int(b) for b in waiting if b.isdigit()]  # "unknown": the relay did not answer
+    return f"syncing {sum(known) if known else 'its'} records to the tracking server"
 
 
 def env_lines(env: dict[str, str]) -> str:
@@ -103,6 +125,7 @@ finish "$rc"
         WRAPPER: wrapper,
         REDACTOR: Path(__file__).with_name("redact_stream.py").read_text(),
         RELAY: Path(__file__).with_name("relay.py").read_text(),
+        SYSMETRICS: Path(__file__).with_name("sysmetrics.py").read_text(),
         "run.sh": run.rstrip() + "\n",
     }
     if setup:

@@ -32,6 +32,24 @@ class Vault(_Strict):
     region: str | None = None
 
 
+class CloudWatchTelemetry(_Strict):
+    region: str = Field(min_length=1)
+    namespace: str = Field(default="HybridML", min_length=1)
+    """The namespace components/monitoring.py's alarm and dashboard read."""
+
+
+class Telemetry(_Strict):
+    """What the runner publishes when a run on this target ends (runners/telemetry.py), for the
+    monitors components/monitoring.py provisions: CloudWatch on AWS, a node_exporter textfile
+    on-prem."""
+
+    team: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Whose GPU seconds and spend these are (the budget's team tag)."""
+    cloudwatch: CloudWatchTelemetry | None = None
+    prometheus_textfile: str | None = Field(default=None, pattern=r"\.prom$")
+    """A ``*.prom`` file in node_exporter's ``--collector.textfile.directory``."""
+
+
 class TargetConfig(_Strict):
     """Base of every target kind's model: unknown keys are refused, the kind is named."""
 
@@ -39,6 +57,7 @@ class TargetConfig(_Strict):
     near: list[str] = []
     """The profile's stores this target sits next to: ``--target auto`` prefers it for jobs
     whose inputs live there, as their bytes need not cross a slow link."""
+    telemetry: Telemetry = Telemetry()
 
 
 class LocalTarget(TargetConfig):
@@ -66,9 +85,16 @@ class ShellTarget(TargetConfig):
         return value[2:] if value.startswith("~/") else value
 
 
+TrackingVia = Literal["direct", "runner"]
+"""How a job's tracking relay reaches the tracking server: ``direct`` from the host, or ``runner``
+through a port the runner forwards over its own SSH connection (hmlkit/ssh/forward.py), for
+hosts that cannot reach the server; then the runner must reach it, over ``http://``."""
+
+
 class SshTarget(ShellTarget):
     kind: Literal["ssh"] = "ssh"
     hosts: list[SshHost] = Field(min_length=1)
+    tracking_via: TrackingVia = "direct"
 
 
 class SlurmTarget(ShellTarget):
@@ -110,6 +136,7 @@ class AwsTarget(TargetConfig):
 
     kind: Literal["aws"] = "aws"
     region: str = Field(min_length=1)
+    tracking_via: TrackingVia = "direct"
     launch_template: str | None = None
     """Launch template id (the GpuNodePool's); its AMI, disk and IAM profile are used."""
     launch_template_version: str = "$Default"

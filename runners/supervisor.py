@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
-from runners import records, tracking
+from runners import records, telemetry, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.data import lineage
@@ -182,9 +183,9 @@ class Supervisor:
             self.rec.started_at += waited
             changed = True
         if state.detail != self.rec.reason:
+            if state.detail and re.sub(r"\d+", "", state.detail) != re.sub(r"\d+", "", self.rec.reason):
+                self.note(state.detail)  # once per kind: a backlog counting down is not news each second
             self.rec.reason, changed = state.detail, True
-            if state.detail:
-                self.note(state.detail)
         if changed:
             self.rec.save()
 
@@ -241,6 +242,8 @@ class Supervisor:
         self.rec.ended_at = time.time()
         self.note(f"run {status} ({reason})")
         self.rec.save()
+        for problem in telemetry.publish(self.rec, self.backend.config.telemetry):
+            self.note(f"telemetry not sent: {problem}")
 
     def _tag_models(self, inputs: list[Input]) -> None:
         """Best effort: a server without logged models must not hold the run open; an outage

@@ -133,6 +133,8 @@ class Host:
     """Where this host's sshd_config, host key, pid file and log live."""
     pid: int | None = field(repr=False, default=None)
     """The sshd listener's pid while it runs (also kept in the CLI state file)."""
+    netns: str = ""
+    """The network namespace the host lives in (``start_bed(own_network=True)``), else ''."""
     _proc: subprocess.Popen | None = field(repr=False, default=None, compare=False)
 
     @property
@@ -148,9 +150,11 @@ class Host:
         return self.dir / "sshd.log"
 
     def host_key_line(self) -> str:
-        """The known_hosts line: ``[ADDR]:PORT ssh-ed25519 AAAA...`` (paramiko reads this form)."""
+        """The known_hosts line: ``[ADDR]:PORT ssh-ed25519 AAAA...`` (paramiko reads this form; port
+        22 is written as the bare address, as OpenSSH does)."""
         keytype, blob = self.host_key.with_name(self.host_key.name + ".pub").read_text().split()[:2]
-        return f"[{self.address}]:{self.port} {keytype} {blob}"
+        name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        return f"{name} {keytype} {blob}"
 
     def fingerprint(self) -> str:
         """``SHA256:...`` of the host key, exactly as ``ssh-keygen -lf`` prints it."""
@@ -241,8 +245,9 @@ class Host:
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege-separation dir
         with self.log.open("ab") as log:
             # A minimal environment: the listener must not pass any marker of ours on.
+            netns = ["ip", "netns", "exec", self.netns] if self.netns else []
             self._proc = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(self.config)],
+                [*netns, str(SSHD), "-D", "-e", "-f", str(self.config)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -320,6 +325,7 @@ class Host:
             "marker": self.marker,
             "dir": str(self.dir),
             "pid": self.pid,
+            "netns": self.netns,
         }
 
     @classmethod
@@ -334,6 +340,7 @@ class Host:
             marker=data["marker"],
             dir=Path(data["dir"]),
             pid=data["pid"],
+            netns=data.get("netns", ""),
         )
 
 
@@ -375,6 +382,8 @@ class SshBed:
                 host.kill()
             except RuntimeError as e:
                 errors.append(str(e))
+            if host.netns:  # its veth pair goes with it
+                subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True, timeout=30)
         if errors:
             raise RuntimeError("; ".join(errors))
 
@@ -382,8 +391,30 @@ class SshBed:
         (self.root / STATE_FILE).write_text(json.dumps([h.state() for h in self.hosts], indent=1))
 
 
-def start_bed(root: Path, n: int = 2) -> SshBed:
-    """Generate keys and configs under ``root`` and start ``n`` sshd hosts on 127.0.0.2, .3, ..."""
+def _own_network(name: str, subnet: int) -> str:
+    """A network namespace ``name`` joined to this one by a veth pair on 10.213.<subnet>.0/30:
+    the host gets .2, this side .1, and nothing else. Its loopback is its own, so services this
+    machine offers on 127.0.0.1 (an MLflow server, say) are out of its reach; needs root."""
+    outside, inside = f"hv{subnet}o", f"hv{subnet}i"
+    for cmd in (
+        f"ip netns add {name}",
+        f"ip link add {outside} type veth peer name {inside}",
+        f"ip link set {inside} netns {name}",
+        f"ip addr add 10.213.{subnet}.1/30 dev {outside}",
+        f"ip link set {outside} up",
+        f"ip netns exec {name} ip addr add 10.213.{subnet}.2/30 dev {inside}",
+        f"ip netns exec {name} ip link set {inside} up",
+        f"ip netns exec {name} ip link set lo up",
+    ):
+        subprocess.run(cmd.split(), check=True, capture_output=True, timeout=30)
+    return f"10.213.{subnet}.2"
+
+
+def start_bed(root: Path, n: int = 2, own_network: bool = False) -> SshBed:
+    """Generate keys and configs under ``root`` and start ``n`` sshd hosts on 127.0.0.2, .3, ...
+
+    ``own_network``: each host lives in its own network namespace instead (``_own_network``),
+    reachable from here over SSH only, the way a GPU box on a closed network is."""
     if not SSHD.exists():
         raise RuntimeError(f"{SSHD} is missing; install it: {INSTALL_HINT}")
     if not 1 <= n <= 200:
@@ -399,17 +430,20 @@ def start_bed(root: Path, n: int = 2) -> SshBed:
     bed = SshBed(root=root, hosts=[])
     try:
         for i in range(1, n + 1):
-            address = f"127.0.0.{i + 1}"
+            netns = f"hml-{bed_id}-h{i}" if own_network else ""
+            subnet = int(bed_id[:4], 16) % 200 + i
+            address = _own_network(netns, subnet) if own_network else f"127.0.0.{i + 1}"
             host_dir = root / f"h{i}"
             host = Host(
                 name=f"h{i}",
                 address=address,
-                port=_free_port(address),
+                port=22 if own_network else _free_port(address),  # a namespace has its own ports
                 user=getpass.getuser(),
                 identity_file=identity,
                 remote_root=host_dir / "root",
                 marker=f"hml-bed-{bed_id}-h{i}",
                 dir=host_dir,
+                netns=netns,
             )
             host.remote_root.mkdir(parents=True, exist_ok=True)
             _keygen(host.host_key, f"h{i}-host")

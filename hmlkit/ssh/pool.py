@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hmlkit.errors import BackendError
+from hmlkit.ssh.forward import open_forward
 from hmlkit.ssh.hosts import SshHost, connect, prepare_root, run
 
 
@@ -24,6 +25,8 @@ class HostPool:
         self.default_root = default_root
         self._clients: dict[str, Any] = {}
         self._roots: dict[str, str] = {}
+        self._forwarded: dict[str, Any] = {}
+        """host label -> the connection its tracking forward is open on."""
         self._lock = threading.Lock()
 
     def client(self, host: SshHost) -> Any:
@@ -48,6 +51,18 @@ class HostPool:
                 self._clients.pop(host.label, None)
             client.close()
             raise BackendError(f"{host.label}: {exc}") from None
+
+    def forward(self, host: SshHost, tracking_uri: str, port: int = 0) -> int:
+        """Hold the host's forward of ``127.0.0.1:port`` to the tracking server (hmlkit/ssh/forward.py)
+        on the live connection, opening it again after a reconnect; the host's port."""
+        client = self.client(host)
+        with self._lock:
+            if port and self._forwarded.get(host.label) is client:
+                return port
+        port = open_forward(client, tracking_uri, port)
+        with self._lock:
+            self._forwarded[host.label] = client
+        return port
 
     def root(self, host: SshHost) -> str:
         """The host's remote root, absolute, prepared on first use."""

@@ -63,11 +63,13 @@ echo "STARTED $devices"
 
 
 def state(exec_dir: str) -> str:
-    """Prints ``EXIT <code>``, ``RUNNING`` or ``GONE`` (no exit code, no process: host rebooted)."""
+    """Prints ``EXIT <code>``, ``RUNNING [<records the wrapper waits to sync>]`` or ``GONE`` (no
+    exit code, no process: host rebooted)."""
     e = shlex.quote(exec_dir)
     return (
         f'if [ -f {e}/exit_code ]; then echo "EXIT $(cat {e}/exit_code)"; '
-        f'elif [ -s {e}/pid ] && kill -0 -- -"$(cat {e}/pid)" 2>/dev/null; then echo RUNNING; '
+        f'elif [ -s {e}/pid ] && kill -0 -- -"$(cat {e}/pid)" 2>/dev/null; '
+        f'then echo "RUNNING $(cat {e}/syncing 2>/dev/null)"; '
         f"else echo GONE; fi"
     )
 

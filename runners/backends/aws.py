@@ -433,7 +433,9 @@ class AwsBackend(Backend[AwsHandle]):
         return self._pools[handle.known_hosts]
 
     def _nodes(self, handle: AwsHandle) -> NodeRunner:
-        return NodeRunner(self._pool(handle), int(self.config.max_workdir_mb * 1e6))
+        return NodeRunner(
+            self._pool(handle), int(self.config.max_workdir_mb * 1e6), tracking_via=self.config.tracking_via
+        )
 
     def _terminate(self, ids: list[str]) -> None:
         if ids:

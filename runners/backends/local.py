@@ -51,6 +51,13 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _read(path: Path) -> list[str]:
+    try:
+        return [path.read_text()]
+    except FileNotFoundError:
+        return []
+
+
 class LocalBackend(Backend[LocalHandle]):
     kind = "local"
     Config = LocalTarget
@@ -124,7 +131,9 @@ class LocalBackend(Backend[LocalHandle]):
         if exit_file.exists():
             return JobState(running=False, exit_code=int(exit_file.read_text().strip() or 1))
         if _group_alive(handle.pid) and _start_time(handle.pid) in (handle.started, None):
-            return JobState(running=True)
+            return JobState(
+                running=True, detail=jobscript.syncing_detail(_read(exit_file.with_name(jobscript.SYNCING)))
+            )
         return JobState(running=False, detail="the job's process ended without an exit code")
 
     def read_output(self, handle: LocalHandle) -> bytes:

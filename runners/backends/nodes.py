@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from hmlkit import jobscript
 from hmlkit.errors import BackendError, NoCapacityError
+from hmlkit.profile import TrackingVia
 from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost, write_files
 from hmlkit.ssh.pool import HostPool
@@ -41,6 +42,8 @@ class Node(BaseModel):
     cursor: int = 0
     partial: str = ""
     """A line still being written, held until its end so node prefixes stay on whole lines."""
+    forward: tuple[str, int] | None = None
+    """(tracking URI, the host's port) the runner forwards while it follows (tracking_via: runner)."""
 
 
 class NodesHandle(Handle):
@@ -65,10 +68,17 @@ def torchrun_line(run_text: str, distributed: bool) -> str:
 
 
 class NodeRunner:
-    def __init__(self, pool: HostPool, max_workdir_bytes: int, data_via: Via = "auto") -> None:
+    def __init__(
+        self,
+        pool: HostPool,
+        max_workdir_bytes: int,
+        data_via: Via = "auto",
+        tracking_via: TrackingVia = "direct",
+    ) -> None:
         self.pool = pool
         self.max_workdir_bytes = max_workdir_bytes
         self.data_via = data_via
+        self.tracking_via = tracking_via
 
     def start(self, request: LaunchRequest, hosts: list[SshHost]) -> NodesHandle:
         """Start the job on ``hosts`` (rank = position); on any failure, stop what started."""
@@ -131,6 +141,7 @@ class NodeRunner:
             "HML_NODE_RANK": str(rank),
             "HML_CODE_DIR": staged.code_dir,
             **data.env,
+            **self._tracking_upstream(node, request.env.get("MLFLOW_TRACKING_URI", "")),
         }
         files[jobscript.ENV_FILE] = jobscript.env_lines({**env, **request.secrets})
         write_files(client, exec_dir, files)
@@ -143,8 +154,30 @@ class NodeRunner:
             raise BackendError(f"{host.label}: job did not start: {(err or out).strip()[-300:]}")
         node.gpus = out.split()[1] if len(out.split()) > 1 else ""
 
+    def _tracking_upstream(self, node: Node, tracking_uri: str) -> dict[str, str]:
+        """With tracking_via: runner, the node's relay goes upstream through a port forwarded
+        over this runner's connection (hmlkit/ssh/forward.py)."""
+        if self.tracking_via != "runner" or not tracking_uri.startswith(("http://", "https://")):
+            return {}
+        node.forward = (tracking_uri, self.pool.forward(node.host, tracking_uri))
+        return {jobscript.RELAY_UPSTREAM: f"http://127.0.0.1:{node.forward[1]}"}
+
+    def hold_forwards(self, handle: NodesHandle) -> None:
+        """Keep every node's tracking forward open while the run is followed, and open it again
+        on the first contact after the runner was away (a restarted supervisor, a reconnect),
+        so a relay that journaled meanwhile replays. A host that refuses leaves its relay
+        journaling; the job goes on."""
+        for node in handle.nodes:
+            if node.forward:
+                try:
+                    self.pool.forward(node.host, *node.forward)
+                except BackendError:
+                    pass
+
     def poll(self, handle: NodesHandle) -> JobState:
+        self.hold_forwards(handle)
         exits: dict[int, int] = {}
+        syncing: list[str] = []
         for node in handle.nodes:
             _, out, _ = self.pool.exec(node.host, scripts.state(node.exec_dir), timeout=15)
             word, _, code = out.strip().partition(" ")
@@ -153,6 +186,8 @@ class NodeRunner:
                 return JobState(False, None, f"node {node.rank} on {node.host.label}: process vanished")
             if word == "EXIT":
                 exits[node.rank] = int(code or 1)
+            elif code:
+                syncing.append(code)
         failed = {r: c for r, c in exits.items() if c != 0}
         multi = len(handle.nodes) > 1
         if failed:
@@ -162,7 +197,7 @@ class NodeRunner:
             return JobState(False, code, f"node {rank} exited with {code}" if multi else "")
         if len(exits) == len(handle.nodes):
             return JobState(False, 0)
-        return JobState(True)
+        return JobState(True, detail=jobscript.syncing_detail(syncing))
 
     def read_output(self, handle: NodesHandle) -> bytes:
         chunks = []

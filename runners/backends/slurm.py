@@ -72,10 +72,14 @@ s=$(grep -m 1 "^{job}|" "$c" 2>/dev/null | cut -d '|' -f 2-)
 [ -n "$s" ] || s=$(sacct -n -P -X -j {job} -o State 2>/dev/null | head -n 1)
 echo "STATE ${{s:-UNKNOWN}}"
 cd {attempt} || exit 0
-for d in node-*; do [ -f "$d/exit_code" ] && echo "EXIT ${{d#node-}} $(cat "$d/exit_code")"; done
+for d in node-*; do
+  [ -f "$d/exit_code" ] && echo "EXIT ${{d#node-}} $(cat "$d/exit_code")"
+  [ -f "$d/syncing" ] && echo "SYNCING ${{d#node-}} $(cat "$d/syncing")"
+done
 true
 """
-"""Prints ``STATE <Slurm state>|<reason>|<nodes>``, then ``EXIT <rank> <code>`` per node that ended."""
+"""Prints ``STATE <Slurm state>|<reason>|<nodes>``, then ``EXIT <rank> <code>`` per node that ended
+and ``SYNCING <rank> <records>`` per node whose wrapper waits for its relay to drain."""
 
 
 class SlurmHandle(NodesHandle):
@@ -255,9 +259,11 @@ class SlurmBackend(Backend[SlurmHandle]):
         if state in QUEUED:
             why = reason if reason not in ("", "None") else "waiting to be scheduled"
             return JobState(True, detail=f"queued in Slurm: {why}", queued=True)
+        found = [f for f in (ln.split() for ln in lines[1:]) if len(f) == 3]
         if state in ACTIVE:
-            return JobState(True, detail=f"running in Slurm job {job} on {nodelist}")
-        exits = {int(r): int(c) for r, c in (ln.split()[1:3] for ln in lines[1:] if len(ln.split()) == 3)}
+            syncing = jobscript.syncing_detail([f[2] for f in found if f[0] == "SYNCING"])
+            return JobState(True, detail=syncing or f"running in Slurm job {job} on {nodelist}")
+        exits = {int(f[1]): int(f[2]) for f in found if f[0] == "EXIT"}
         failed = {r: c for r, c in exits.items() if c != 0}
         code = min(failed.items())[1] if failed else None
         if state in ENDS:

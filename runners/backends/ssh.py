@@ -31,7 +31,9 @@ class SshBackend(Backend[NodesHandle]):
     def __init__(self, name: str, config: SshTarget) -> None:
         super().__init__(name, config)
         self.pool = HostPool(config.known_hosts, config.connect_timeout, name, config.remote_root)
-        self.nodes = NodeRunner(self.pool, int(config.max_workdir_mb * 1e6), config.data_via)
+        self.nodes = NodeRunner(
+            self.pool, int(config.max_workdir_mb * 1e6), config.data_via, config.tracking_via
+        )
 
     def close(self) -> None:
         self.pool.close()

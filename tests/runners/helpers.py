@@ -74,6 +74,49 @@ def processes_matching(marker: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
+def logging_job(dir_: Path, steps: int, pause: float, gate: bool = False, **fields: Any) -> Path:
+    """A loop logging a param, a metric per step and a tag; with ``gate``, the steps wait for a
+    file ``go`` in the workdir (the param, logged first, has read the run by then)."""
+    code = (
+        "import mlflow, os, time\n"
+        "mlflow.log_param('steps', %d)\n"
+        + ("while not os.path.exists('go'):\n    time.sleep(0.05)\n" if gate else "")
+        + "for step in range(%d):\n"
+        "    mlflow.log_metric('loss', 1.0 / (step + 1), step=step)\n"
+        "    print('step', step, flush=True)\n"
+        "    time.sleep(%s)\n"
+        "mlflow.set_tag('done', 'yes')\n"
+    ) % (steps, steps, pause)
+    dir_.mkdir()
+    (dir_ / "train.py").write_text(code)
+    return write_job(dir_, run=f"{sys.executable} train.py", **fields)
+
+
+def wait_log(run_id: str, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in hml("logs", run_id).stdout:
+        assert time.monotonic() < deadline, f"{text!r} never appeared: {hml('logs', run_id).stdout}"
+        time.sleep(0.2)
+
+
+def assert_system_metrics(client: Any, run_id: str, prefix: str = "system/", at_least: int = 2) -> None:
+    """The node's sampler (hmlkit/sysmetrics.py) logged CPU and memory, each sample exactly once."""
+    for key in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
+        steps = sorted(m.step for m in client.get_metric_history(run_id, prefix + key))
+        assert len(steps) >= at_least and steps == list(range(len(steps))), f"{key}: {steps}"
+    cpu = client.get_metric_history(run_id, prefix + "cpu_utilization_percentage")
+    assert all(0 <= m.value <= 100 for m in cpu)
+
+
+def assert_every_step_once(server: Any, run_id: str, steps: int) -> None:
+    client = server.client()
+    run = wait_finalized(client, run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["steps"] == str(steps) and run.data.tags["done"] == "yes"
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(steps)), "a step is missing or twice"
+
+
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "digits"
 
 

@@ -15,7 +15,18 @@ import yaml
 
 from tests.conftest import MlflowServer, free_port
 from tests.runners.contract import BackendContract
-from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
+from tests.runners.helpers import (
+    assert_every_step_once,
+    assert_system_metrics,
+    hml,
+    logging_job,
+    status,
+    submit_json,
+    wait_finalized,
+    wait_log,
+    wait_status,
+    write_job,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("mlflow", "torch", "boto3", "pulumi", "paramiko")
@@ -171,37 +182,58 @@ def test_digits_on_a_gpu(tmp_path, mlflow_server):
     assert run.data.metrics["test_accuracy"] >= 0.9
 
 
-def test_tracking_server_down_mid_job_loses_no_metric(tmp_path):
-    """The job logs through the relay beside it: a server outage mid-job costs nothing."""
+def test_tracking_server_down_for_30s_mid_job_loses_no_metric(tmp_path):
+    """Issue 12's outage: the server stopped for 30 s in the middle of a training loop and
+    restarted on the same store; every step lands exactly once, and the job never waited."""
     server = MlflowServer(tmp_path / "srv", free_port()).start()
     try:
         profile = local_profile(tmp_path / "hybridml.yaml", server.url)
-        code = (
-            "import mlflow, time\n"
-            "for step in range(80):\n"
-            "    mlflow.log_metric('loss', 1.0 / (step + 1), step=step)\n"
-            "    print('step', step, flush=True)\n"
-            "    time.sleep(0.25)\n"
-        )
-        (tmp_path / "w").mkdir()
-        (tmp_path / "w" / "train.py").write_text(code)
-        job = write_job(tmp_path / "w", run=f"{sys.executable} train.py")
+        job = logging_job(tmp_path / "w", steps=200, pause=0.2, envs={"TRACKING_SYSTEM_METRICS_S": "1"})
         summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
         run_id = summary["run_id"]
-        deadline = time.monotonic() + 60
-        while "step 5" not in hml("logs", run_id).stdout and time.monotonic() < deadline:
-            time.sleep(0.2)
-        server.stop()  # for about 8 s, in the middle of the job
-        time.sleep(8)
+        wait_log(run_id, "step 5")
+        server.stop()
+        time.sleep(30)
         during = hml("logs", run_id).stdout
-        assert "step 79" not in during, "the outage did not fall mid-job"
-        assert "step 20" in during, "the job was held up by the outage"
+        assert "step 199" not in during, "the outage did not fall mid-job"
+        assert "step 60" in during, "the job was held up by the outage"
         server.start()
         final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=180)
         assert final["status"] == "FINISHED", hml("logs", run_id).stdout
-        client = server.client()
-        history = client.get_metric_history(run_id, "loss")
-        assert sorted(m.step for m in history) == list(range(80)), "a step is missing or twice"
-        assert wait_finalized(client, run_id).info.status == "FINISHED"
+        assert_every_step_once(server, run_id, 200)
+        assert_system_metrics(server.client(), run_id, at_least=30)  # samples journaled mid-outage too
+    finally:
+        server.stop()
+
+
+def test_status_shows_syncing_until_every_record_is_home(tmp_path):
+    """A job that ends while the server is down is not over until its journal drained:
+    ``hml status`` says RUNNING, syncing N records, and turns FINISHED only after the restart."""
+    server = MlflowServer(tmp_path / "srv", free_port()).start()
+    try:
+        profile = local_profile(tmp_path / "hybridml.yaml", server.url)
+        job = logging_job(tmp_path / "w", steps=30, pause=0.05, gate=True)
+        summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
+        run_id = summary["run_id"]
+        deadline = time.monotonic() + 60
+        while "steps" not in server.client().get_run(run_id).data.params:
+            assert time.monotonic() < deadline, hml("logs", run_id).stdout
+            time.sleep(0.2)
+        server.stop()
+        (tmp_path / "w" / "go").touch()
+        deadline = time.monotonic() + 60
+        while not (got := status(run_id))["reason"].startswith("syncing"):
+            assert time.monotonic() < deadline and got["status"] == "RUNNING", got
+            time.sleep(0.3)
+        assert got["status"] == "RUNNING"
+        assert got["reason"].endswith("records to the tracking server")
+        assert int(got["reason"].split()[1]) >= 30, got  # 30 steps and the tag
+        time.sleep(2)
+        assert status(run_id)["status"] == "RUNNING", "the run ended with its records away"
+        server.start()
+        final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=120)
+        assert final["status"] == "FINISHED", hml("logs", run_id).stdout
+        assert "syncing" in hml("logs", run_id).stdout
+        assert_every_step_once(server, run_id, 30)
     finally:
         server.stop()
