@@ -88,6 +88,7 @@ def _summary(record: RunRecord) -> dict[str, Any]:
         "cost_usd": record.cost_usd,
         **({"inputs": record.spec["inputs"]} if record.spec.get("inputs") else {}),
         **({"data_bytes": record.usage["data_bytes"]} if record.usage.get("data_bytes") else {}),
+        **({"data_streamed": record.usage["data_streamed"]} if record.usage.get("data_streamed") else {}),
         "log": str(record.log_path),
     }
 

@@ -120,6 +120,11 @@ class Supervisor:
         self.rec.started_at = self.rec.started_at or time.time()
         self.rec.save()
         self.note(f"attempt {self.rec.attempt + 1} started on {', '.join(usage.hosts) or self.rec.target}")
+        for host, sent in usage.data_streamed.items():
+            self.note(
+                f"inputs: the runner sent {sent} bytes to {host} over SSH "
+                "(the host cannot reach the store, or data_via: ssh)"
+            )
         return handle
 
     def _cost(self) -> float:

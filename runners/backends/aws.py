@@ -390,6 +390,7 @@ class AwsBackend(Backend[AwsHandle]):
                 for i, a in zip(ids, addresses, strict=True)
             ],
             data_bytes=started.data_bytes(),
+            data_streamed=started.data_streamed(),
         )
         return handle, usage
 

@@ -83,6 +83,8 @@ class Usage:
     hosts: list[str] = field(default_factory=list)
     data_bytes: dict[str, int] = field(default_factory=dict)
     """Input bytes each host had to fetch or be sent (0: its cache held them all)."""
+    data_streamed: dict[str, int] = field(default_factory=dict)
+    """Of those, what the runner sent over SSH: hosts that could not reach the store."""
 
     def node_hours(self, seconds: float) -> float:
         return self.nodes * seconds / 3600

@@ -37,6 +37,8 @@ class Node(BaseModel):
     bytes_staged: int = 0
     data_bytes: int = 0
     """Input bytes this node fetched from the store or was sent over SSH."""
+    data_streamed: int = 0
+    """Of those, what the runner sent over SSH (the host could not reach the store)."""
     gpus: str = ""
     """The GPU indices claimed on the host (CUDA_VISIBLE_DEVICES)."""
     cursor: int = 0
@@ -51,6 +53,9 @@ class NodesHandle(Handle):
 
     def data_bytes(self) -> dict[str, int]:
         return {n.host.label: n.data_bytes for n in self.nodes}
+
+    def data_streamed(self) -> dict[str, int]:
+        return {n.host.label: n.data_streamed for n in self.nodes if n.data_streamed}
 
 
 def torchrun_line(run_text: str, distributed: bool) -> str:
@@ -130,6 +135,7 @@ class NodeRunner:
         handle.nodes.append(node)
         data = stage_remote(self.pool, host, root, exec_dir, list(request.inputs), self.data_via)
         node.data_bytes = data.fetched_bytes + data.streamed_bytes
+        node.data_streamed = data.streamed_bytes
         run_text = torchrun_line(request.spec.run, distributed)
         files = jobscript.render(
             exec_dir, staged.code_dir, request.spec.setup, run_text, request.run_id, list(request.secrets)

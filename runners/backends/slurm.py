@@ -1,7 +1,8 @@
 """The slurm target: a Slurm cluster reached through its login node; Slurm decides where and when.
 
-hml stages the code once (content-addressed, through the SSH layer) into ``remote_root`` on the
-file system the login node shares with the compute nodes, writes each node's wrapper and
+hml stages the code once (content-addressed, through the SSH layer) and materialises the job's
+inputs once (``runners.data.stage``, run on the login node) into ``remote_root`` on the file
+system the login node shares with the compute nodes, writes each node's wrapper and
 environment beside it, and hands a generated batch script to ``sbatch``. The script starts one
 task per node with ``srun``; each takes the torchrun rendezvous from the allocation
 (``MASTER_ADDR``: the first node, ``NODE_RANK``: ``SLURM_NODEID``) and runs the wrapper every
@@ -25,8 +26,9 @@ from hmlkit.errors import BackendError, UsageError
 from hmlkit.profile import SlurmTarget
 from hmlkit.ssh.hosts import trust, write_files
 from hmlkit.ssh.pool import HostPool
-from runners.backends.base import Backend, Feature, JobState, LaunchRequest, Usage
+from runners.backends.base import Backend, JobState, LaunchRequest, Usage
 from runners.backends.nodes import Node, NodeRunner, NodesHandle, torchrun_line
+from runners.data.stage import stage_remote
 from runners.paths import runner_id
 from runners.spec import JobSpec, memory_mib
 
@@ -93,7 +95,6 @@ class SlurmBackend(Backend[SlurmHandle]):
     kind = "slurm"
     Config = SlurmTarget
     handle_type = SlurmHandle
-    unsupported = {Feature.INPUTS: "not staged on slurm yet; use an ssh target, or read the data in the job"}
     poll_interval = 2.0
     """slurmctld answers every user's squeue; polling it faster only loads the controller."""
     config: SlurmTarget
@@ -179,6 +180,8 @@ class SlurmBackend(Backend[SlurmHandle]):
         ranks = range(spec.num_nodes)
         dirs = " ".join(shlex.quote(f"{attempt}/node-{k}") for k in ranks)
         self.pool.exec(login, f"umask 077 && mkdir -p {dirs}")  # private to the login's user
+        # once, on the login node: the cache under remote_root is on the nodes' shared file system
+        data = stage_remote(self.pool, login, root, attempt, list(request.inputs), self.config.data_via)
         gpus = spec.resources.gpus
         run_text = torchrun_line(spec.run, spec.num_nodes > 1 or gpus > 1)
         env = {
@@ -189,6 +192,7 @@ class SlurmBackend(Backend[SlurmHandle]):
             "HML_NUM_NODES": str(spec.num_nodes),
             "HML_GPUS_PER_NODE": str(gpus),
             "HML_CODE_DIR": code_dir,
+            **data.env,
         }
         files: dict[str, str] = {}
         for k in ranks:
@@ -231,6 +235,8 @@ class SlurmBackend(Backend[SlurmHandle]):
             gpus_per_node=gpus,
             gpu_hour_usd=self.config.gpu_hour_usd,
             hosts=[f"Slurm job {job_id} (login {login.label})"],
+            data_bytes={login.label: data.fetched_bytes + data.streamed_bytes} if request.inputs else {},
+            data_streamed={login.label: data.streamed_bytes} if data.streamed_bytes else {},
         )
         return handle, usage
 

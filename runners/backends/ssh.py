@@ -122,6 +122,7 @@ class SshBackend(Backend[NodesHandle]):
             gpu_hour_usd=self.config.gpu_hour_usd,
             hosts=[h.label for h in hosts],
             data_bytes=handle.data_bytes(),
+            data_streamed=handle.data_streamed(),
         )
         return handle, usage
 

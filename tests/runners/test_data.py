@@ -2,7 +2,9 @@
 
 Snapshot, then change the objects, then a run on the old version sees exactly the old bytes;
 a second run on the same host fetches nothing; a 2-node ssh job gets the inputs on both nodes
-(read from the store by the hosts, or streamed over SSH); bad names, missing prefixes,
+(read from the store by the hosts, or streamed over SSH), and so does a 2-node Slurm job, from
+one copy on the shared file system; a host that cannot reach the store gets the bytes over SSH;
+bad names, missing prefixes,
 unversioned buckets and missing versions are refused with exit 2 before any run exists.
 """
 
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import yaml
 
 from tests.runners.helpers import hml, status, submit_json, wait_finalized, write_job
 from tests.runners.test_bad_input import assert_refused_without_debris, run_cli
+from tests.runners.test_tracking_via_runner import cut_off_bed  # noqa: F401  (a fixture)
 
 CHECK = """
 import hashlib, json, os, pathlib, stat
@@ -210,6 +215,13 @@ def test_a_run_on_an_old_version_sees_the_old_bytes_and_a_rerun_fetches_nothing(
     assert {r["run_id"] for r in data(profile, "show", "digits@v2")["runs"]} == {latest["run_id"]}
 
 
+def _seen_on_every_node(logs: str, files: dict[str, bytes], nodes: int) -> None:
+    for rank in range(nodes):
+        line = next(ln for ln in logs.splitlines() if ln.startswith(f"[node {rank}] INPUT "))
+        seen = json.loads(line.split("INPUT ", 1)[1])
+        assert seen["files"] == {k: sha(v) for k, v in files.items()} and seen["writable"] == []
+
+
 def test_an_s3_prefix_input_is_pinned_at_submit(tmp_path, lake):
     s3, bucket, profile = lake
     put_all(s3, bucket, "raw", {"x.txt": b"raw\n"})
@@ -240,10 +252,7 @@ def test_a_two_node_ssh_job_gets_the_inputs_on_both_nodes(tmp_path, lake, ssh_be
     raw["targets"]["onprem"] = ssh_bed.target(known, data_via=via)
     profile.write_text(yaml.safe_dump(raw))
     summary, _, logs = _input_run(tmp_path, profile, f"{name}@v1", "num_nodes=2", target="onprem")
-    for rank in (0, 1):
-        line = next(ln for ln in logs.splitlines() if ln.startswith(f"[node {rank}] INPUT "))
-        seen = json.loads(line.split("INPUT ", 1)[1])
-        assert seen["files"] == {k: sha(v) for k, v in files.items()} and seen["writable"] == []
+    _seen_on_every_node(logs, files, 2)
     size = sum(len(v) for v in files.values())
     assert sorted(status(summary["run_id"])["data_bytes"].values()) == [size, size]
     again, _, _ = _input_run(tmp_path, profile, f"{name}@v1", "num_nodes=2", target="onprem")
@@ -297,10 +306,57 @@ def test_the_digits_example_trains_from_its_snapshot(tmp_path, lake, mlflow_serv
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["digits@v1"]
 
 
-def test_inputs_on_a_slurm_target_are_refused_before_anything_is_asked(tmp_path, hml_home):
-    profile = tmp_path / "hybridml.yaml"
-    slurm = {"kind": "slurm", "login": {"address": "login.invalid", "user": "u"}}
-    profile.write_text(yaml.safe_dump({"targets": {"hpc": slurm}}))
-    job = write_job(tmp_path / "w", run="true", inputs={"train": "digits@v1"})
-    rc, _, err = run_cli("--config", str(profile), "submit", str(job), "--target", "hpc")
-    assert_refused_without_debris(rc, err, "inputs: not staged on slurm yet", hml_home)
+def test_a_two_node_slurm_job_reads_the_inputs_staged_once_on_the_login_node(
+    tmp_path, lake, ssh_bed, slurm_bed
+):
+    """The cache under remote_root is on the file system the nodes share: one fetch, by the
+    login node, serves every node; a re-run fetches nothing."""
+    s3, bucket, profile = lake
+    files = {f"f{i}.txt": f"slurm {i}\n".encode() for i in range(3)}
+    put_all(s3, bucket, "on-slurm", files)
+    data(profile, "snapshot", "on-slurm", f"s3://{bucket}/on-slurm")
+    raw = yaml.safe_load(profile.read_text())
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_bed.known_hosts_text())
+    raw["targets"]["cluster"] = slurm_bed.target(ssh_bed.hosts[0], known)
+    profile.write_text(yaml.safe_dump(raw))
+    slurm_bed.wait_idle()
+    summary, _, logs = _input_run(tmp_path, profile, "on-slurm@v1", "num_nodes=2", target="cluster")
+    _seen_on_every_node(logs, files, 2)
+    assert list(status(summary["run_id"])["data_bytes"].values()) == [sum(len(v) for v in files.values())]
+    again, _, logs = _input_run(tmp_path, profile, "on-slurm@v1", "num_nodes=2", target="cluster")
+    _seen_on_every_node(logs, files, 2)
+    assert list(status(again["run_id"])["data_bytes"].values()) == [0]
+
+
+def test_a_host_that_cannot_reach_the_store_gets_the_inputs_over_ssh(
+    tmp_path,
+    lake,
+    cut_off_bed,  # noqa: F811  (the imported fixture)
+    moto_endpoint,
+):
+    """data_via: auto on a host in its own network namespace (see test_tracking_via_runner.py):
+    its presigned URLs refuse, so the runner streams the objects over SSH."""
+    host = cut_off_bed.hosts[0]
+    port = int(moto_endpoint.rsplit(":", 1)[1].strip("/"))
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)"
+    inside = subprocess.run(
+        ["ip", "netns", "exec", host.netns, sys.executable, "-c", probe], capture_output=True, text=True
+    )
+    assert inside.returncode != 0 and "ConnectionRefusedError" in inside.stderr, "the host reaches the store"
+    s3, bucket, profile = lake
+    files = {"a.txt": b"far away\n", "sub/b.bin": bytes(range(256)) * 8}
+    put_all(s3, bucket, "far", files)
+    data(profile, "snapshot", "far", f"s3://{bucket}/far")
+    raw = yaml.safe_load(profile.read_text())
+    known = tmp_path / "known_hosts"
+    known.write_text(cut_off_bed.known_hosts_text())
+    raw["targets"]["closed"] = cut_off_bed.target(known, data_via="auto", tracking_via="runner")
+    profile.write_text(yaml.safe_dump(raw))
+    summary, seen, logs = _input_run(tmp_path, profile, "far@v1", target="closed")
+    assert seen["files"] == {k: sha(v) for k, v in files.items()} and seen["writable"] == []
+    size = sum(len(v) for v in files.values())
+    label = f"{host.user}@{host.address}:{host.port}"
+    shown = status(summary["run_id"])
+    assert shown["data_bytes"] == {label: size} and shown["data_streamed"] == {label: size}
+    assert f"[hml] inputs: the runner sent {size} bytes to {label} over SSH" in logs
