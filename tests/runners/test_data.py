@@ -254,7 +254,9 @@ def test_a_two_node_ssh_job_gets_the_inputs_on_both_nodes(tmp_path, lake, ssh_be
     summary, _, logs = _input_run(tmp_path, profile, f"{name}@v1", "num_nodes=2", target="onprem")
     _seen_on_every_node(logs, files, 2)
     size = sum(len(v) for v in files.values())
-    assert sorted(status(summary["run_id"])["data_bytes"].values()) == [size, size]
+    shown = status(summary["run_id"])
+    assert sorted(shown["data_bytes"].values()) == [size, size]
+    assert sorted(shown.get("data_streamed", {}).values()) == ([size, size] if via == "ssh" else [])
     again, _, _ = _input_run(tmp_path, profile, f"{name}@v1", "num_nodes=2", target="onprem")
     assert sorted(status(again["run_id"])["data_bytes"].values()) == [0, 0]
 
