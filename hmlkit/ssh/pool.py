@@ -12,6 +12,7 @@ from typing import Any
 
 from hmlkit.errors import BackendError
 from hmlkit.ssh.hosts import SshHost, connect, prepare_root, run
+from hmlkit.ssh.stream import OutputStream
 
 
 class HostPool:
@@ -25,6 +26,8 @@ class HostPool:
         self._clients: dict[str, Any] = {}
         self._roots: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.commands = 0
+        """SSH commands run (exec requests and streams opened): what following costs the hosts."""
 
     def client(self, host: SshHost) -> Any:
         with self._lock:
@@ -41,13 +44,33 @@ class HostPool:
     ) -> tuple[int, Any, str]:
         """Run ``command``; (exit status, stdout, stderr). A lost connection is dropped and raised."""
         client = self.client(host)
+        self.commands += 1
         try:
             return run(client, command, timeout, text=text)
         except BackendError as exc:
-            with self._lock:
-                self._clients.pop(host.label, None)
-            client.close()
+            self._drop(host, client)
             raise BackendError(f"{host.label}: {exc}") from None
+
+    def stream(self, host: SshHost, command: str, timeout: float = 15.0) -> OutputStream:
+        """Start ``command`` on its own channel of the host's connection and leave it running."""
+        client = self.client(host)
+        self.commands += 1
+        try:
+            channel = client.get_transport().open_session(timeout=timeout)
+            channel.exec_command(command)
+        except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike on a lost host
+            self._drop(host, client)
+            raise BackendError(
+                f"{host.label}: cannot open a stream: {str(exc) or type(exc).__name__}"
+            ) from None
+        return OutputStream(channel, host.label)
+
+    def _drop(self, host: SshHost, client: Any) -> None:
+        """Forget a connection that failed; the next use reconnects."""
+        with self._lock:
+            if self._clients.get(host.label) is client:
+                self._clients.pop(host.label)
+        client.close()
 
     def root(self, host: SshHost) -> str:
         """The host's remote root, absolute, prepared on first use."""

@@ -22,6 +22,8 @@ from hmlkit.errors import BackendError, NoCapacityError
 from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost, write_files
 from hmlkit.ssh.pool import HostPool
+from hmlkit.ssh.stream import OutputStream
+from hmlkit.ssh.stream import command as follow_command
 from runners.backends.base import Handle, JobState, LaunchRequest
 
 _PY_SCRIPT = re.compile(r"^\s*(\S*python3?(?:\.\d+)?)\s+(?!-)(\S+\.py)(.*)$")
@@ -58,10 +60,20 @@ def torchrun_line(run_text: str, distributed: bool) -> str:
     )
 
 
+def _key(node: Node) -> str:
+    return f"{node.host.label}:{node.exec_dir}"
+
+
 class NodeRunner:
-    def __init__(self, pool: HostPool, max_workdir_bytes: int) -> None:
+    def __init__(self, pool: HostPool, max_workdir_bytes: int, pids_on_host: bool = True) -> None:
+        """``pids_on_host``: the job runs on the hosts reached (not on a scheduler's compute nodes),
+        so a node whose processes vanished without an exit code is seen as gone."""
         self.pool = pool
         self.max_workdir_bytes = max_workdir_bytes
+        self.pids_on_host = pids_on_host
+        self._streams: dict[str, OutputStream] = {}
+        self._unread: dict[str, bytes] = {}
+        """Bytes a poll took from a node's channel that read_output has not handed on yet."""
 
     def start(self, request: LaunchRequest, hosts: list[SshHost]) -> NodesHandle:
         """Start the job on ``hosts`` (rank = position); on any failure, stop what started."""
@@ -133,16 +145,38 @@ class NodeRunner:
             raise BackendError(f"{host.label}: job did not start: {(err or out).strip()[-300:]}")
         node.gpus = out.split()[1] if len(out.split()) > 1 else ""
 
+    def _stream(self, node: Node) -> OutputStream:
+        """The node's follower channel, (re)opened at the node's read position."""
+        stream = self._streams.get(_key(node))
+        if stream is None:
+            command = follow_command(node.exec_dir, node.cursor, self.pids_on_host)
+            stream = self._streams[_key(node)] = self.pool.stream(node.host, command)
+        return stream
+
+    def _pump(self, node: Node) -> bytes:
+        """All the node's channel has brought that read_output has not handed on; a lost channel
+        is dropped (the next call reopens it at the node's cursor) and raised."""
+        stream = self._stream(node)
+        try:
+            unread = self._unread[_key(node)] = self._unread.get(_key(node), b"") + stream.read()
+        except BackendError:
+            stream.close()
+            self._streams.pop(_key(node), None)
+            self._unread.pop(_key(node), None)
+            raise
+        return unread
+
     def poll(self, handle: NodesHandle) -> JobState:
+        """Each node's state as its follower channel last said it: no SSH command per poll."""
         exits: dict[int, int] = {}
         for node in handle.nodes:
-            _, out, _ = self.pool.exec(node.host, scripts.state(node.exec_dir), timeout=15)
-            word, _, code = out.strip().partition(" ")
+            self._pump(node)
+            word, _, said = (self._stream(node).end or "").partition(" ")
             if word == "GONE":
                 self.cancel(handle)
                 return JobState(False, None, f"node {node.rank} on {node.host.label}: process vanished")
             if word == "EXIT":
-                exits[node.rank] = int(code or 1)
+                exits[node.rank] = int(said or 1)
         failed = {r: c for r, c in exits.items() if c != 0}
         multi = len(handle.nodes) > 1
         if failed:
@@ -157,16 +191,18 @@ class NodeRunner:
     def read_output(self, handle: NodesHandle) -> bytes:
         chunks = []
         multi = len(handle.nodes) > 1
+        for node in handle.nodes:  # every node first: a lost one raises before any byte is taken
+            self._pump(node)
         for node in handle.nodes:
-            _, data, _ = self.pool.exec(
-                node.host, scripts.output(node.exec_dir, node.cursor), timeout=15, text=False
-            )
+            data = self._unread.pop(_key(node), b"")
             node.cursor += len(data)
             if not multi:
                 chunks.append(data)
                 continue
             text = node.partial + data.decode("utf-8", errors="replace")
             complete, _, node.partial = text.rpartition("\n")
+            if node.partial and self._stream(node).end:  # the node is over: its last line is whole
+                complete, node.partial = f"{complete}\n{node.partial}" if complete else node.partial, ""
             if complete:
                 chunks.append("".join(f"[node {node.rank}] {ln}\n" for ln in complete.split("\n")).encode())
         return b"".join(chunks)
@@ -175,6 +211,11 @@ class NodeRunner:
         self._on_every_node(handle, lambda node: scripts.kill(node.exec_dir))
 
     def release(self, handle: NodesHandle) -> None:
+        for node in handle.nodes:  # the attempt is over: its followers end with it
+            stream = self._streams.pop(_key(node), None)
+            self._unread.pop(_key(node), None)
+            if stream is not None:
+                stream.close()
         self._on_every_node(handle, lambda node: scripts.release(node.root, node.exec_dir))
 
     def _on_every_node(self, handle: NodesHandle, script: Any) -> None:
