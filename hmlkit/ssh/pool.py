@@ -26,17 +26,22 @@ class HostPool:
         self._clients: dict[str, Any] = {}
         self._roots: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._connecting: dict[str, threading.Lock] = {}
         self.commands = 0
         """SSH commands run (exec requests and streams opened): what following costs the hosts."""
 
     def client(self, host: SshHost) -> Any:
+        """The host's connection; threads asking for one host at once share one connect."""
         with self._lock:
-            client = self._clients.get(host.label)
-        transport = client.get_transport() if client else None
-        if client is None or transport is None or not transport.is_active():
-            client = connect(host, self.known_hosts, self.connect_timeout, self.target)
+            host_lock = self._connecting.setdefault(host.label, threading.Lock())
+        with host_lock:
             with self._lock:
-                self._clients[host.label] = client
+                client = self._clients.get(host.label)
+            transport = client.get_transport() if client else None
+            if client is None or transport is None or not transport.is_active():
+                client = connect(host, self.known_hosts, self.connect_timeout, self.target)
+                with self._lock:
+                    self._clients[host.label] = client
         return client
 
     def exec(
@@ -44,7 +49,8 @@ class HostPool:
     ) -> tuple[int, Any, str]:
         """Run ``command``; (exit status, stdout, stderr). A lost connection is dropped and raised."""
         client = self.client(host)
-        self.commands += 1
+        with self._lock:
+            self.commands += 1
         try:
             return run(client, command, timeout, text=text)
         except BackendError as exc:
@@ -54,7 +60,8 @@ class HostPool:
     def stream(self, host: SshHost, command: str, timeout: float = 15.0) -> OutputStream:
         """Start ``command`` on its own channel of the host's connection and leave it running."""
         client = self.client(host)
-        self.commands += 1
+        with self._lock:
+            self.commands += 1
         try:
             channel = client.get_transport().open_session(timeout=timeout)
             channel.exec_command(command)

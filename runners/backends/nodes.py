@@ -219,12 +219,20 @@ class NodeRunner:
         self._on_every_node(handle, lambda node: scripts.release(node.root, node.exec_dir))
 
     def _on_every_node(self, handle: NodesHandle, script: Any) -> None:
-        """Run a node's script everywhere; raise only when no node could be reached."""
-        problems = []
-        for node in handle.nodes:
+        """Run a node's script on all nodes at once (a cancel of 32 nodes takes one node's time);
+        raise only when no node could be reached."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(node: Node) -> str | None:
             try:
                 self.pool.exec(node.host, script(node), timeout=30)
             except BackendError as exc:
-                problems.append(str(exc))
+                return str(exc)
+            return None
+
+        if not handle.nodes:
+            return
+        with ThreadPoolExecutor(max_workers=min(32, len(handle.nodes))) as workers:
+            problems = [p for p in workers.map(one, handle.nodes) if p is not None]
         if problems and len(problems) == len(handle.nodes):
             raise BackendError("; ".join(problems))
