@@ -1,11 +1,10 @@
-"""On-prem (ssh target) figures, against real sshd hosts from tests/sshbed.py.
+"""On-prem (ssh target) staging, against real sshd hosts from tests/sshbed.py.
 
     .venv/bin/python bench/bench_ssh.py
 
-(a) submit-to-remote-start latency and (b) whole-job time of a short job, each against
-running the same command with plain OpenSSH ``ssh host cmd`` in the same run; (c) file bytes
-staged on the first submission of a 1,000-file workdir, on re-submitting it unchanged (goal:
-0) and after a one-file change.
+File bytes staged on the first submission of a 1,000-file workdir, on re-submitting it
+unchanged (goal: 0) and after a one-file change. Latency against plain ``ssh host cmd`` is
+bench/bench_dispatch.py's.
 """
 
 from __future__ import annotations
@@ -19,11 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from _common import BIN, first_line_latency, median_of, plain_ssh, report, wall  # noqa: E402
+from _common import BIN  # noqa: E402
 
 from tests.sshbed import start_bed  # noqa: E402
-
-JOB = "echo first-line; sleep 1; echo done"
 
 
 def main() -> None:
@@ -36,26 +33,6 @@ def main() -> None:
             profile = tmp_path / "hybridml.yaml"
             profile.write_text(json.dumps({"targets": {"onprem": bed.target(known)}}))
             env = {**os.environ, "HML_HOME": str(tmp_path / "home"), "HML_CONFIG": str(profile)}
-            host = bed.hosts[0]
-            ssh = plain_ssh(host, known)
-            work = tmp_path / "work"
-            work.mkdir()
-            (work / "job.yaml").write_text(json.dumps({"name": "bench", "run": JOB}))
-            hml = [str(BIN / "hml"), "submit", str(work / "job.yaml"), "--target", "onprem"]
-            subprocess.run(hml, env=env, check=True, capture_output=True)  # warm: code staged once
-
-            plain_start = median_of(lambda: first_line_latency([*ssh, JOB], "first-line"), 5)
-            hml_start = median_of(lambda: first_line_latency(hml, "first-line", env=env), 5)
-            plain_total = wall([*ssh, JOB], repeat=5)
-            hml_total = wall(hml, repeat=5, env=env)
-            report(
-                "ssh target: latency and overhead (median of 5)",
-                [
-                    ("(a) submit to remote first line", hml_start, plain_start),
-                    (f"(b) whole short job ({JOB!r})", hml_total, plain_total),
-                ],
-            )
-
             big = tmp_path / "big"
             for i in range(1000):
                 sub = big / f"pkg{i // 100}"
@@ -79,7 +56,7 @@ def main() -> None:
             unchanged = staged()
             (big / "pkg3" / "mod300.py").write_text("VALUE = 'changed'\n")
             one_file = staged()
-            print("\n## (c) code staging, 1,000-file workdir")
+            print("\n## code staging, 1,000-file workdir")
             print(f"first submission:            {first:>9} file bytes sent")
             print(f"re-submit, unchanged:        {unchanged:>9} file bytes sent (goal 0)")
             print(

@@ -17,6 +17,7 @@ OUTPUT = "output.log"
 EXIT_CODE = "exit_code"
 PID = "pid"
 REDACTOR = "redact.py"
+FOLLOWER = "follow.py"
 RELAY = "relay.py"
 SYSMETRICS = "sysmetrics.py"
 RELAY_JOURNAL = "relay-journal"
@@ -124,6 +125,7 @@ finish "$rc"
     files = {
         WRAPPER: wrapper,
         REDACTOR: Path(__file__).with_name("redact_stream.py").read_text(),
+        FOLLOWER: Path(__file__).with_name("follow_stream.py").read_text(),
         RELAY: Path(__file__).with_name("relay.py").read_text(),
         SYSMETRICS: Path(__file__).with_name("sysmetrics.py").read_text(),
         "run.sh": run.rstrip() + "\n",

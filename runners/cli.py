@@ -6,16 +6,15 @@ import json
 import os
 import sys
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
 from runners.data.cli import app as data_app
-
-if TYPE_CHECKING:
-    from runners.records import RunRecord
+from runners.paths import run_dir
+from runners.record_files import TERMINAL
 
 app = typer.Typer(
     name="hml",
@@ -74,41 +73,40 @@ def _next_steps(run_id: str) -> str:
     return f"follow it: hml logs {short} --follow; stop it: hml cancel {short}; state: hml status {short}"
 
 
-def _summary(record: RunRecord) -> dict[str, Any]:
+def _present(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v}
+
+
+def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What status, list and submit show of a run, from its record as JSON."""
     return {
-        "run_id": record.run_id,
-        "job": record.job,
-        "status": record.status,
-        "target": record.target,
-        "tracking_uri": record.tracking_uri,
-        "experiment_id": record.experiment_id,
-        "exit_code": record.exit_code,
-        "reason": record.reason,
-        "attempts": record.attempt + 1,
-        "cost_usd": record.cost_usd,
-        **({"inputs": record.spec["inputs"]} if record.spec.get("inputs") else {}),
-        **({"data_bytes": record.usage["data_bytes"]} if record.usage.get("data_bytes") else {}),
-        **({"data_streamed": record.usage["data_streamed"]} if record.usage.get("data_streamed") else {}),
-        "log": str(record.log_path),
+        "run_id": record["run_id"],
+        "job": record["job"],
+        "status": record.get("status", "PENDING"),
+        "target": record["target"],
+        "tracking_uri": record["tracking_uri"],
+        "experiment_id": record["experiment_id"],
+        "exit_code": record.get("exit_code"),
+        "reason": record.get("reason", ""),
+        "attempts": record.get("attempt", 0) + 1,
+        "cost_usd": record.get("cost_usd", 0.0),
+        **_present({"inputs": record.get("spec", {}).get("inputs")}),
+        **_present({k: record.get("usage", {}).get(k) for k in ("data_bytes", "data_streamed")}),
+        "log": str(run_dir(record["run_id"]) / "output.log"),
     }
 
 
-def _print_summary(record: RunRecord, output: Output) -> None:
+def _print_summary(record: dict[str, Any], output: Output) -> None:
     data = _summary(record)
     if output is Output.json:
         print(json.dumps(data))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_header=False, box=None)
-    for key, value in data.items():
-        table.add_row(key, "" if value is None else str(value))
-    Console().print(table)
+    width = max(len(key) for key in data)
+    print("\n".join(f"{key:<{width}} {'' if value is None else value}" for key, value in data.items()))
 
 
-def _exit_for(record: RunRecord) -> int:
-    return 1 if record.terminal and record.status != "FINISHED" else 0
+def _exit_for(record: dict[str, Any]) -> int:
+    return 1 if record.get("status") in ("FAILED", "KILLED") else 0
 
 
 @app.command()
@@ -177,7 +175,7 @@ def submit(
         file=sys.stderr,
     )
     if detach:
-        _print_summary(record, output)
+        _print_summary(record.model_dump(), output)
         print(f"hml: {_next_steps(record.run_id)}", file=sys.stderr)
         return
     try:
@@ -185,8 +183,8 @@ def submit(
     except KeyboardInterrupt:
         print(f"\nhml: detached; the job goes on. {_next_steps(record.run_id)}", file=sys.stderr)
         raise typer.Exit(130) from None
-    _print_summary(record, output)
-    raise typer.Exit(_exit_for(record))
+    _print_summary(record.model_dump(), output)
+    raise typer.Exit(_exit_for(record.model_dump()))
 
 
 @app.command()
@@ -195,11 +193,11 @@ def status(
     output: OutputOpt = Output.text,
 ) -> None:
     """Show a run's state; restarts its supervisor if that died."""
-    from runners import records
-    from runners.submit import ensure_supervised
+    from runners import record_files
+    from runners.supervision import ensure_supervised
 
-    record = records.load(run)
-    ensure_supervised(record)
+    record = record_files.read(run)
+    ensure_supervised(record["run_id"], record.get("finalized", False))
     _print_summary(record, output)
 
 
@@ -222,20 +220,21 @@ def cancel(
     """Kill every process of a run and mark it KILLED."""
     import time
 
-    from runners import records
-    from runners.submit import ensure_supervised
+    from runners import record_files
+    from runners.supervision import ensure_supervised
 
-    record = records.load(run)
-    if not record.terminal:
-        records.cancel_flag(record.run_id).touch()
-        ensure_supervised(record)
+    record = record_files.read(run)
+    run_id = record["run_id"]
+    if record.get("status") not in TERMINAL:
+        record_files.cancel_flag(run_id).touch()
+        ensure_supervised(run_id, record.get("finalized", False))
         deadline = time.monotonic() + 60
-        while not record.terminal and time.monotonic() < deadline:
-            time.sleep(0.1)
-            record = records.load(record.run_id)
+        while record.get("status") not in TERMINAL and time.monotonic() < deadline:
+            time.sleep(0.05)
+            record = record_files.read(run_id)
     _print_summary(record, output)
-    if not record.terminal:
-        raise HmlError(f"run {record.run_id} did not stop within 60 s; see {record.dir}/supervisor.log")
+    if record.get("status") not in TERMINAL:
+        raise HmlError(f"run {run_id} did not stop within 60 s; see {run_dir(run_id)}/supervisor.log")
 
 
 class State(StrEnum):
@@ -265,12 +264,12 @@ def _since(value: str | None) -> float | None:
         raise typer.BadParameter(f"{value!r}: use an age like 2h or 3d, or a date like 2026-11-30") from None
 
 
-def _duration(record: RunRecord) -> str:
+def _duration(record: dict[str, Any]) -> str:
     import time
 
-    if not record.started_at:
+    if not record.get("started_at"):
         return ""
-    seconds = int((record.ended_at or time.time()) - record.started_at)
+    seconds = int((record.get("ended_at") or time.time()) - record["started_at"])
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -297,19 +296,19 @@ def list_(
     """List recent runs submitted from this machine (short ids work in every command)."""
     from datetime import datetime
 
-    from runners import records
+    from runners import record_files
 
     cutoff = _since(since)
     wanted = {s.value for s in state or []}
     chosen = [
         r
-        for r in records.all_records()
-        if (not wanted or r.status in wanted)
-        and (target is None or r.target == target)
-        and (cutoff is None or r.submitted_at >= cutoff)
+        for r in record_files.read_all()
+        if (not wanted or r.get("status", "PENDING") in wanted)
+        and (target is None or r["target"] == target)
+        and (cutoff is None or r.get("submitted_at", 0) >= cutoff)
     ][:limit]
     if output is Output.json:
-        print(json.dumps([{**_summary(r), "short_id": r.run_id[:8]} for r in chosen]))
+        print(json.dumps([{**_summary(r), "short_id": r["run_id"][:8]} for r in chosen]))
         return
     from rich.console import Console
     from rich.table import Table
@@ -323,8 +322,12 @@ def list_(
     table.add_column("TIME", no_wrap=True, justify="right")
     table.add_column("COST", no_wrap=True, justify="right")
     for r in chosen:
-        started = datetime.fromtimestamp(r.started_at or r.submitted_at).strftime("%m-%d %H:%M")
-        table.add_row(r.run_id[:8], r.job, r.target, r.status, started, _duration(r), f"${r.cost_usd:.2f}")
+        when = r.get("started_at") or r.get("submitted_at", 0)
+        started = datetime.fromtimestamp(when).strftime("%m-%d %H:%M")
+        cost = f"${r.get('cost_usd', 0.0):.2f}"
+        table.add_row(
+            r["run_id"][:8], r["job"], r["target"], r.get("status", "PENDING"), started, _duration(r), cost
+        )
     Console().print(table)
 
 

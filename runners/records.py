@@ -1,12 +1,12 @@
 """The run record on the submitting machine: enough to find, reconcile and finalize a run.
 
 Written atomically, read without importing mlflow, so ``hml status`` from a new shell is fast
-and still knows the run when the tracking server is down.
+and still knows the run when the tracking server is down (it reads the JSON alone:
+``runners.record_files``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -14,10 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from hmlkit.errors import RunNotFound
-from runners.paths import run_dir, runs_dir
-
-TERMINAL = ("FINISHED", "FAILED", "KILLED")
+from runners import record_files
+from runners.paths import run_dir
+from runners.record_files import TERMINAL
 
 
 class RunRecord(BaseModel):
@@ -45,6 +44,11 @@ class RunRecord(BaseModel):
     ended_at: float | None = None
     cost_usd: float = 0.0
     supervisor_pid: int | None = None
+    log_bytes: int | None = None
+    """The run log's length when ``handle`` (its read position) was last saved: a restarted
+    supervisor cuts the log back to it, so a line written but not yet accounted is not doubled."""
+    log_pending: str = ""
+    """A line read but not yet ended (the log takes whole lines only), kept for a restart."""
     finalized: bool = False
     """True once the tracking server has the terminal status, log and duration."""
 
@@ -68,25 +72,4 @@ class RunRecord(BaseModel):
 
 
 def load(run_id: str) -> RunRecord:
-    path = run_dir(run_id) / "record.json"
-    if not run_id or "/" in run_id or not path.is_file():
-        matches = [p.name for p in runs_dir().glob(f"{run_id}*")] if run_id and "/" not in run_id else []
-        if len(matches) == 1:
-            return load(matches[0])
-        hint = "ambiguous prefix" if matches else "see `hml list`"
-        raise RunNotFound(run_id or "''", [f"no such run under {runs_dir()} ({hint})"])
-    return RunRecord.model_validate(json.loads(path.read_text()))
-
-
-def all_records() -> list[RunRecord]:
-    records = []
-    for path in runs_dir().glob("*/record.json"):
-        try:
-            records.append(RunRecord.model_validate(json.loads(path.read_text())))
-        except (OSError, ValueError):
-            continue
-    return sorted(records, key=lambda r: r.submitted_at, reverse=True)
-
-
-def cancel_flag(run_id: str) -> Path:
-    return run_dir(run_id) / "cancel-requested"
+    return RunRecord.model_validate(record_files.read(run_id))

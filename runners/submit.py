@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
-from runners import records, supervisor, tracking
+from runners import records, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
 from runners.data import lineage
@@ -23,6 +23,7 @@ from runners.progress import step
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
 from runners.spec import JobSpec, load_job
+from runners.supervision import ensure_supervised, spawn
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ def submit(
         record.save()
         save_inputs(record.dir, p.inputs)
         lineage.log_inputs(p.tracking_uri, run_id, p.inputs)
-        supervisor.spawn(run_id)
+        spawn(run_id)
     except BaseException as exc:
         reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
         tracking.fail_run(p.tracking_uri, run_id, reason)
@@ -184,16 +185,10 @@ def collect_garbage(targets: dict[str, dict[str, Any]]) -> list[str]:
     return done
 
 
-def ensure_supervised(record: RunRecord) -> None:
-    """Restart the run's supervisor if it died (runner killed, machine rebooted)."""
-    if not record.finalized and not supervisor.is_supervised(record):
-        supervisor.spawn(record.run_id)
-
-
 def follow(run_id: str, out: TextIO = sys.stdout, keep_following: bool = True) -> RunRecord:
     """Print the run's log; with ``keep_following``, until the run ends."""
     record = records.load(run_id)
-    ensure_supervised(record)
+    ensure_supervised(record.run_id, record.finalized)
     pos = 0
     checked = time.monotonic()
     while True:
@@ -213,5 +208,5 @@ def follow(run_id: str, out: TextIO = sys.stdout, keep_following: bool = True) -
         time.sleep(0.1)
         record = records.load(run_id)
         if time.monotonic() - checked > 5:  # a supervisor that died is restarted while we watch
-            ensure_supervised(record)
+            ensure_supervised(record.run_id, record.finalized)
             checked = time.monotonic()

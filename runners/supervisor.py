@@ -9,17 +9,14 @@ the record while the run is live, guarded by a lock file.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO
 
 from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
-from runners import records, telemetry, tracking
+from runners import record_files, records, telemetry, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.data import lineage
@@ -29,45 +26,12 @@ from runners.jobenv import job_env, tracking_credentials
 from runners.records import RunRecord
 from runners.secrets import Redactor, resolve
 from runners.spec import JobSpec
+from runners.supervision import lock
 
 LOST_AFTER_S = 30.0
 """How long a target may stay unreachable before the job counts as lost (host died)."""
 FINALIZE_TRIES = 30
 CAPACITY_RETRY_S = 5.0
-
-
-def lock(record: RunRecord) -> IO[str] | None:
-    """Hold the run's supervisor lock, or None when another supervisor holds it."""
-    record.dir.mkdir(parents=True, exist_ok=True)
-    fh = open(record.dir / "supervisor.lock", "a+")  # noqa: SIM115 - held for the process life
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    return fh
-
-
-def is_supervised(record: RunRecord) -> bool:
-    held = lock(record)
-    if held is None:
-        return True
-    held.close()
-    return False
-
-
-def spawn(run_id: str) -> None:
-    """Start a detached supervisor for ``run_id`` (a no-op for it if one already runs)."""
-    log = open(records.run_dir(run_id) / "supervisor.log", "ab")  # noqa: SIM115
-    subprocess.Popen(
-        [sys.executable, "-m", "runners.supervisor", run_id],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        close_fds=True,
-    )
-    log.close()
 
 
 class Supervisor:
@@ -76,27 +40,35 @@ class Supervisor:
         self.backend = backend
         self.spec = JobSpec.model_validate(record.spec)
         self.redact = Redactor([])
-        self._pending = ""
         self._out = open(record.log_path, "a", encoding="utf-8")  # noqa: SIM115
+        if record.log_bytes is not None and self._out.tell() > record.log_bytes:
+            self._out.truncate(record.log_bytes)  # written by a supervisor killed before it saved
+            self._out.seek(record.log_bytes)
 
     # -- output -----------------------------------------------------------------
     def note(self, text: str) -> None:
         self._out.write(self.redact(f"[hml] {text}\n"))
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Save the log's length with the read position: what a restart resumes from, exactly."""
         self._out.flush()
+        self.rec.log_bytes = self._out.tell()
+        self.rec.save()
 
     def _copy_output(self, handle: Handle, final: bool = False) -> None:
         chunk = self.backend.read_output(handle)
         if chunk:
-            text = self._pending + chunk.decode("utf-8", errors="replace")
-            head, _, self._pending = text.rpartition("\n")  # redact whole lines only
+            text = self.rec.log_pending + chunk.decode("utf-8", errors="replace")
+            head, _, self.rec.log_pending = text.rpartition("\n")  # redact whole lines only
             if head:
                 self._out.write(self.redact(head + "\n"))
             self.rec.handle = handle.model_dump()  # the read position: a restart copies no line twice
-            self.rec.save()
-        if final and self._pending:
-            self._out.write(self.redact(self._pending) + "\n")
-            self._pending = ""
-        self._out.flush()
+        if final and self.rec.log_pending:
+            self._out.write(self.redact(self.rec.log_pending) + "\n")
+            self.rec.log_pending = ""
+        if chunk or final:
+            self._checkpoint()
 
     # -- lifecycle --------------------------------------------------------------
     def _launch(self) -> Handle:
@@ -125,6 +97,10 @@ class Supervisor:
                 f"inputs: the runner sent {sent} bytes to {host} over SSH "
                 "(the host cannot reach the store, or data_via: ssh)"
             )
+        print(
+            f"attempt {self.rec.attempt + 1} started after {self.backend.commands_sent()} target commands",
+            flush=True,
+        )
         return handle
 
     def _cost(self) -> float:
@@ -142,10 +118,17 @@ class Supervisor:
 
     def _watch(self, handle: Handle) -> tuple[str | None, JobState]:
         """Follow one attempt to its end, then release what it held; (why hml stopped it, end state)."""
+        started = time.time()
         try:
             return self._follow(handle)
         finally:
             self._teardown(handle)
+            took = time.time() - started
+            print(
+                f"attempt {self.rec.attempt + 1}: followed for {took:.1f} s; target commands so far: "
+                f"{self.backend.commands_sent()}",
+                flush=True,
+            )
 
     def _follow(self, handle: Handle) -> tuple[str | None, JobState]:
         unreachable_since: float | None = None
@@ -195,7 +178,7 @@ class Supervisor:
             self.rec.save()
 
     def _stop_reason(self) -> str | None:
-        if records.cancel_flag(self.rec.run_id).exists():
+        if record_files.cancel_flag(self.rec.run_id).exists():
             return "cancelled by user"
         elapsed = time.time() - (self.rec.started_at or time.time())
         if self.spec.max_runtime and elapsed > self.spec.max_runtime:
@@ -206,7 +189,7 @@ class Supervisor:
 
     def run(self) -> None:
         while not self.rec.terminal:
-            if records.cancel_flag(self.rec.run_id).exists() and self.rec.handle is None:
+            if record_files.cancel_flag(self.rec.run_id).exists() and self.rec.handle is None:
                 self._end("KILLED", None, "cancelled by user")
                 break
             try:
@@ -311,7 +294,7 @@ def main(run_id: str) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     record = records.load(run_id)
-    held = lock(record)
+    held = lock(record.dir)
     if held is None:
         return 0  # another supervisor has it
     record = records.load(run_id)  # re-read under the lock

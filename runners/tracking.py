@@ -10,9 +10,11 @@ import getpass
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlparse
 
 from hmlkit.errors import TrackingError
+from runners import tracking_rest
 from runners.paths import home
 
 SPEC_ARTIFACT = "hml/job.yaml"
@@ -50,16 +52,36 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
         if found.lifecycle_stage == "deleted":
             client.restore_experiment(found.experiment_id)
         return found.experiment_id
-    location = None
-    if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith(str(home() / "mlflow.db")):
-        location = (home() / "artifacts").as_uri()  # the embedded default keeps all in HML_HOME
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=_experiment_location(tracking_uri))
     except MlflowException:  # created concurrently by another submit
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+def _experiment_location(tracking_uri: str) -> str | None:
+    if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith(str(home() / "mlflow.db")):
+        return (home() / "artifacts").as_uri()  # the embedded default keeps all in HML_HOME
+    return None
+
+
+def _run_tags(spec: dict[str, Any], target: str, workdir: Path, extra_tags: dict[str, str]) -> dict[str, str]:
+    user = getpass.getuser()
+    tags = {
+        "hml.target": target,
+        "hml.job": spec["name"],
+        "hml.user": user,
+        "hml.workdir": str(workdir),
+        "mlflow.user": user,
+        "mlflow.source.name": spec["run"].splitlines()[0][:250],
+        **extra_tags,
+    }
+    commit = git_commit(workdir)
+    if commit:
+        tags["hml.git_commit"] = tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def start_run(
@@ -71,25 +93,18 @@ def start_run(
     params: dict[str, str],
     extra_tags: dict[str, str],
 ) -> tuple[str, str]:
-    """Create the run with params, tags and the resolved spec; return (run_id, experiment_id)."""
+    """Create the run with params, tags and the resolved spec; return (run_id, experiment_id).
+
+    Against an http(s) server this is plain REST (``runners.tracking_rest``): the job does not
+    wait for the mlflow import."""
+    tags = _run_tags(spec, target, workdir, extra_tags)
+    if tracking_rest.usable(tracking_uri):
+        return _start_run_rest(tracking_uri, spec, experiment, params, tags)
     from mlflow.entities import Param
 
     try:
         client = _client(tracking_uri)
         experiment_id = _experiment_id(client, experiment, tracking_uri)
-        user = getpass.getuser()
-        tags = {
-            "hml.target": target,
-            "hml.job": spec["name"],
-            "hml.user": user,
-            "hml.workdir": str(workdir),
-            "mlflow.user": user,
-            "mlflow.source.name": spec["run"].splitlines()[0][:250],
-            **extra_tags,
-        }
-        commit = git_commit(workdir)
-        if commit:
-            tags["hml.git_commit"] = tags["mlflow.source.git.commit"] = commit
         run_id = client.create_run(experiment_id, tags=tags, run_name=spec["name"]).info.run_id
     except Exception as exc:  # mlflow raises many kinds: connection, REST, sqlalchemy
         raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
@@ -98,15 +113,46 @@ def start_run(
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_dict(run_id, spec, SPEC_ARTIFACT)
     except Exception as exc:
-        reason = f"the tracking server refused the run's params or job file: {_short(exc)}"
-        fail_run(tracking_uri, run_id, reason)
-        raise TrackingError(f"tracking server {tracking_uri}: {reason}") from exc
+        _refused(tracking_uri, run_id, exc)
     return run_id, experiment_id
+
+
+def _start_run_rest(
+    tracking_uri: str, spec: dict[str, Any], experiment: str, params: dict[str, str], tags: dict[str, str]
+) -> tuple[str, str]:
+    import yaml
+
+    rest = tracking_rest.Rest(tracking_uri)
+    try:
+        experiment_id = rest.experiment_id(experiment)
+        run_id, artifact_uri = rest.create_run(experiment_id, spec["name"], tags)
+    except tracking_rest.RestError as exc:
+        raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+    try:
+        if params:
+            rest.log_params(run_id, params)
+        if artifact_uri.startswith("mlflow-artifacts:") and not urlparse(artifact_uri).netloc:
+            text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
+            rest.put_artifact(artifact_uri, SPEC_ARTIFACT, text.encode())
+        else:  # artifacts go straight to a store: mlflow's client knows how
+            _client(tracking_uri).log_dict(run_id, spec, SPEC_ARTIFACT)
+    except Exception as exc:
+        _refused(tracking_uri, run_id, exc)
+    return run_id, experiment_id
+
+
+def _refused(tracking_uri: str, run_id: str, exc: Exception) -> NoReturn:
+    reason = f"the tracking server refused the run's params or job file: {_short(exc)}"
+    fail_run(tracking_uri, run_id, reason)
+    raise TrackingError(f"tracking server {tracking_uri}: {reason}") from exc
 
 
 def fail_run(tracking_uri: str, run_id: str, reason: str) -> None:
     """End a run FAILED that will never get a job; best effort (the server may be what failed)."""
     try:
+        if tracking_rest.usable(tracking_uri):
+            tracking_rest.Rest(tracking_uri).fail(run_id, reason[:5000])
+            return
         client = _client(tracking_uri)
         client.set_tag(run_id, "hml.reason", reason[:5000])
         client.set_terminated(run_id, status="FAILED")

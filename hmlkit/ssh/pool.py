@@ -13,6 +13,7 @@ from typing import Any
 from hmlkit.errors import BackendError
 from hmlkit.ssh.forward import open_forward
 from hmlkit.ssh.hosts import SshHost, connect, prepare_root, run
+from hmlkit.ssh.stream import OutputStream
 
 
 class HostPool:
@@ -28,15 +29,22 @@ class HostPool:
         self._forwarded: dict[str, Any] = {}
         """host label -> the connection its tracking forward is open on."""
         self._lock = threading.Lock()
+        self._connecting: dict[str, threading.Lock] = {}
+        self.commands = 0
+        """SSH commands run (exec requests and streams opened): what following costs the hosts."""
 
     def client(self, host: SshHost) -> Any:
+        """The host's connection; threads asking for one host at once share one connect."""
         with self._lock:
-            client = self._clients.get(host.label)
-        transport = client.get_transport() if client else None
-        if client is None or transport is None or not transport.is_active():
-            client = connect(host, self.known_hosts, self.connect_timeout, self.target)
+            host_lock = self._connecting.setdefault(host.label, threading.Lock())
+        with host_lock:
             with self._lock:
-                self._clients[host.label] = client
+                client = self._clients.get(host.label)
+            transport = client.get_transport() if client else None
+            if client is None or transport is None or not transport.is_active():
+                client = connect(host, self.known_hosts, self.connect_timeout, self.target)
+                with self._lock:
+                    self._clients[host.label] = client
         return client
 
     def exec(
@@ -44,12 +52,12 @@ class HostPool:
     ) -> tuple[int, Any, str]:
         """Run ``command``; (exit status, stdout, stderr). A lost connection is dropped and raised."""
         client = self.client(host)
+        with self._lock:
+            self.commands += 1
         try:
             return run(client, command, timeout, text=text)
         except BackendError as exc:
-            with self._lock:
-                self._clients.pop(host.label, None)
-            client.close()
+            self._drop(host, client)
             raise BackendError(f"{host.label}: {exc}") from None
 
     def forward(self, host: SshHost, tracking_uri: str, port: int = 0) -> int:
@@ -63,6 +71,28 @@ class HostPool:
         with self._lock:
             self._forwarded[host.label] = client
         return port
+
+    def stream(self, host: SshHost, command: str, timeout: float = 15.0) -> OutputStream:
+        """Start ``command`` on its own channel of the host's connection and leave it running."""
+        client = self.client(host)
+        with self._lock:
+            self.commands += 1
+        try:
+            channel = client.get_transport().open_session(timeout=timeout)
+            channel.exec_command(command)
+        except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike on a lost host
+            self._drop(host, client)
+            raise BackendError(
+                f"{host.label}: cannot open a stream: {str(exc) or type(exc).__name__}"
+            ) from None
+        return OutputStream(channel, host.label)
+
+    def _drop(self, host: SshHost, client: Any) -> None:
+        """Forget a connection that failed; the next use reconnects."""
+        with self._lock:
+            if self._clients.get(host.label) is client:
+                self._clients.pop(host.label)
+        client.close()
 
     def root(self, host: SshHost) -> str:
         """The host's remote root, absolute, prepared on first use."""

@@ -1,4 +1,5 @@
-"""Shell run on SSH hosts: GPU placement under a host-wide lock, job start, state, kill.
+"""Shell run on SSH hosts: GPU placement under a host-wide lock, job start, kill (a job's
+output and state come over one stream per node: hmlkit/ssh/stream.py).
 
 GPU claims are files ``<root>/gpus/<index>`` holding the claiming job's exec dir; a claim
 whose job has an exit code or no live process group is free again, so a job that ends, is
@@ -60,22 +61,6 @@ nohup setsid bash "$EXEC/job.sh" >> "$EXEC/output.log" 2>&1 < /dev/null 9>&- &
 for _ in $(seq 100); do [ -s "$EXEC/pid" ] && break; sleep 0.05; done
 echo "STARTED $devices"
 """
-
-
-def state(exec_dir: str) -> str:
-    """Prints ``EXIT <code>``, ``RUNNING [<records the wrapper waits to sync>]`` or ``GONE`` (no
-    exit code, no process: host rebooted)."""
-    e = shlex.quote(exec_dir)
-    return (
-        f'if [ -f {e}/exit_code ]; then echo "EXIT $(cat {e}/exit_code)"; '
-        f'elif [ -s {e}/pid ] && kill -0 -- -"$(cat {e}/pid)" 2>/dev/null; '
-        f'then echo "RUNNING $(cat {e}/syncing 2>/dev/null)"; '
-        f"else echo GONE; fi"
-    )
-
-
-def output(exec_dir: str, offset: int, limit: int = 1 << 20) -> str:
-    return f"tail -c +{offset + 1} {shlex.quote(exec_dir)}/output.log 2>/dev/null | head -c {limit}"
 
 
 def kill(exec_dir: str) -> str:

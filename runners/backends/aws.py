@@ -134,7 +134,7 @@ class AwsBackend(Backend[AwsHandle]):
     def __init__(self, name: str, config: AwsTarget) -> None:
         super().__init__(name, config)
         self._ec2: Any = None
-        self._pools: dict[str, HostPool] = {}
+        self._runners: dict[str, NodeRunner] = {}
 
     # -- AWS ----------------------------------------------------------------------
     @property
@@ -427,16 +427,18 @@ class AwsBackend(Backend[AwsHandle]):
                     time.sleep(1.0)
 
     def _pool(self, handle: AwsHandle) -> HostPool:
-        if handle.known_hosts not in self._pools:
-            self._pools[handle.known_hosts] = HostPool(
-                handle.known_hosts, self.config.connect_timeout, self.name, self.config.remote_root
-            )
-        return self._pools[handle.known_hosts]
+        return self._nodes(handle).pool
 
     def _nodes(self, handle: AwsHandle) -> NodeRunner:
-        return NodeRunner(
-            self._pool(handle), int(self.config.max_workdir_mb * 1e6), tracking_via=self.config.tracking_via
-        )
+        """One runner per attempt's known_hosts, kept: it holds the nodes' output streams."""
+        if handle.known_hosts not in self._runners:
+            pool = HostPool(
+                handle.known_hosts, self.config.connect_timeout, self.name, self.config.remote_root
+            )
+            self._runners[handle.known_hosts] = NodeRunner(
+                pool, int(self.config.max_workdir_mb * 1e6), tracking_via=self.config.tracking_via
+            )
+        return self._runners[handle.known_hosts]
 
     def _terminate(self, ids: list[str]) -> None:
         if ids:
@@ -487,6 +489,6 @@ class AwsBackend(Backend[AwsHandle]):
         return reaped
 
     def close(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
+        for runner in self._runners.values():
+            runner.pool.close()
+        self._runners.clear()

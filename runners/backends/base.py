@@ -177,6 +177,11 @@ class Backend(abc.ABC, Generic[H]):
         """Record the target's host keys once ``confirm`` accepts their (host, type, fingerprint)."""
         raise UsageError(f"target kind {self.kind!r} has no host keys to trust")
 
+    def commands_sent(self) -> int:
+        """Requests made to the target so far (SSH commands and streams opened): what launching
+        and following a job cost its hosts, written to supervisor.log after each attempt."""
+        return 0
+
     def close(self) -> None:
         """Release connections; a backend is cheap to make again."""
 

@@ -23,6 +23,8 @@ from hmlkit.profile import TrackingVia
 from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost, write_files
 from hmlkit.ssh.pool import HostPool
+from hmlkit.ssh.stream import OutputStream
+from hmlkit.ssh.stream import command as follow_command
 from runners.backends.base import Handle, JobState, LaunchRequest
 from runners.data.stage import Via, stage_remote
 
@@ -72,6 +74,10 @@ def torchrun_line(run_text: str, distributed: bool) -> str:
     )
 
 
+def _key(node: Node) -> str:
+    return f"{node.host.label}:{node.exec_dir}"
+
+
 class NodeRunner:
     def __init__(
         self,
@@ -79,11 +85,18 @@ class NodeRunner:
         max_workdir_bytes: int,
         data_via: Via = "auto",
         tracking_via: TrackingVia = "direct",
+        pids_on_host: bool = True,
     ) -> None:
+        """``pids_on_host``: the job runs on the hosts reached (not on a scheduler's compute nodes),
+        so a node whose processes vanished without an exit code is seen as gone."""
         self.pool = pool
         self.max_workdir_bytes = max_workdir_bytes
         self.data_via = data_via
         self.tracking_via = tracking_via
+        self.pids_on_host = pids_on_host
+        self._streams: dict[str, OutputStream] = {}
+        self._unread: dict[str, bytes] = {}
+        """Bytes a poll took from a node's channel that read_output has not handed on yet."""
 
     def start(self, request: LaunchRequest, hosts: list[SshHost]) -> NodesHandle:
         """Start the job on ``hosts`` (rank = position); on any failure, stop what started."""
@@ -180,20 +193,42 @@ class NodeRunner:
                 except BackendError:
                     pass
 
+    def _stream(self, node: Node) -> OutputStream:
+        """The node's follower channel, (re)opened at the node's read position."""
+        stream = self._streams.get(_key(node))
+        if stream is None:
+            command = follow_command(node.exec_dir, node.cursor, self.pids_on_host)
+            stream = self._streams[_key(node)] = self.pool.stream(node.host, command)
+        return stream
+
+    def _pump(self, node: Node) -> bytes:
+        """All the node's channel has brought that read_output has not handed on; a lost channel
+        is dropped (the next call reopens it at the node's cursor) and raised."""
+        stream = self._stream(node)
+        try:
+            unread = self._unread[_key(node)] = self._unread.get(_key(node), b"") + stream.read()
+        except BackendError:
+            stream.close()
+            self._streams.pop(_key(node), None)
+            self._unread.pop(_key(node), None)
+            raise
+        return unread
+
     def poll(self, handle: NodesHandle) -> JobState:
+        """Each node's state as its follower channel last said it: no SSH command per poll."""
         self.hold_forwards(handle)
         exits: dict[int, int] = {}
         syncing: list[str] = []
         for node in handle.nodes:
-            _, out, _ = self.pool.exec(node.host, scripts.state(node.exec_dir), timeout=15)
-            word, _, code = out.strip().partition(" ")
+            self._pump(node)
+            word, _, said = (self._stream(node).end or "").partition(" ")
             if word == "GONE":
                 self.cancel(handle)
                 return JobState(False, None, f"node {node.rank} on {node.host.label}: process vanished")
             if word == "EXIT":
-                exits[node.rank] = int(code or 1)
-            elif code:
-                syncing.append(code)
+                exits[node.rank] = int(said or 1)
+            elif self._stream(node).syncing:
+                syncing.append(self._stream(node).syncing)
         failed = {r: c for r, c in exits.items() if c != 0}
         multi = len(handle.nodes) > 1
         if failed:
@@ -208,16 +243,18 @@ class NodeRunner:
     def read_output(self, handle: NodesHandle) -> bytes:
         chunks = []
         multi = len(handle.nodes) > 1
+        for node in handle.nodes:  # every node first: a lost one raises before any byte is taken
+            self._pump(node)
         for node in handle.nodes:
-            _, data, _ = self.pool.exec(
-                node.host, scripts.output(node.exec_dir, node.cursor), timeout=15, text=False
-            )
+            data = self._unread.pop(_key(node), b"")
             node.cursor += len(data)
             if not multi:
                 chunks.append(data)
                 continue
             text = node.partial + data.decode("utf-8", errors="replace")
             complete, _, node.partial = text.rpartition("\n")
+            if node.partial and self._stream(node).end:  # the node is over: its last line is whole
+                complete, node.partial = f"{complete}\n{node.partial}" if complete else node.partial, ""
             if complete:
                 chunks.append("".join(f"[node {node.rank}] {ln}\n" for ln in complete.split("\n")).encode())
         return b"".join(chunks)
@@ -226,15 +263,28 @@ class NodeRunner:
         self._on_every_node(handle, lambda node: scripts.kill(node.exec_dir))
 
     def release(self, handle: NodesHandle) -> None:
+        for node in handle.nodes:  # the attempt is over: its followers end with it
+            stream = self._streams.pop(_key(node), None)
+            self._unread.pop(_key(node), None)
+            if stream is not None:
+                stream.close()
         self._on_every_node(handle, lambda node: scripts.release(node.root, node.exec_dir))
 
     def _on_every_node(self, handle: NodesHandle, script: Any) -> None:
-        """Run a node's script everywhere; raise only when no node could be reached."""
-        problems = []
-        for node in handle.nodes:
+        """Run a node's script on all nodes at once (a cancel of 32 nodes takes one node's time);
+        raise only when no node could be reached."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(node: Node) -> str | None:
             try:
                 self.pool.exec(node.host, script(node), timeout=30)
             except BackendError as exc:
-                problems.append(str(exc))
+                return str(exc)
+            return None
+
+        if not handle.nodes:
+            return
+        with ThreadPoolExecutor(max_workers=min(32, len(handle.nodes))) as workers:
+            problems = [p for p in workers.map(one, handle.nodes) if p is not None]
         if problems and len(problems) == len(handle.nodes):
             raise BackendError("; ".join(problems))

@@ -102,7 +102,8 @@ class SlurmBackend(Backend[SlurmHandle]):
     def __init__(self, name: str, config: SlurmTarget) -> None:
         super().__init__(name, config)
         self.pool = HostPool(config.known_hosts, config.connect_timeout, name, config.remote_root)
-        self.nodes = NodeRunner(self.pool, int(config.max_workdir_mb * 1e6))
+        # the job's processes run on compute nodes, not on the login host that follows its files
+        self.nodes = NodeRunner(self.pool, int(config.max_workdir_mb * 1e6), pids_on_host=False)
 
     def close(self) -> None:
         self.pool.close()

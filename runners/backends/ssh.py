@@ -25,7 +25,6 @@ class SshBackend(Backend[NodesHandle]):
     kind = "ssh"
     Config = SshTarget
     handle_type = NodesHandle
-    poll_interval = 1.0
     config: SshTarget
 
     def __init__(self, name: str, config: SshTarget) -> None:
@@ -37,6 +36,9 @@ class SshBackend(Backend[NodesHandle]):
 
     def close(self) -> None:
         self.pool.close()
+
+    def commands_sent(self) -> int:
+        return self.pool.commands
 
     def _gpus(self, host: SshHost) -> tuple[int, int] | BackendError:
         """The host's (total, free) GPUs by the claims, or why it could not be asked."""

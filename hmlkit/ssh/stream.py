@@ -1,0 +1,66 @@
+"""One long-lived channel per node that streams a job's output and then its end state.
+
+The remote side is ``follow.py`` (hmlkit/follow_stream.py) beside the job's wrapper; this
+side only drains what has arrived, so following N nodes costs no SSH command per poll.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Any
+
+from hmlkit.errors import BackendError
+from hmlkit.jobscript import FOLLOWER
+
+SILENT_AFTER_S = 15.0
+"""No heartbeat for this long: the host is hung or cut off, as a timed-out command was."""
+
+
+def command(exec_dir: str, offset: int, watch_pid: bool = True) -> str:
+    """``watch_pid``: the job's processes run on this host, so one that vanished ends the stream."""
+    e = shlex.quote(exec_dir)
+    return f"exec python3 -I -S {e}/{FOLLOWER} {e} {offset}{'' if watch_pid else ' --exit-only'}"
+
+
+class OutputStream:
+    """A running ``follow.py``: bytes as they come, then ``end`` (``EXIT <code>`` or ``GONE``)."""
+
+    def __init__(self, channel: Any, label: str) -> None:
+        self.channel = channel
+        self.label = label
+        self.end: str | None = None
+        self.syncing = ""
+        """Records the job's wrapper still waits to sync to the tracking server ('' when none)."""
+        self._err = b""
+        self._heard = time.monotonic()
+
+    def read(self) -> bytes:
+        """What arrived since the last read; raises BackendError once the channel is lost."""
+        chan = self.channel
+        finished = chan.exit_status_ready()  # looked at first: data before the exit is all here then
+        chunks = []
+        while chan.recv_ready():
+            chunks.append(chan.recv(1 << 16))
+        while chan.recv_stderr_ready():
+            self._err += chan.recv_stderr(1 << 12)
+        if chunks or self._err:
+            self._heard = time.monotonic()
+        lines = self._err.split(b"\n")
+        self._err = lines.pop()
+        for line in lines:
+            word = line.decode("utf-8", errors="replace").strip()
+            if word.startswith(("EXIT", "GONE")):
+                self.end = word
+            elif word.startswith("SYNCING"):
+                self.syncing = word.removeprefix("SYNCING").strip()
+            elif word not in (".", ""):
+                raise BackendError(f"{self.label}: the output follower failed: {word[:300]}")
+        if self.end is None and (finished or chan.closed):
+            raise BackendError(f"{self.label}: the output stream ended without the job's state")
+        if self.end is None and time.monotonic() - self._heard > SILENT_AFTER_S:
+            raise BackendError(f"{self.label}: no word from the host for {SILENT_AFTER_S:g} s")
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        self.channel.close()
