@@ -194,11 +194,13 @@ def status(
     output: OutputOpt = Output.text,
 ) -> None:
     """Show a run's state; restarts its supervisor if that died."""
-    from runners import records
+    from runners import backlog, records
     from runners.submit import ensure_supervised
 
     record = records.load(run)
     ensure_supervised(record)
+    if said := backlog.catch_up(record):  # a journal left behind by a job finalized earlier
+        print(f"hml: {said}", file=sys.stderr)
     _print_summary(record, output)
 
 
