@@ -16,6 +16,7 @@ from tests.runners.helpers import (
     logging_job,
     status,
     submit_json,
+    wait_param,
     wait_status,
 )
 from tests.runners.test_local import local_profile
@@ -39,10 +40,7 @@ def _gated_run(tmp_path: Path, server: MlflowServer, steps: int) -> tuple[str, P
     )
     summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
     run_id = summary["run_id"]
-    deadline = time.monotonic() + 60
-    while "steps" not in server.client().get_run(run_id).data.params:
-        assert time.monotonic() < deadline, hml("logs", run_id).stdout
-        time.sleep(0.2)
+    wait_param(server, run_id, "steps")
     return run_id, Path(status(run_id)["log"]).parent
 
 
