@@ -34,6 +34,10 @@ FINALIZE_WAIT_S = 10.0
 """Per finalize attempt: the supervisor's finalize loop does the retrying."""
 LATE_WAIT_S = 30.0
 """For a run already finalized (``hml status``, ``hml gc``)."""
+STALL_S = 3.0
+"""Give up a try after this long without an acknowledged record once replay met an error (the
+server is away), so ``hml status`` does not hang on it; a slow server that answers gets the
+whole wait."""
 REJECTED = "relay-rejected.jsonl"
 
 
@@ -70,8 +74,13 @@ def _drain_one(root: Path, uri: str, deadline: float) -> Drained:
         if before:
             relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, _auth_from_env()), journal)
             relay.start()
+            moved, seen = time.monotonic(), journal.pending
             while journal.pending and time.monotonic() < deadline:
+                if relay.last_error and time.monotonic() - moved > STALL_S:
+                    break  # the server does not answer: the next contact tries again
                 time.sleep(0.1)
+                if journal.pending != seen:
+                    moved, seen = time.monotonic(), journal.pending
             relay.stop()
         left, rejected = journal.pending, journal.rejected()
     finally:
