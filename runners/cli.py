@@ -331,7 +331,8 @@ def list_(
 
 @app.command()
 def gc(output: OutputOpt = Output.text) -> None:
-    """Release what the profile's targets still hold for finished or unknown runs (cloud instances)."""
+    """Release what the profile's targets still hold for finished or unknown runs (cloud instances),
+    and send the relay journals finished runs left on this machine."""
     from runners.profile import load_profile
     from runners.submit import collect_garbage
 
