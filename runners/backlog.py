@@ -59,12 +59,14 @@ def drain(record: RunRecord, wait_s: float) -> Drained:
     deadline = time.monotonic() + wait_s
     sent = left = 0
     for root in journals(record):
-        one = _drain_one(root, uri, deadline)
+        one = drain_journal(root, uri, deadline)
         sent, left = sent + one.sent, left + one.left
     return Drained(sent, left)
 
 
-def _drain_one(root: Path, uri: str, deadline: float) -> Drained:
+def drain_journal(root: Path, uri: str, deadline: float) -> Drained:
+    """Replay one journal directory to ``uri`` until ``deadline`` (a ``time.monotonic()``) and
+    remove it once empty; a journal whose relay still runs is left to that relay."""
     try:
         journal = Journal(root)
     except SystemExit:  # its relay still runs: the wrapper is still waiting for it
