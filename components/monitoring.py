@@ -29,6 +29,11 @@ from components.base import Args, OrgTags, Platform, PlatformComponent
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SPEND_KINDS = ("ACTUAL", "FORECASTED")
+NAMESPACE = "HybridML"
+"""The CloudWatch namespace of the runner's run-end metrics (runners/telemetry.py)."""
+TEXTFILE = "/var/lib/node_exporter/textfile_collector/hybridml.prom"
+"""Where the runner writes its counters on-prem, in node_exporter's textfile-collector directory
+(``--collector.textfile.directory``), so the Prometheus that scrapes node_exporter gets them."""
 
 
 class Budget(Args):
@@ -67,11 +72,13 @@ class MonitoringArgs(Args):
     idle_gpu_percent: float = Field(5, gt=0, lt=100)
     idle_minutes: int = Field(30, ge=5)
     namespace: str = "monitoring"
+    textfile: str = Field(TEXTFILE, pattern=r"^/\S+\.prom$")
+    """On-prem: the textfile the runner's counters go to, which the rules here read."""
 
 
 class Monitoring(PlatformComponent):
     """Outputs: ``alerts`` (the topic ARN, or the Alertmanager receiver), ``budget``,
-    ``dashboard``."""
+    ``dashboard``; on-prem also ``textfile`` (where the runner's counters go)."""
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("hybridml:observability:Monitoring", name, opts)
@@ -141,7 +148,7 @@ class Monitoring(PlatformComponent):
             )
         aws.cloudwatch.MetricAlarm(
             self.child_name("failed-jobs"),
-            namespace="HybridML",
+            namespace=NAMESPACE,
             metric_name="JobsFailed",
             statistic="Sum",
             period=300,
@@ -203,7 +210,12 @@ class Monitoring(PlatformComponent):
             data={"hybridml.json": json.dumps(_grafana_dashboard(args))},
             opts=self.child_opts(),
         )
-        return {"alerts": receiver, "budget": rules.metadata["name"], "dashboard": dashboard.metadata["name"]}
+        return {
+            "alerts": receiver,
+            "budget": rules.metadata["name"],
+            "dashboard": dashboard.metadata["name"],
+            "textfile": args.textfile,
+        }
 
 
 def prometheus_rules(args: MonitoringArgs) -> list[dict[str, Any]]:
@@ -285,7 +297,7 @@ def _cloudwatch_dashboard(args: MonitoringArgs) -> dict[str, Any]:
             "height": 6,
             "properties": {
                 "title": "Failed jobs",
-                "metrics": [["HybridML", "JobsFailed"]],
+                "metrics": [[NAMESPACE, "JobsFailed"]],
                 "stat": "Sum",
                 "period": 300,
             },

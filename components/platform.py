@@ -22,10 +22,10 @@ from components.gpu_pool import (
     PoolSize,
 )
 from components.keyvault import KeyVault, KeyVaultArgs
-from components.monitoring import Monitoring, MonitoringArgs
+from components.monitoring import NAMESPACE, Monitoring, MonitoringArgs
 from components.object_store import AccessGrants, ObjectStore, ObjectStoreArgs, StorageEndpoint
 from components.platform_config import PlatformConfig, PlatformSecrets
-from components.profile import aws_target, data_store, runner_profile, slurm_target, ssh_target
+from components.profile import aws_target, data_store, runner_profile, slurm_target, ssh_target, telemetry
 from components.tracking import TrackingServer, TrackingServerArgs, TrackingSettings
 
 VAULT_SECRETS = ("tracking-db-uri", "tracking-admin-password")
@@ -198,6 +198,7 @@ class Platform:
                 tags=self.tags,
                 budget=self.config.budget,
                 gpu_pools=list(getattr(self.config, platform).pools),
+                **({"textfile": self.config.onprem.telemetry_textfile} if platform == "onprem" else {}),
             ),
             opts=self.k8s.get(platform) if platform == "onprem" else None,
         )
@@ -238,6 +239,7 @@ class Platform:
             platform = "aws" if target["kind"] == "aws" else "onprem"
             if platform in stores:
                 target["near"] = [platform]
+            target["telemetry"] = self._telemetry(platform)
         return runner_profile(
             tracking_uri=self.tracking.url,
             targets=targets,
@@ -245,6 +247,13 @@ class Platform:
             vault=vault,
             stores=stores,
         )
+
+    def _telemetry(self, platform: str) -> dict[str, Any]:
+        """Run ends go to the monitors of the target's own platform, under the org's team."""
+        if platform == "aws":
+            cloudwatch = {"region": self.config.aws.region, "namespace": NAMESPACE}
+            return telemetry(team=self.tags.team, cloudwatch=cloudwatch)
+        return telemetry(team=self.tags.team, textfile=self.config.onprem.telemetry_textfile)
 
     def _data_stores(self) -> dict[str, dict[str, Any]]:
         """The dataset buckets (all but the artifact bucket) as one store per platform."""

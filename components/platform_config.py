@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from components.base import Args, ArgsError, OrgTags, Platform
 from components.gpu_pool import AwsPoolSpec, OnpremMachines
-from components.monitoring import Budget
+from components.monitoring import TEXTFILE, Budget
 from components.object_store import AccessGrants
 from components.retention import RetentionPlan
 from components.tracking import TrackingSettings
@@ -107,6 +107,9 @@ class OnpremConfig(Args):
     """Target name -> pool; pools with SSH hosts become runner targets of kind ``ssh``."""
     slurm: dict[str, SlurmCluster] = Field(default_factory=dict)
     """Target name -> Slurm cluster; each becomes a runner target of kind ``slurm``."""
+    telemetry_textfile: str = Field(TEXTFILE, pattern=r"^/\S+\.prom$")
+    """The node_exporter textfile (in its ``--collector.textfile.directory``) that the on-prem
+    targets' runners write their run-end counters to, for the monitoring's Prometheus rules."""
 
 
 class PlatformConfig(Args):

@@ -60,6 +60,16 @@ def data_store(
     return {"buckets": buckets, **{k: v for k, v in optional.items() if v}}
 
 
+def telemetry(
+    *, team: str, cloudwatch: dict[str, str] | None = None, textfile: str | None = None
+) -> dict[str, Any]:
+    """A target's ``telemetry``: where its runner publishes each run's end (runners/telemetry.py)
+    for the monitors components/monitoring.py provisions, CloudWatch on AWS, a node_exporter
+    textfile on-prem, under the budget's team."""
+    optional = {"cloudwatch": cloudwatch, "prometheus_textfile": textfile}
+    return {"team": team, **{k: v for k, v in optional.items() if v}}
+
+
 def runner_profile(
     *,
     tracking_uri: pulumi.Input[str],

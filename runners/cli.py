@@ -193,11 +193,13 @@ def status(
     output: OutputOpt = Output.text,
 ) -> None:
     """Show a run's state; restarts its supervisor if that died."""
-    from runners import record_files
+    from runners import backlog, record_files
     from runners.supervision import ensure_supervised
 
     record = record_files.read(run)
     ensure_supervised(record["run_id"], record.get("finalized", False))
+    if said := backlog.catch_up(record):  # a journal left behind by a job finalized earlier
+        print(f"hml: {said}", file=sys.stderr)
     _print_summary(record, output)
 
 
@@ -333,7 +335,8 @@ def list_(
 
 @app.command()
 def gc(output: OutputOpt = Output.text) -> None:
-    """Release what the profile's targets still hold for finished or unknown runs (cloud instances)."""
+    """Release what the profile's targets still hold for finished or unknown runs (cloud instances),
+    and send the relay journals finished runs left on this machine."""
     from runners.profile import load_profile
     from runners.submit import collect_garbage
 

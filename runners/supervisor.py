@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
-from runners import record_files, records, telemetry, tracking
+from runners import backlog, record_files, records, telemetry, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.data import lineage
@@ -209,6 +209,7 @@ class Supervisor:
                 self._end("FAILED", None, f"launch failed: {exc}")
                 break
             stop, state = self._watch(handle)
+            backlog.settle(self.rec, self.note)
             self.rec.cost_usd = self._cost()
             if stop:
                 self._end("KILLED" if stop.startswith("cancelled") else "FAILED", state.exit_code, stop)
@@ -248,6 +249,7 @@ class Supervisor:
         inputs = load_inputs(self.rec.dir)
         for attempt in range(FINALIZE_TRIES):
             try:
+                backlog.send_home(self.rec)
                 self._tag_models(inputs)
                 tracking.finalize(
                     self.rec.tracking_uri,

@@ -108,6 +108,14 @@ def assert_system_metrics(client: Any, run_id: str, prefix: str = "system/", at_
     assert all(0 <= m.value <= 100 for m in cpu)
 
 
+def wait_param(server: Any, run_id: str, key: str, timeout: float = 60) -> None:
+    """Until the run has param ``key`` on the server (a gated job has read its run by then)."""
+    deadline = time.monotonic() + timeout
+    while key not in server.client().get_run(run_id).data.params:
+        assert time.monotonic() < deadline, hml("logs", run_id).stdout
+        time.sleep(0.2)
+
+
 def assert_every_step_once(server: Any, run_id: str, steps: int) -> None:
     client = server.client()
     run = wait_finalized(client, run_id)

@@ -24,6 +24,7 @@ from tests.runners.helpers import (
     submit_json,
     wait_finalized,
     wait_log,
+    wait_param,
     wait_status,
     write_job,
 )
@@ -215,10 +216,7 @@ def test_status_shows_syncing_until_every_record_is_home(tmp_path):
         job = logging_job(tmp_path / "w", steps=30, pause=0.05, gate=True)
         summary, _ = submit_json(str(job), "--detach", env={"HML_CONFIG": str(profile)})
         run_id = summary["run_id"]
-        deadline = time.monotonic() + 60
-        while "steps" not in server.client().get_run(run_id).data.params:
-            assert time.monotonic() < deadline, hml("logs", run_id).stdout
-            time.sleep(0.2)
+        wait_param(server, run_id, "steps")
         server.stop()
         (tmp_path / "w" / "go").touch()
         deadline = time.monotonic() + 60

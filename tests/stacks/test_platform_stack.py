@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from components.monitoring import TEXTFILE
 from hmlkit.errors import ProfileError
 from hmlkit.profile import parse_profile
 from policies.offline import load_stack_config, run_project
@@ -94,6 +95,7 @@ def test_aws_target_points_at_the_stacks_own_resources(evaluated):
         "artifact_bucket": artifacts.outputs["bucket"],
         "secrets_prefix": "hybridml/aws-dev",
         "near": ["aws"],
+        "telemetry": {"team": "ml-platform", "cloudwatch": {"region": "eu-west-1", "namespace": "HybridML"}},
     }
     datasets = [b.outputs["bucket"] for b in result.by_type("aws:s3/bucket:Bucket") if b != artifacts]
     assert datasets and result.outputs["runnerProfile"]["stores"] == {
@@ -187,6 +189,49 @@ def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
     assert profile.target("hpc").kind == "slurm"
 
 
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_target_exports_telemetry_for_its_platforms_monitors(evaluated, stack, tmp_path):
+    """AWS targets publish to the CloudWatch namespace the monitoring's alarm reads, on-prem ones
+    to the textfile the on-prem monitoring names; both under the org's team, and the runner's own
+    loader takes them as its telemetry config."""
+    result = evaluated[stack]
+    team = load_stack_config(PROJECT, stack).values["platform:org"]["team"]
+    (alarm,) = [
+        a for a in result.by_type("aws:cloudwatch/metricAlarm:MetricAlarm") if "failed" in a.name
+    ] or [None]
+    textfiles = {m.outputs.get("textfile") for m in result.by_type("hybridml:observability:Monitoring")} - {
+        None
+    }
+    path = tmp_path / "hybridml.yaml"
+    path.write_text(json.dumps(result.outputs["runnerProfile"]))
+    profile = load_profile(str(path))
+    remote = [name for name in profile.targets if name != "local"]
+    assert remote
+    for name in remote:
+        telemetry = profile.target(name).telemetry
+        assert telemetry.team == team
+        if profile.targets[name]["kind"] == "aws":
+            assert telemetry.cloudwatch is not None and telemetry.prometheus_textfile is None
+            assert telemetry.cloudwatch.region == load_stack_config(PROJECT, stack).values["aws:region"]
+            assert alarm is not None and telemetry.cloudwatch.namespace == alarm.inputs["namespace"]
+        else:
+            assert telemetry.cloudwatch is None
+            assert textfiles == {telemetry.prometheus_textfile}
+    assert profile.target("local").telemetry.cloudwatch is None  # this machine: nothing provisioned
+
+
+def test_onprem_telemetry_textfile_follows_the_config(evaluated):
+    changed = {**load_stack_config(PROJECT, "onprem").values["platform:onprem"]}
+    changed["telemetry_textfile"] = "/srv/prom/textfile/hml.prom"
+    result = run_project(PROJECT, "onprem", config={"platform:onprem": changed}, secrets=SECRETS)
+    targets = result.outputs["runnerProfile"]["targets"]
+    assert {targets[t]["telemetry"]["prometheus_textfile"] for t in ("onprem", "hpc")} == {
+        changed["telemetry_textfile"]
+    }
+    (monitoring,) = result.by_type("hybridml:observability:Monitoring")
+    assert monitoring.outputs["textfile"] == changed["telemetry_textfile"]
+
+
 def test_slurm_cluster_is_exported_as_configured_with_the_sites_defaults(evaluated):
     target = evaluated["onprem"].outputs["runnerProfile"]["targets"]["hpc"]
     assert target == {
@@ -200,6 +245,7 @@ def test_slurm_cluster_is_exported_as_configured_with_the_sites_defaults(evaluat
         "gpu_hour_usd": 0.6,
         "known_hosts": "~/.hybridml/known_hosts",  # onprem.known_hosts
         "near": ["onprem"],  # the on-prem dataset buckets
+        "telemetry": {"team": "ml-platform", "prometheus_textfile": TEXTFILE},
     }
     result = run_project(
         PROJECT, "onprem", config={"platform:onprem": _onprem_with_slurm({})}, secrets=SECRETS
