@@ -78,7 +78,11 @@ class BackendContract:
         assert out.returncode == 0, out.stderr
         run_id = summary["run_id"]
         wait_status(run_id, {"RUNNING"})
-        time.sleep(1.0)
+        # RUNNING can come before the job's processes exist (Slurm's allocation precedes srun's
+        # step, a host's wrapper runs setup first): wait for both, then cancel
+        deadline = time.monotonic() + 30
+        while len(processes_matching(sleeper)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert len(processes_matching(sleeper)) == 2, "the job never started"
         cancelled = hml("cancel", run_id, "--output", "json")
         assert cancelled.returncode == 0, cancelled.stderr
