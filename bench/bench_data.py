@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from runners.data.inputs import Input  # noqa: E402
 from runners.data.manifest import parse_uri  # noqa: E402
 from runners.data.stage import stage_here  # noqa: E402
 from runners.data.store import Store  # noqa: E402
-from tests.conftest import free_port, wait_http  # noqa: E402
+from tests.conftest import moto_server  # noqa: E402
 
 BUCKET = "bench-datasets"
 T = TypeVar("T")
@@ -68,18 +67,10 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=100)
     args = parser.parse_args()
     size = int(args.mb * 1e6 / args.objects)
-    port = free_port()
-    moto = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(
         AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="eu-west-1"
     )
-    try:
-        wait_http(f"{endpoint}/moto-api/", proc=moto)
+    with moto_server() as endpoint:
         config = DataStore(endpoint_url=endpoint, region="eu-west-1", buckets=[BUCKET])
         store = Store("lake", config)
         s3 = store.s3
@@ -119,9 +110,6 @@ def main() -> None:
             ],
         )
         assert warm.fetched_bytes == 0 and one.fetched_bytes == size, "staging fetched more than it had to"
-    finally:
-        moto.terminate()
-        moto.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -337,11 +337,15 @@ def list_(
 def gc(output: OutputOpt = Output.text) -> None:
     """Release what the profile's targets still hold for finished or unknown runs (cloud instances),
     and send the relay journals finished runs left on this machine."""
+    from runners import backlog, record_files
     from runners.profile import load_profile
     from runners.submit import collect_garbage
 
     profile = load_profile(_state["config"])
-    done = collect_garbage(profile.targets)
+    done = collect_garbage(profile.targets)  # also run by every submit, for its target
+    for record in record_files.read_all():  # here only: it reads every record
+        if said := backlog.catch_up(record):
+            done.append(f"{record['run_id']}: {said}")
     if output is Output.json:
         print(json.dumps(done))
         return

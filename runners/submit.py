@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
-from runners import backlog, record_files, records, tracking
+from runners import records, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
 from runners.data import lineage
@@ -182,9 +182,6 @@ def collect_garbage(targets: dict[str, dict[str, Any]]) -> list[str]:
     for name, raw in targets.items():
         with make_backend(name, raw) as backend:
             done += [f"{name}: {line}" for line in backend.gc(is_live)]
-    for record in record_files.read_all():
-        if said := backlog.catch_up(record):
-            done.append(f"{record['run_id']}: {said}")
     return done
 
 

@@ -11,9 +11,6 @@ bucket and read back equal.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +20,7 @@ from components.base import OrgTags
 from components.object_store import ObjectStore, ObjectStoreArgs
 from components.retention import RetentionPlan
 from policies.offline import run_program
-from tests.conftest import free_port, wait_http
+from tests.conftest import moto_server
 
 SETUP_ACTIONS = 3
 """Unauthenticated requests moto allows: create the admin, give it a policy, make its key."""
@@ -53,23 +50,9 @@ def plan() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def iam_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("moto-iam") / "moto.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_ACTIONS)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/moto-api/", proc=proc)
+    log = tmp_path_factory.mktemp("moto-iam") / "moto.log"
+    with moto_server(log, {"INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_ACTIONS)}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def _client(service: str, url: str, key: dict[str, str] | None = None) -> Any:
