@@ -27,6 +27,10 @@ targets_app = typer.Typer(help="List the profile's targets, or trust an SSH targ
 app.add_typer(targets_app, name="targets")
 app.add_typer(policy_app, name="policy")
 app.add_typer(data_app, name="data")
+agent_app = typer.Typer(
+    help="The warm agent that runs hml commands without start-up cost (HML_AGENT=0 turns it off)."
+)
+app.add_typer(agent_app, name="agent")
 
 
 class Output(StrEnum):
@@ -150,6 +154,7 @@ def submit(
             _print_error(exc)
             print(f"not ready: {str(exc).splitlines()[0]}", file=sys.stderr)
             raise typer.Exit(2) from None
+        checked.backend.close()
         resolved = {
             "job": checked.public(),
             "workdir": str(checked.workdir),
@@ -350,6 +355,54 @@ def gc(output: OutputOpt = Output.text) -> None:
         print(json.dumps(done))
         return
     print("\n".join(done) if done else "nothing to release")
+
+
+@agent_app.callback(invoke_without_command=True)
+def agent(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
+    """Whether this code's agent runs, and where it listens."""
+    if ctx.invoked_subcommand:
+        return
+    from runners import agent_client
+
+    found = agent_client.ping()
+    state = {"enabled": agent_client.enabled(), "running": found is not None, "pid": found}
+    state["socket"] = str(agent_client.socket_path()) if state["enabled"] else None  # may refuse
+    if output is Output.json:
+        print(json.dumps(state))
+        return
+    if not state["enabled"]:
+        print("agent: off (HML_AGENT=0)")
+        return
+    print(f"agent: {f'running, pid {found}' if found else 'not running'} ({state['socket']})")
+
+
+@agent_app.command("start")
+def agent_start() -> None:
+    """Start the agent now and wait until it answers (hml submit otherwise starts it)."""
+    import time
+
+    from runners import agent_client
+
+    if not agent_client.enabled():
+        raise HmlError("the agent is off (HML_AGENT=0)")
+    if agent_client.ping() is None:
+        agent_client.start_background()
+    deadline = time.monotonic() + 60
+    while (found := agent_client.ping()) is None:
+        if time.monotonic() > deadline:
+            raise HmlError(
+                f"the agent did not answer within 60 s; see {agent_client.directory() / 'agent.log'}"
+            )
+        time.sleep(0.1)
+    print(f"agent: running, pid {found}")
+
+
+@agent_app.command("stop")
+def agent_stop() -> None:
+    """Stop the agent; runs it started go on (each has its own supervisor process)."""
+    from runners import agent_client
+
+    print("agent: stopped" if agent_client.stop() else "agent: not running")
 
 
 @targets_app.callback(invoke_without_command=True)

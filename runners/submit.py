@@ -45,6 +45,8 @@ class Plan:
     """The job's datasets, resolved to exact snapshots."""
     transfer: dict[str, int]
     """Input bytes each candidate target would fetch from stores it is not near."""
+    backend: Backend[Any]
+    """The chosen target's backend, still open (its hosts reached): the supervisor's, or close it."""
 
     @property
     def placement_reason(self) -> str:
@@ -82,22 +84,28 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     with step(f"checking tracking server {uri}"):
         check_tracking(uri, profile.probe_timeout_s, profile.source)
     placement: dict[str, str] = {}
-    able: list[tuple[str, dict[str, Any]]] = []
+    able: list[tuple[str, dict[str, Any], Backend[Any]]] = []
     chosen = None
     for name in names:
+        backend = make_backend(name, profile.targets[name])
         try:
-            with make_backend(name, profile.targets[name]) as backend:
-                _check_target(backend, name, spec, workdir)
-                launch = backend.describe_plan(spec)
-                busy = backend.room(spec) if target == AUTO else None
+            _check_target(backend, name, spec, workdir)
+            launch = backend.describe_plan(spec)
+            busy = backend.room(spec) if target == AUTO else None
         except HmlError as exc:
+            backend.close()
             if target != AUTO:
+                _close(able)
                 raise
             placement[name] = f"cannot run it: {str(exc).splitlines()[0]}"
             continue
-        able.append((name, launch))
+        except BaseException:
+            backend.close()
+            _close(able)
+            raise
+        able.append((name, launch, backend))
         if busy is None:
-            chosen = (name, launch)
+            chosen = able[-1]
             placement[name] = "the first in placement order with room now" if target == AUTO else "chosen"
             if target == AUTO and inputs:
                 placement[name] += f", {transfer[name]} input bytes from stores it is not near"
@@ -109,10 +117,27 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
             raise NotReady(f"no target can run this job: {tried}")
         chosen = able[0]
         placement[chosen[0]] += "; every target is busy: the first that can run it waits for room"
-    name, launch = chosen
+    name, launch, backend = chosen
+    _close([b for b in able if b is not chosen])
     return Plan(
-        spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement, inputs, transfer
+        spec,
+        workdir,
+        name,
+        profile.targets[name],
+        uri,
+        vault,
+        redact,
+        launch,
+        placement,
+        inputs,
+        transfer,
+        backend,
     )
+
+
+def _close(able: list[tuple[str, dict[str, Any], Backend[Any]]]) -> None:
+    for _, _, backend in able:
+        backend.close()
 
 
 def _check_target(backend: Backend[Any], name: str, spec: JobSpec, workdir: Path) -> None:
@@ -135,36 +160,43 @@ def submit(
     failure once the MLflow run exists ends it FAILED with the reason: no run is left RUNNING.
     """
     p = plan(job_path, target, overrides, config)
-    for line in collect_garbage({p.target: p.target_config}):
-        print(f"hml: gc: {line}", file=sys.stderr)
-    spec_dict = p.public()
-    params = {k: str(v) for k, v in spec_dict["params"].items()}
-    tags = {"hml.placement": p.target, "hml.placement_reason": p.placement_reason, **lineage.tags(p.inputs)}
-    run_id, experiment_id = tracking.start_run(
-        p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, tags
-    )
-    record = RunRecord(
-        run_id=run_id,
-        job=p.spec.name,
-        experiment_id=experiment_id,
-        target=p.target,
-        target_config=p.target_config,
-        tracking_uri=p.tracking_uri,
-        spec=spec_dict,
-        workdir=str(p.workdir),
-        secrets=list(p.spec.secrets),
-        inherited_env=forwarded(),
-        vault=p.vault,
-        wait_for_capacity=wait,
-    )
+    run_id = None
     try:
+        for line in collect_garbage({p.target: p.target_config}):
+            print(f"hml: gc: {line}", file=sys.stderr)
+        spec_dict = p.public()
+        params = {k: str(v) for k, v in spec_dict["params"].items()}
+        tags = {
+            "hml.placement": p.target,
+            "hml.placement_reason": p.placement_reason,
+            **lineage.tags(p.inputs),
+        }
+        run_id, experiment_id = tracking.start_run(
+            p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, tags
+        )
+        record = RunRecord(
+            run_id=run_id,
+            job=p.spec.name,
+            experiment_id=experiment_id,
+            target=p.target,
+            target_config=p.target_config,
+            tracking_uri=p.tracking_uri,
+            spec=spec_dict,
+            workdir=str(p.workdir),
+            secrets=list(p.spec.secrets),
+            inherited_env=forwarded(),
+            vault=p.vault,
+            wait_for_capacity=wait,
+        )
         record.save()
         save_inputs(record.dir, p.inputs)
         lineage.log_inputs(p.tracking_uri, run_id, p.inputs)
-        spawn(run_id)
+        spawn(run_id, p.backend)  # the supervisor's from here
     except BaseException as exc:
-        reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
-        tracking.fail_run(p.tracking_uri, run_id, reason)
+        p.backend.close()
+        if run_id is not None:
+            reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
+            tracking.fail_run(p.tracking_uri, run_id, reason)
         raise
     return record
 

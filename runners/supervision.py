@@ -2,6 +2,10 @@
 
 Standard library only, so any ``hml`` command can check and restart a supervisor without
 loading what the supervisor itself needs (backends, pydantic models, SSH).
+
+A supervisor is its own detached process: a new interpreter, or, in a worker of the warm agent
+(runners/agent.py), the worker itself, which has everything loaded and, after a submit, the
+target's connections open; it goes on supervising once its command has answered.
 """
 
 from __future__ import annotations
@@ -9,10 +13,14 @@ from __future__ import annotations
 import fcntl
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from runners.paths import run_dir
+
+_here: list[threading.Thread] | None = None
+"""In an agent's worker: the supervisors this process runs (else None: each spawns a process)."""
 
 
 def lock(directory: Path) -> IO[str] | None:
@@ -35,9 +43,31 @@ def is_supervised(run_id: str) -> bool:
     return False
 
 
-def spawn(run_id: str) -> None:
-    """Start a detached supervisor for ``run_id`` (a no-op for it if one already runs)."""
-    log = open(run_dir(run_id) / "supervisor.log", "ab")  # noqa: SIM115
+def supervise_here() -> None:
+    """This process is detached and has the supervisor loaded (an agent's worker): supervisors
+    run here, in threads, and the process lives until they are done (``wait``)."""
+    global _here
+    _here = []
+
+
+def wait() -> None:
+    for thread in _here or []:
+        thread.join()
+
+
+def spawn(run_id: str, backend: Any = None) -> None:
+    """Start a detached supervisor for ``run_id`` (a no-op for it if one already runs).
+
+    ``backend``: the caller's open backend for the run's target, handed over (closed here when
+    the supervisor is a new interpreter, which reaches the target again)."""
+    path = run_dir(run_id) / "supervisor.log"
+    if _here is not None:
+        _here.append(threading.Thread(target=_supervise_here, args=(run_id, backend, path)))
+        _here[-1].start()
+        return
+    if backend is not None:
+        backend.close()
+    log = open(path, "ab")  # noqa: SIM115
     subprocess.Popen(
         [sys.executable, "-m", "runners.supervisor", run_id],
         stdin=subprocess.DEVNULL,
@@ -47,6 +77,13 @@ def spawn(run_id: str) -> None:
         close_fds=True,
     )
     log.close()
+
+
+def _supervise_here(run_id: str, backend: Any, path: Path) -> None:
+    from runners.supervisor import main
+
+    with open(path, "a", encoding="utf-8") as log:
+        main(run_id, backend, log)
 
 
 def ensure_supervised(run_id: str, finalized: bool) -> None:

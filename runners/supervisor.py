@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
 from runners import backlog, record_files, records, telemetry, tracking
@@ -35,9 +36,11 @@ CAPACITY_RETRY_S = 5.0
 
 
 class Supervisor:
-    def __init__(self, record: RunRecord, backend: Backend) -> None:
+    def __init__(self, record: RunRecord, backend: Backend, log: TextIO) -> None:
         self.rec = record
         self.backend = backend
+        self.log = log
+        """supervisor.log: the runner's own account (commands sent, finalize retries), not the job's."""
         self.spec = JobSpec.model_validate(record.spec)
         self.redact = Redactor([])
         self._out = open(record.log_path, "a", encoding="utf-8")  # noqa: SIM115
@@ -46,6 +49,9 @@ class Supervisor:
             self._out.seek(record.log_bytes)
 
     # -- output -----------------------------------------------------------------
+    def say(self, text: str) -> None:
+        print(text, file=self.log, flush=True)
+
     def note(self, text: str) -> None:
         self._out.write(self.redact(f"[hml] {text}\n"))
         self._checkpoint()
@@ -97,9 +103,8 @@ class Supervisor:
                 f"inputs: the runner sent {sent} bytes to {host} over SSH "
                 "(the host cannot reach the store, or data_via: ssh)"
             )
-        print(
-            f"attempt {self.rec.attempt + 1} started after {self.backend.commands_sent()} target commands",
-            flush=True,
+        self.say(
+            f"attempt {self.rec.attempt + 1} started after {self.backend.commands_sent()} target commands"
         )
         return handle
 
@@ -124,10 +129,9 @@ class Supervisor:
         finally:
             self._teardown(handle)
             took = time.time() - started
-            print(
+            self.say(
                 f"attempt {self.rec.attempt + 1}: followed for {took:.1f} s; target commands so far: "
-                f"{self.backend.commands_sent()}",
-                flush=True,
+                f"{self.backend.commands_sent()}"
             )
 
     def _follow(self, handle: Handle) -> tuple[str | None, JobState]:
@@ -240,7 +244,7 @@ class Supervisor:
         try:
             lineage.tag_models(self.rec.tracking_uri, self.rec.run_id, self.rec.experiment_id, inputs)
         except TrackingError as exc:
-            print(f"models not tagged with their inputs: {exc}", flush=True)
+            self.say(f"models not tagged with their inputs: {exc}")
 
     def finalize(self) -> None:
         """Hand the end to the tracking server, retrying while it is down; the record keeps all."""
@@ -263,7 +267,7 @@ class Supervisor:
                     ended_at=self.rec.ended_at or time.time(),
                 )
             except TrackingError as exc:
-                print(f"finalize attempt {attempt + 1}: {exc}", flush=True)
+                self.say(f"finalize attempt {attempt + 1}: {exc}")
                 time.sleep(min(2**attempt, 30))
                 continue
             self.rec.finalized = True
@@ -278,7 +282,7 @@ def _supervise(sup: Supervisor) -> None:
     except Exception as exc:
         import traceback
 
-        traceback.print_exc()
+        traceback.print_exc(file=sup.log)
         handle = sup._handle()
         if handle is not None:
             try:
@@ -290,7 +294,12 @@ def _supervise(sup: Supervisor) -> None:
         sup.finalize()
 
 
-def main(run_id: str) -> int:
+def main(run_id: str, backend: Backend | None = None, log: TextIO | None = None) -> int:
+    """Supervise ``run_id`` to its end, unless another supervisor holds it.
+
+    ``backend``: one the caller has open (the submit's, its hosts already reached), handed over
+    to be closed here; ``log``: supervisor.log when this does not run as its own process.
+    """
     os.umask(0o077)  # the run's files are its owner's alone
     # one finalize attempt must fail fast when the server is down; our loop does the waiting
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -298,13 +307,15 @@ def main(run_id: str) -> int:
     record = records.load(run_id)
     held = lock(record.dir)
     if held is None:
+        if backend is not None:
+            backend.close()
         return 0  # another supervisor has it
     record = records.load(run_id)  # re-read under the lock
     record.supervisor_pid = os.getpid()
     record.save()
-    backend = make_backend(record.target, record.target_config)
+    backend = backend or make_backend(record.target, record.target_config)
     try:
-        sup = Supervisor(record, backend)
+        sup = Supervisor(record, backend, log or sys.stdout)
         if record.terminal:
             sup.finalize()
         else:

@@ -1,0 +1,180 @@
+"""Talking to the warm agent (runners/agent.py): finding it, handing it a command, starting it.
+
+Standard library only and imported before anything else by the ``hml`` entry point, so a
+command the agent runs costs this process an interpreter start and one socket round trip.
+The agent is an accelerator: when it is off (``HML_AGENT=0``), not started yet, or of another
+version of the code, every caller goes the cold way and nothing changes but the time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from hmlkit.errors import HmlError
+
+PACKAGES = ("runners", "hmlkit", "policies")
+"""What the agent has loaded: a change to any of their files makes a new agent (a new socket)."""
+HEADER = struct.Struct("!cI")
+"""Request header, sent with the caller's descriptors: kind (b"C" command, b"P" ping,
+b"Q" quit) and the length of the JSON body that follows."""
+
+
+class AgentRefused(HmlError):
+    """The agent's directory is not this user's alone: it is not used (never trust a socket
+    another user could have planted, since requests carry the caller's environment)."""
+
+
+def enabled() -> bool:
+    return os.environ.get("HML_AGENT", "1") != "0"
+
+
+def _fingerprint() -> str:
+    """The interpreter and every source file's size and mtime: an agent runs exactly this code."""
+    parts = [sys.executable]
+    root = Path(__file__).resolve().parents[1]
+    for package in PACKAGES:
+        for dirpath, dirnames, filenames in os.walk(root / package):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    st = os.stat(os.path.join(dirpath, name))
+                    parts.append(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def directory() -> Path:
+    """Per user, private: ``$XDG_RUNTIME_DIR/hml`` or ``/tmp/hml-<uid>``, mode 0700, ours."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    path = Path(base) / ("hml" if "XDG_RUNTIME_DIR" in os.environ else f"hml-{os.getuid()}")
+    try:
+        path.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise AgentRefused(f"{path}: {exc}") from None
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise AgentRefused(f"{path} is not a directory of this user's alone (mode 0700)")
+    return path
+
+
+def socket_path() -> Path:
+    return directory() / f"agent-{_fingerprint()}.sock"
+
+
+def connect() -> socket.socket | None:
+    """A connection to this code's agent, or None (off, not running, refused)."""
+    if not enabled():
+        return None
+    try:
+        path = socket_path()
+    except AgentRefused:
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _send(sock: socket.socket, kind: bytes, body: dict[str, object], fds: list[int]) -> None:
+    data = json.dumps(body).encode()
+    head = HEADER.pack(kind, len(data))
+    if fds:
+        socket.send_fds(sock, [head], fds)
+    else:
+        sock.sendall(head)
+    sock.sendall(data)
+
+
+def _request(extra: dict[str, object]) -> dict[str, object]:
+    return {"env": dict(os.environ), "cwd": os.getcwd(), **extra}
+
+
+def run_command(argv: list[str]) -> int | None:
+    """Have the agent run ``hml ARGV`` on this process's stdin, stdout and stderr; its exit
+    code, or None when no agent answered (then run it here). Ctrl-C and termination signals
+    are passed on to the agent's worker, which handles them as ``hml`` itself would."""
+    sock = connect()
+    if sock is None:
+        return None
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        _send(sock, b"C", _request({"argv": argv, "umask": umask}), [0, 1, 2])
+    except OSError:
+        sock.close()
+        return None
+    worker: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if worker:
+            os.kill(worker[0], signum)
+        else:  # not started yet: the worker sees the connection close and stops
+            os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    reader = sock.makefile("r", encoding="utf-8")
+    for line in reader:
+        word, _, value = line.strip().partition(" ")
+        if word == "pid":
+            worker.append(int(value))
+        elif word == "exit":
+            return int(value)
+    print("hml: error: the agent's worker ended without an exit code (see the agent log)", file=sys.stderr)
+    return 1
+
+
+def start_background() -> None:
+    """Start this code's agent for the next command (this one goes the cold way); a second
+    starter finds the first's lock and leaves."""
+    if not enabled():
+        return
+    try:
+        log = directory() / "agent.log"
+    except AgentRefused as exc:
+        print(f"hml: the agent is not used: {exc}", file=sys.stderr)
+        return
+    with open(log, "ab") as out:
+        subprocess.Popen(
+            [sys.executable, "-m", "runners.agent"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env={**os.environ, "HML_AGENT": "1"},
+        )
+
+
+def _ask(kind: bytes) -> str | None:
+    sock = connect()
+    if sock is None:
+        return None
+    with sock:
+        try:
+            _send(sock, kind, {}, [])
+            return sock.makefile("r", encoding="utf-8").readline().strip()
+        except OSError:
+            return None
+
+
+def ping() -> int | None:
+    """The pid of this code's agent, or None when none answers."""
+    reply = _ask(b"P")
+    return int(reply.split()[1]) if reply and reply.startswith("agent ") else None
+
+
+def stop() -> bool:
+    """Ask this code's agent to leave (its runs' supervisors go on); False when none ran."""
+    return _ask(b"Q") is not None
