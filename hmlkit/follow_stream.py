@@ -21,6 +21,9 @@ import sys
 import time
 
 TICK_S = 0.1
+FAST_TICK_S = 0.02
+"""While the job is young or has just written: output reaches the runner within a tick."""
+FAST_FOR_S = 2.0
 HEARTBEAT_S = 2.0
 
 
@@ -67,7 +70,7 @@ def main(exec_dir: str, offset: int, watch_pid: bool) -> int:
     out, err = sys.stdout.buffer, sys.stderr
     parent = os.getppid()
     log = None
-    beat = time.monotonic()
+    beat = lively = time.monotonic()
     said = ""
     while True:
         end = end_state(exec_dir, watch_pid)  # before the read: all the job wrote before its end is read
@@ -88,6 +91,7 @@ def main(exec_dir: str, offset: int, watch_pid: bool) -> int:
                 break
             out.write(chunk)
             out.flush()
+            lively = time.monotonic()
         if end is not None:
             err.write(end + "\n")
             err.flush()
@@ -98,7 +102,7 @@ def main(exec_dir: str, offset: int, watch_pid: bool) -> int:
             err.write(".\n")
             err.flush()
             beat = time.monotonic()
-        time.sleep(TICK_S)
+        time.sleep(FAST_TICK_S if time.monotonic() - lively < FAST_FOR_S else TICK_S)
 
 
 if __name__ == "__main__":

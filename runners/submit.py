@@ -217,12 +217,16 @@ def collect_garbage(targets: dict[str, dict[str, Any]]) -> list[str]:
     return done
 
 
+FOLLOW_TICK_S = 0.02
+RECORD_TICK_S = 0.2
+
+
 def follow(run_id: str, out: TextIO = sys.stdout, keep_following: bool = True) -> RunRecord:
     """Print the run's log; with ``keep_following``, until the run ends."""
     record = records.load(run_id)
     ensure_supervised(record.run_id, record.finalized)
     pos = 0
-    checked = time.monotonic()
+    checked = loaded = time.monotonic()
     while True:
         done = record.terminal  # read the log once more after seeing the end
         try:
@@ -235,10 +239,12 @@ def follow(run_id: str, out: TextIO = sys.stdout, keep_following: bool = True) -
         if data:
             out.write(data)
             out.flush()
+            loaded = 0.0  # the supervisor writes its notes (the run's end) with the record
         if done or not keep_following:
             return record
-        time.sleep(0.1)
-        record = records.load(run_id)
+        time.sleep(FOLLOW_TICK_S)  # the log is a local file: reading it often costs next to nothing
+        if time.monotonic() - loaded > RECORD_TICK_S:
+            record, loaded = records.load(run_id), time.monotonic()
         if time.monotonic() - checked > 5:  # a supervisor that died is restarted while we watch
             ensure_supervised(record.run_id, record.finalized)
             checked = time.monotonic()

@@ -33,6 +33,8 @@ LOST_AFTER_S = 30.0
 """How long a target may stay unreachable before the job counts as lost (host died)."""
 FINALIZE_TRIES = 30
 CAPACITY_RETRY_S = 5.0
+MIN_POLL_GAP_S = 0.02
+"""A job that writes without pause is read in batches, not once per packet."""
 
 
 class Supervisor:
@@ -164,7 +166,9 @@ class Supervisor:
                 self.backend.cancel(handle)
                 self._copy_output(handle, final=True)
                 return stop, state
-            time.sleep(interval)
+            woke = time.monotonic()
+            self.backend.wait(handle, interval)  # wakes early on output: no faster polling needed
+            time.sleep(max(0.0, MIN_POLL_GAP_S - (time.monotonic() - woke)))
 
     def _running(self, state: JobState, waited: float) -> None:
         """A job queued in the target's scheduler has not started: its start moves with the wait,

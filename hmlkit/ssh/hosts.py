@@ -104,13 +104,19 @@ def connect(host: SshHost, known_hosts: str | Path, timeout: float = 10.0, targe
     return client
 
 
-def run(client: Any, command: str, timeout: float = 60.0, text: bool = True) -> tuple[int, Any, str]:
+def run(
+    client: Any, command: str, timeout: float = 60.0, text: bool = True, stdin: str | None = None
+) -> tuple[int, Any, str]:
     """Run ``command`` on the host; (exit status, stdout, stderr). Raises BackendError on I/O loss.
 
-    stdout is bytes when ``text`` is false (job output is cut at byte offsets).
+    stdout is bytes when ``text`` is false (job output is cut at byte offsets); ``stdin``: what
+    the command reads, then end of file.
     """
     try:
-        _, stdout, stderr = client.exec_command(command, timeout=timeout)
+        given, stdout, stderr = client.exec_command(command, timeout=timeout)
+        if stdin is not None:
+            given.write(stdin)
+            given.channel.shutdown_write()
         raw = stdout.read()
         err = stderr.read().decode("utf-8", errors="replace")
         out = raw.decode("utf-8", errors="replace") if text else raw

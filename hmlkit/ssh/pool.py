@@ -48,14 +48,14 @@ class HostPool:
         return client
 
     def exec(
-        self, host: SshHost, command: str, timeout: float = 30.0, text: bool = True
+        self, host: SshHost, command: str, timeout: float = 30.0, text: bool = True, stdin: str | None = None
     ) -> tuple[int, Any, str]:
         """Run ``command``; (exit status, stdout, stderr). A lost connection is dropped and raised."""
         client = self.client(host)
         with self._lock:
             self.commands += 1
         try:
-            return run(client, command, timeout, text=text)
+            return run(client, command, timeout, text=text, stdin=stdin)
         except BackendError as exc:
             self._drop(host, client)
             raise BackendError(f"{host.label}: {exc}") from None

@@ -35,13 +35,22 @@ echo "TOTAL $t FREE $f"
 """
 
 
+_UNPACK = (
+    "import json,os,sys\n"
+    "for n,t in json.load(sys.stdin).items():\n open(os.path.join(sys.argv[1],n),'w').write(t)"
+)
+
+
 def launch(root: str, exec_dir: str, want: int, gpus: int | None) -> str:
-    """Claim ``want`` GPUs and start the wrapper detached, all under the host's lock.
+    """Write the job's files, sent on stdin as JSON ``{name: text}`` (private: the environment
+    holds secrets), claim ``want`` GPUs and start the wrapper detached, all in one command (one
+    round trip) and the claim under the host's lock.
 
     Prints ``STARTED <devices>`` or ``NOCAPACITY <free>``.
     """
     return f"""set -u; umask 077
 ROOT={shlex.quote(root)}; EXEC={shlex.quote(exec_dir)}; WANT={want}; GPUS={"" if gpus is None else gpus}
+python3 -I -S -c {shlex.quote(_UNPACK)} "$EXEC" || {{ echo "cannot write the files in $EXEC" >&2; exit 1; }}
 {_CLAIM_FREE}
 mkdir -p "$ROOT/gpus"
 exec 9>"$ROOT/gpus/.lock"; flock 9

@@ -9,6 +9,7 @@ once for all backends.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -140,6 +141,11 @@ class Backend(abc.ABC, Generic[H]):
         The read position lives in the handle, which the supervisor persists, so a restarted
         supervisor goes on where the last one stopped.
         """
+
+    def wait(self, handle: H, seconds: float) -> None:
+        """Return after ``seconds``, or as soon as the job may have news (output, its end): the
+        supervisor sleeps here between polls, so a target that can tell wakes it at once."""
+        time.sleep(seconds)
 
     @abc.abstractmethod
     def cancel(self, handle: H) -> None:

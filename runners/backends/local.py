@@ -146,6 +146,20 @@ class LocalBackend(Backend[LocalHandle]):
         handle.offset += len(data)
         return data
 
+    def wait(self, handle: LocalHandle, seconds: float) -> None:
+        """Until the job writes or ends (a stat every 20 ms), or ``seconds``."""
+        exec_dir = Path(handle.exec_dir)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                if (exec_dir / jobscript.OUTPUT).stat().st_size > handle.offset:
+                    return
+            except FileNotFoundError:
+                pass
+            if (exec_dir / jobscript.EXIT_CODE).exists():
+                return
+            time.sleep(0.02)
+
     def cancel(self, handle: LocalHandle) -> None:
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
             try:

@@ -10,6 +10,7 @@ attempt here, and the job finds its checkpoint in its workdir as before.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shlex
@@ -21,7 +22,7 @@ from hmlkit import jobscript
 from hmlkit.errors import BackendError, NoCapacityError
 from hmlkit.profile import TrackingVia
 from hmlkit.ssh import scripts
-from hmlkit.ssh.hosts import SshHost, write_files
+from hmlkit.ssh.hosts import SshHost
 from hmlkit.ssh.pool import HostPool
 from hmlkit.ssh.stream import OutputStream
 from hmlkit.ssh.stream import command as follow_command
@@ -163,9 +164,10 @@ class NodeRunner:
             **self._tracking_upstream(node, request.env.get("MLFLOW_TRACKING_URI", "")),
         }
         files[jobscript.ENV_FILE] = jobscript.env_lines({**env, **request.secrets})
-        write_files(client, exec_dir, files)
         rc, out, err = self.pool.exec(
-            host, scripts.launch(root, exec_dir, request.spec.resources.gpus, host.gpus)
+            host,
+            scripts.launch(root, exec_dir, request.spec.resources.gpus, host.gpus),
+            stdin=json.dumps(files),
         )
         if out.startswith("NOCAPACITY"):
             raise NoCapacityError(f"{host.label}: its GPUs were taken meanwhile ({out.strip()})")
@@ -258,6 +260,17 @@ class NodeRunner:
             if complete:
                 chunks.append("".join(f"[node {node.rank}] {ln}\n" for ln in complete.split("\n")).encode())
         return b"".join(chunks)
+
+    def wait(self, handle: NodesHandle, seconds: float) -> None:
+        """Until a node's channel brings anything (output, its end, a heartbeat) or ``seconds``."""
+        import select
+        import time
+
+        channels = [self._streams[_key(n)].channel for n in handle.nodes if _key(n) in self._streams]
+        if channels:
+            select.select(channels, [], [], seconds)
+        else:
+            time.sleep(seconds)
 
     def cancel(self, handle: NodesHandle) -> None:
         self._on_every_node(handle, lambda node: scripts.kill(node.exec_dir))

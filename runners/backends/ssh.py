@@ -134,6 +134,9 @@ class SshBackend(Backend[NodesHandle]):
     def read_output(self, handle: NodesHandle) -> bytes:
         return self.nodes.read_output(handle)
 
+    def wait(self, handle: NodesHandle, seconds: float) -> None:
+        self.nodes.wait(handle, seconds)
+
     def cancel(self, handle: NodesHandle) -> None:
         self.nodes.cancel(handle)
 
