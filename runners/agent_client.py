@@ -33,8 +33,13 @@ class AgentRefused(HmlError):
     another user could have planted, since requests carry the caller's environment)."""
 
 
+ANSWER_S = 15.0
+"""An agent that takes a command but does not fork a worker for it this long is wedged."""
+
+
 def enabled() -> bool:
-    return os.environ.get("HML_AGENT", "1") != "0"
+    """On unless ``HML_AGENT=0``; only where the kernel names a socket's peer (Linux)."""
+    return os.environ.get("HML_AGENT", "1") != "0" and hasattr(socket, "SO_PEERCRED")
 
 
 def _fingerprint() -> str:
@@ -111,7 +116,7 @@ def run_command(argv: list[str]) -> int | None:
     os.umask(umask)
     try:
         _send(sock, b"C", _request({"argv": argv, "umask": umask}), [0, 1, 2])
-    except OSError:
+    except OSError:  # also: this process's working directory is gone; the cold path says so
         sock.close()
         return None
     worker: list[int] = []
@@ -124,13 +129,23 @@ def run_command(argv: list[str]) -> int | None:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, forward)
+    sock.settimeout(ANSWER_S)
     reader = sock.makefile("r", encoding="utf-8")
-    for line in reader:
-        word, _, value = line.strip().partition(" ")
-        if word == "pid":
-            worker.append(int(value))
-        elif word == "exit":
-            return int(value)
+    try:
+        for line in reader:
+            word, _, value = line.strip().partition(" ")
+            if word == "pid":
+                worker.append(int(value))
+                sock.settimeout(None)
+            elif word == "exit":
+                return int(value)
+    except TimeoutError:  # a worker forked later finds us gone before it runs anything
+        print(
+            f"hml: error: the agent did not answer within {ANSWER_S:g} s; stop it (hml agent stop) "
+            "or set HML_AGENT=0",
+            file=sys.stderr,
+        )
+        return 1
     print("hml: error: the agent's worker ended without an exit code (see the agent log)", file=sys.stderr)
     return 1
 
