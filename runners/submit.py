@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
-from runners import records, tracking
+from runners import local_server, records, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
 from runners.data import lineage
@@ -45,6 +45,8 @@ class Plan:
     """The job's datasets, resolved to exact snapshots."""
     transfer: dict[str, int]
     """Input bytes each candidate target would fetch from stores it is not near."""
+    local_server: bool = True
+    """The profile's ``local_server``: submit may start the embedded default's tracking server."""
 
     @property
     def placement_reason(self) -> str:
@@ -111,7 +113,18 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         placement[chosen[0]] += "; every target is busy: the first that can run it waits for room"
     name, launch = chosen
     return Plan(
-        spec, workdir, name, profile.targets[name], uri, vault, redact, launch, placement, inputs, transfer
+        spec,
+        workdir,
+        name,
+        profile.targets[name],
+        uri,
+        vault,
+        redact,
+        launch,
+        placement,
+        inputs,
+        transfer,
+        profile.local_server,
     )
 
 
@@ -166,6 +179,8 @@ def submit(
         reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
         tracking.fail_run(p.tracking_uri, run_id, reason)
         raise
+    if local_server.is_local_store(p.tracking_uri) and local_server.enabled(p.local_server):
+        local_server.start()  # not waited for: this run went direct, the next ones go through it
     return record
 
 

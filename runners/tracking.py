@@ -14,8 +14,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from hmlkit.errors import TrackingError
-from runners import tracking_rest
-from runners.paths import home
+from runners import local_server, tracking_rest
 
 SPEC_ARTIFACT = "hml/job.yaml"
 LOG_ARTIFACT_DIR = "hml"
@@ -62,8 +61,8 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
 
 
 def _experiment_location(tracking_uri: str) -> str | None:
-    if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith(str(home() / "mlflow.db")):
-        return (home() / "artifacts").as_uri()  # the embedded default keeps all in HML_HOME
+    if local_server.is_local_store(tracking_uri):
+        return local_server.artifact_root()  # the embedded default keeps all in HML_HOME
     return None
 
 
@@ -95,11 +94,13 @@ def start_run(
 ) -> tuple[str, str]:
     """Create the run with params, tags and the resolved spec; return (run_id, experiment_id).
 
-    Against an http(s) server this is plain REST (``runners.tracking_rest``): the job does not
+    Against an http(s) server, and the embedded default's store while its local server runs
+    (``runners.local_server``), this is plain REST (``runners.tracking_rest``): the job does not
     wait for the mlflow import."""
     tags = _run_tags(spec, target, workdir, extra_tags)
-    if tracking_rest.usable(tracking_uri):
-        return _start_run_rest(tracking_uri, spec, experiment, params, tags)
+    served = local_server.served_uri(tracking_uri)
+    if tracking_rest.usable(served):
+        return _start_run_rest(served, spec, experiment, params, tags, _experiment_location(tracking_uri))
     from mlflow.entities import Param
 
     try:
@@ -118,22 +119,32 @@ def start_run(
 
 
 def _start_run_rest(
-    tracking_uri: str, spec: dict[str, Any], experiment: str, params: dict[str, str], tags: dict[str, str]
+    tracking_uri: str,
+    spec: dict[str, Any],
+    experiment: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    artifact_location: str | None,
 ) -> tuple[str, str]:
     import yaml
 
     rest = tracking_rest.Rest(tracking_uri)
     try:
-        experiment_id = rest.experiment_id(experiment)
+        experiment_id = rest.experiment_id(experiment, artifact_location)
         run_id, artifact_uri = rest.create_run(experiment_id, spec["name"], tags)
     except tracking_rest.RestError as exc:
         raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
     try:
         if params:
             rest.log_params(run_id, params)
-        if artifact_uri.startswith("mlflow-artifacts:") and not urlparse(artifact_uri).netloc:
-            text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
+        text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
+        where = urlparse(artifact_uri)
+        if where.scheme == "mlflow-artifacts" and not where.netloc:
             rest.put_artifact(artifact_uri, SPEC_ARTIFACT, text.encode())
+        elif where.scheme == "file" and not where.netloc:  # as mlflow's local artifact store writes it
+            path = Path(where.path) / SPEC_ARTIFACT
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         else:  # artifacts go straight to a store: mlflow's client knows how
             _client(tracking_uri).log_dict(run_id, spec, SPEC_ARTIFACT)
     except Exception as exc:
@@ -150,8 +161,9 @@ def _refused(tracking_uri: str, run_id: str, exc: Exception) -> NoReturn:
 def fail_run(tracking_uri: str, run_id: str, reason: str) -> None:
     """End a run FAILED that will never get a job; best effort (the server may be what failed)."""
     try:
-        if tracking_rest.usable(tracking_uri):
-            tracking_rest.Rest(tracking_uri).fail(run_id, reason[:5000])
+        served = local_server.served_uri(tracking_uri)
+        if tracking_rest.usable(served):
+            tracking_rest.Rest(served).fail(run_id, reason[:5000])
             return
         client = _client(tracking_uri)
         client.set_tag(run_id, "hml.reason", reason[:5000])
@@ -175,7 +187,7 @@ def finalize(
     from mlflow.entities import Metric, RunTag
 
     try:
-        client = _client(tracking_uri)
+        client = _client(local_server.served_uri(tracking_uri))
         if log_path.exists():
             client.log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
         now = int(time.time() * 1000)

@@ -77,7 +77,7 @@ class Rest:
             raise RestError(f"{path}: {getattr(exc, 'reason', None) or exc}") from None
         return json.loads(text) if text.strip() else {}
 
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, artifact_location: str | None = None) -> str:
         query = urllib.parse.urlencode({"experiment_name": name})
         try:
             found = self.call("GET", f"/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]
@@ -91,9 +91,8 @@ class Rest:
                 )
             return str(found["experiment_id"])
         try:
-            return str(
-                self.call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})["experiment_id"]
-            )
+            body = {"name": name, **({"artifact_location": artifact_location} if artifact_location else {})}
+            return str(self.call("POST", "/api/2.0/mlflow/experiments/create", body)["experiment_id"])
         except RestError as exc:
             if exc.code != "RESOURCE_ALREADY_EXISTS":  # created concurrently by another submit
                 raise
