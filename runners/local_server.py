@@ -207,6 +207,7 @@ def stop(wait_s: float = 30.0) -> bool:
 def _port(wanted: Any) -> int:
     """The port used last time when it is free (a job's relay still points there), else a new one."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no owner
         try:
             s.bind(("127.0.0.1", int(wanted)))
         except (OSError, TypeError, ValueError):
