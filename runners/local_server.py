@@ -235,6 +235,7 @@ def _runs_live(store: str) -> bool:
 
 def serve() -> int:
     """The watchdog: hold the lock, run the server, stop it when idle or told to."""
+    os.umask(0o077)  # the store, its log and state are the user's alone, however it was started
     lock = open(home() / LOCK, "a")  # noqa: SIM115 - held for the watchdog's life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
