@@ -100,7 +100,12 @@ def start_run(
     tags = _run_tags(spec, target, workdir, extra_tags)
     served = local_server.served_uri(tracking_uri)
     if tracking_rest.usable(served):
-        return _start_run_rest(served, spec, experiment, params, tags, _experiment_location(tracking_uri))
+        try:
+            return _start_run_rest(served, spec, experiment, params, tags, _experiment_location(tracking_uri))
+        except tracking_rest.RestError as exc:  # no run was created
+            if served == tracking_uri or exc.code != tracking_rest.REFUSED:
+                raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+            # the local server stopped since it answered: the store directly
     from mlflow.entities import Param
 
     try:
@@ -129,11 +134,8 @@ def _start_run_rest(
     import yaml
 
     rest = tracking_rest.Rest(tracking_uri)
-    try:
-        experiment_id = rest.experiment_id(experiment, artifact_location)
-        run_id, artifact_uri = rest.create_run(experiment_id, spec["name"], tags)
-    except tracking_rest.RestError as exc:
-        raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+    experiment_id = rest.experiment_id(experiment, artifact_location)  # RestError: nothing created yet
+    run_id, artifact_uri = rest.create_run(experiment_id, spec["name"], tags)
     try:
         if params:
             rest.log_params(run_id, params)

@@ -20,6 +20,8 @@ import urllib.request
 from typing import Any
 
 TIMEOUT_S = 15.0
+REFUSED = "CONNECTION_REFUSED"
+"""``RestError.code`` when nothing listened: the call did nothing on the server."""
 _UNSUPPORTED_ENV = (
     "MLFLOW_TRACKING_INSECURE_TLS",
     "MLFLOW_TRACKING_SERVER_CERT_PATH",
@@ -74,7 +76,9 @@ class Rest:
             except ValueError:
                 raise RestError(f"HTTP {exc.code} from {path}: {detail[:200]}") from None
         except (OSError, ValueError) as exc:
-            raise RestError(f"{path}: {getattr(exc, 'reason', None) or exc}") from None
+            why = getattr(exc, "reason", None) or exc
+            refused = REFUSED if isinstance(why, ConnectionRefusedError) else ""  # surely not done
+            raise RestError(f"{path}: {why}", refused) from None
         return json.loads(text) if text.strip() else {}
 
     def experiment_id(self, name: str, artifact_location: str | None = None) -> str:
