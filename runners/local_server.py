@@ -288,7 +288,7 @@ def serve() -> int:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGTERM)
             try:
-                child.wait(timeout=20)
+                child.wait(timeout=5)  # SQLite keeps what was committed; uvicorn's goodbyes take long
             except subprocess.TimeoutExpired:
                 os.killpg(child.pid, signal.SIGKILL)
                 child.wait()
