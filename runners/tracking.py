@@ -140,18 +140,28 @@ def _start_run_rest(
         if params:
             rest.log_params(run_id, params)
         text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
-        where = urlparse(artifact_uri)
-        if where.scheme == "mlflow-artifacts" and not where.netloc:
-            rest.put_artifact(artifact_uri, SPEC_ARTIFACT, text.encode())
-        elif where.scheme == "file" and not where.netloc:  # as mlflow's local artifact store writes it
-            path = Path(where.path) / SPEC_ARTIFACT
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        else:  # artifacts go straight to a store: mlflow's client knows how
-            _client(tracking_uri).log_dict(run_id, spec, SPEC_ARTIFACT)
+        _put_artifact(rest, run_id, artifact_uri, SPEC_ARTIFACT, text.encode())
     except Exception as exc:
         _refused(tracking_uri, run_id, exc)
     return run_id, experiment_id
+
+
+def _put_artifact(rest: tracking_rest.Rest, run_id: str, artifact_uri: str, path: str, data: bytes) -> None:
+    """One artifact of the run, written where its artifact URI says, as mlflow's client would."""
+    where = urlparse(artifact_uri)
+    if where.scheme == "mlflow-artifacts" and not where.netloc:
+        rest.put_artifact(artifact_uri, path, data)
+    elif where.scheme == "file" and not where.netloc:  # as mlflow's local artifact store writes it
+        target = Path(where.path) / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    else:  # artifacts go straight to a store (a bucket): mlflow's client knows how
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / Path(path).name
+            staged.write_bytes(data)
+            _client(rest.base).log_artifact(run_id, str(staged), str(Path(path).parent))
 
 
 def _refused(tracking_uri: str, run_id: str, exc: Exception) -> NoReturn:
@@ -185,22 +195,38 @@ def finalize(
     log_path: Path,
     ended_at: float,
 ) -> None:
-    """Close the run: log, exit code, reason, duration, cost, terminal status."""
+    """Close the run: log, exit code, reason, duration, cost, terminal status.
+
+    Over plain REST where run creation is (no mlflow import in the supervisor either)."""
+    tags = {"hml.reason": reason or status.lower()}
+    if exit_code is not None:
+        tags["hml.exit_code"] = str(exit_code)
+    metrics = {"hml.duration_s": duration_s, "hml.cost_usd": cost_usd}
+    served = local_server.served_uri(tracking_uri)
+    if tracking_rest.usable(served):
+        rest = tracking_rest.Rest(served)
+        try:
+            if log_path.exists():
+                log = log_path.read_bytes()
+                _put_artifact(
+                    rest, run_id, rest.artifact_uri(run_id), f"{LOG_ARTIFACT_DIR}/{log_path.name}", log
+                )
+            rest.end(run_id, status, int(ended_at * 1000), tags, metrics)
+        except Exception as exc:  # the finalize loop retries
+            raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+        return
     from mlflow.entities import Metric, RunTag
 
     try:
-        client = _client(local_server.served_uri(tracking_uri))
+        client = _client(tracking_uri)
         if log_path.exists():
             client.log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
         now = int(time.time() * 1000)
-        tags = [RunTag("hml.reason", reason or status.lower())]
-        if exit_code is not None:
-            tags.append(RunTag("hml.exit_code", str(exit_code)))
-        metrics = [
-            Metric("hml.duration_s", duration_s, now, 0),
-            Metric("hml.cost_usd", cost_usd, now, 0),
-        ]
-        client.log_batch(run_id, metrics=metrics, tags=tags)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
         client.set_terminated(run_id, status=status, end_time=int(ended_at * 1000))
     except Exception as exc:
         raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc

@@ -132,8 +132,25 @@ class Rest:
         self.call("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{where}", raw=data)
 
     def fail(self, run_id: str, reason: str) -> None:
-        self.call(
-            "POST", "/api/2.0/mlflow/runs/set-tag", {"run_id": run_id, "key": "hml.reason", "value": reason}
+        self.end(run_id, "FAILED", int(time.time() * 1000), {"hml.reason": reason}, {})
+
+    def artifact_uri(self, run_id: str) -> str:
+        query = urllib.parse.urlencode({"run_id": run_id})
+        return str(
+            self.call("GET", f"/api/2.0/mlflow/runs/get?{query}")["run"]["info"].get("artifact_uri", "")
         )
-        body = {"run_id": run_id, "status": "FAILED", "end_time": int(time.time() * 1000)}
-        self.call("POST", "/api/2.0/mlflow/runs/update", body)
+
+    def end(
+        self, run_id: str, status: str, end_ms: int, tags: dict[str, str], metrics: dict[str, float]
+    ) -> None:
+        """Tags and metrics (at step 0, now), then the terminal status: the runner's last word."""
+        now = int(time.time() * 1000)
+        body = {
+            "run_id": run_id,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            "metrics": [{"key": k, "value": v, "timestamp": now, "step": 0} for k, v in metrics.items()],
+        }
+        self.call("POST", "/api/2.0/mlflow/runs/log-batch", body)
+        self.call(
+            "POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_ms}
+        )
