@@ -41,6 +41,8 @@ IDLE_S = 3600.0
 START_WAIT_S = 120.0
 """How long ``hml ui`` (and the replay of a journal) waits for a starting server to answer."""
 _OFF = ("0", "false", "no", "off")
+_started: list[subprocess.Popen[bytes]] = []
+"""Watchdogs this process started (a supervisor's live on after they end unless reaped)."""
 
 
 def store_uri() -> str:
@@ -107,6 +109,8 @@ def healthy(url: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
 
 def running() -> dict[str, Any] | None:
     """The state of the server for this ``HML_HOME``'s store while its watchdog lives."""
+    for child in _started:  # a watchdog this process started and that ended is no zombie here
+        child.poll()
     state = read_state()
     if state is None or state.get("store") != store_uri() or not _alive(state.get("pid")):
         return None
@@ -164,6 +168,7 @@ def start() -> bool:
             start_new_session=True,  # survives the CLI and its terminal
             cwd=home(),
         )
+    _started.append(watchdog)
     # starting: the next caller sees it alive and starts no other (the watchdog rewrites this)
     _write_state({"pid": watchdog.pid, "port": (read_state() or {}).get("port"), "store": store_uri()})
     return True
