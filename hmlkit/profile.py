@@ -210,6 +210,9 @@ class Profile(BaseModel):
     """Where datasets live, by name (``hml data``, a job's ``inputs``)."""
     targets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"local": {"kind": "local"}})
     """Each target's raw config (kept as given: runs record it); ``target()`` gives its model."""
+    local_server: bool = True
+    """Without ``tracking_uri``: ``hml submit`` may start a local tracking server on loopback for
+    the embedded default's store and keep it warm (runners/local_server.py, docs/security.md)."""
     source: str = Field(default="embedded default", exclude=True)
 
     def target(self, name: str) -> TargetConfig:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hmlkit import jobscript
 from hmlkit.errors import TrackingError
 from hmlkit.relay import Journal, Relay, Upstream, _auth_from_env
+from runners import local_server
 from runners.paths import run_dir
 
 if TYPE_CHECKING:
@@ -56,15 +57,36 @@ def journals(run_dir: Path) -> list[Path]:
 
 
 def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
-    """Replay every leftover journal of the run in ``run_dir`` for up to ``wait_s`` seconds in all."""
-    if not uri.startswith(("http://", "https://")):
+    """Replay every leftover journal of the run in ``run_dir`` for up to ``wait_s`` seconds in all.
+
+    A job on the embedded default logged through its local server (``runners.local_server``):
+    what that server missed goes home through it, started again when it is down."""
+    if not uri.startswith(("http://", "https://")) and not local_server.is_local_store(uri):
         return Drained(0, 0)  # no relay ran, so no journal was left
     deadline = time.monotonic() + wait_s
+    found = journals(run_dir)
+    if local_server.is_local_store(uri) and (waiting := sum(_waiting(root) for root in found)):
+        try:
+            uri = local_server.ensure(wait_s)
+        except RuntimeError:
+            return Drained(0, waiting)
     sent = left = 0
-    for root in journals(run_dir):
+    for root in found:
         one = drain_journal(root, uri, deadline)
         sent, left = sent + one.sent, left + one.left
     return Drained(sent, left)
+
+
+def _waiting(root: Path) -> int:
+    """Records in a journal nobody could replay now (0 while its relay still runs)."""
+    try:
+        journal = Journal(root)
+    except SystemExit:
+        return 0
+    try:
+        return journal.pending
+    finally:
+        journal.close()
 
 
 def drain_journal(root: Path, uri: str, deadline: float) -> Drained:

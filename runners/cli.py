@@ -405,6 +405,50 @@ def agent_stop() -> None:
     print("agent: stopped" if agent_client.stop() else "agent: not running")
 
 
+@app.command()
+def ui(
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the local tracking server instead")] = False,
+    output: OutputOpt = Output.text,
+) -> None:
+    """Print the MLflow UI's address; for the embedded default, start its local tracking server
+    (loopback only, stopped after HML_LOCAL_SERVER_IDLE_S without use) and wait until it answers."""
+    from hmlkit.errors import ProfileError, TrackingError
+    from runners import local_server
+    from runners.profile import load_profile, tracking_uri
+
+    if stop:
+        stopped = local_server.stop()
+        if output is Output.json:
+            print(json.dumps({"stopped": stopped}))
+        else:
+            print("local tracking server stopped" if stopped else "no local tracking server was running")
+        return
+    profile = load_profile(_state["config"])
+    uri = tracking_uri(profile)
+    if uri.startswith(("http://", "https://")):
+        url = uri  # the profile's own server serves its UI
+    elif local_server.is_local_store(uri):
+        from runners.progress import step
+
+        with step("starting the local tracking server"):
+            try:
+                url = local_server.ensure()
+            except RuntimeError as exc:
+                raise TrackingError(str(exc)) from None
+    else:
+        raise ProfileError(
+            profile.source,
+            [
+                f"tracking_uri: hml ui serves http(s) servers and the embedded default, not {uri}; "
+                f"run `mlflow ui --backend-store-uri {uri}`"
+            ],
+        )
+    if output is Output.json:
+        print(json.dumps({"url": url, "tracking_uri": uri}))
+    else:
+        print(url)
+
+
 @targets_app.callback(invoke_without_command=True)
 def targets(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """List the targets of the environment profile."""

@@ -16,6 +16,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from runners import local_server
+
 if TYPE_CHECKING:
     from runners.records import RunRecord
 
@@ -63,10 +65,18 @@ def job_env(rec: RunRecord) -> dict[str, str]:
             "HML_JOB": rec.job,
             "HML_TARGET": rec.target,
             "HML_ATTEMPT": str(rec.attempt),
-            "MLFLOW_TRACKING_URI": rec.tracking_uri,
+            "MLFLOW_TRACKING_URI": _job_tracking_uri(rec),
             "MLFLOW_RUN_ID": rec.run_id,
             "MLFLOW_EXPERIMENT_ID": rec.experiment_id,
             "PYTHONUNBUFFERED": "1",
         }
     )
     return env
+
+
+def _job_tracking_uri(rec: RunRecord) -> str:
+    """A job on this machine logs to the embedded default's local server while it runs (through
+    its relay, which journals what the server misses); elsewhere loopback is not this machine."""
+    if rec.target_config.get("kind") != "local":
+        return rec.tracking_uri
+    return local_server.served_uri(rec.tracking_uri)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
-from runners import records, tracking
+from runners import local_server, records, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
 from runners.data import lineage
@@ -47,6 +47,8 @@ class Plan:
     """Input bytes each candidate target would fetch from stores it is not near."""
     backend: Backend[Any]
     """The chosen target's backend, still open (its hosts reached): the supervisor's, or close it."""
+    local_server: bool = True
+    """The profile's ``local_server``: submit may start the embedded default's tracking server."""
 
     @property
     def placement_reason(self) -> str:
@@ -132,6 +134,7 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         inputs,
         transfer,
         backend,
+        profile.local_server,
     )
 
 
@@ -198,6 +201,8 @@ def submit(
             reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
             tracking.fail_run(p.tracking_uri, run_id, reason)
         raise
+    if local_server.is_local_store(p.tracking_uri) and local_server.enabled(p.local_server):
+        local_server.start()  # not waited for: this run went direct, the next ones go through it
     return record
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
-from runners import backlog, record_files, records, telemetry, tracking
+from runners import backlog, local_server, record_files, records, telemetry, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.data import lineage
@@ -178,6 +178,8 @@ class Supervisor:
         if state.queued and self.rec.started_at is not None:
             self.rec.started_at += waited
             changed = True
+        if state.detail.startswith("syncing") and self.rec.target_config.get("kind") == "local":
+            local_server.revive(self.rec.tracking_uri)  # the job's relay waits for the server it logged to
         if state.detail != self.rec.reason:
             if state.detail and re.sub(r"\d+", "", state.detail) != re.sub(r"\d+", "", self.rec.reason):
                 self.note(state.detail)  # once per kind: a backlog counting down is not news each second

@@ -14,8 +14,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from hmlkit.errors import TrackingError
-from runners import tracking_rest
-from runners.paths import home
+from runners import local_server, tracking_rest
 
 SPEC_ARTIFACT = "hml/job.yaml"
 LOG_ARTIFACT_DIR = "hml"
@@ -62,8 +61,8 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
 
 
 def _experiment_location(tracking_uri: str) -> str | None:
-    if tracking_uri.startswith("sqlite:///") and tracking_uri.endswith(str(home() / "mlflow.db")):
-        return (home() / "artifacts").as_uri()  # the embedded default keeps all in HML_HOME
+    if local_server.is_local_store(tracking_uri):
+        return local_server.artifact_root()  # the embedded default keeps all in HML_HOME
     return None
 
 
@@ -95,11 +94,18 @@ def start_run(
 ) -> tuple[str, str]:
     """Create the run with params, tags and the resolved spec; return (run_id, experiment_id).
 
-    Against an http(s) server this is plain REST (``runners.tracking_rest``): the job does not
+    Against an http(s) server, and the embedded default's store while its local server runs
+    (``runners.local_server``), this is plain REST (``runners.tracking_rest``): the job does not
     wait for the mlflow import."""
     tags = _run_tags(spec, target, workdir, extra_tags)
-    if tracking_rest.usable(tracking_uri):
-        return _start_run_rest(tracking_uri, spec, experiment, params, tags)
+    served = local_server.served_uri(tracking_uri)
+    if tracking_rest.usable(served):
+        try:
+            return _start_run_rest(served, spec, experiment, params, tags, _experiment_location(tracking_uri))
+        except tracking_rest.RestError as exc:  # no run was created
+            if served == tracking_uri or exc.code != tracking_rest.REFUSED:
+                raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+            # the local server stopped since it answered: the store directly
     from mlflow.entities import Param
 
     try:
@@ -118,27 +124,44 @@ def start_run(
 
 
 def _start_run_rest(
-    tracking_uri: str, spec: dict[str, Any], experiment: str, params: dict[str, str], tags: dict[str, str]
+    tracking_uri: str,
+    spec: dict[str, Any],
+    experiment: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    artifact_location: str | None,
 ) -> tuple[str, str]:
     import yaml
 
     rest = tracking_rest.Rest(tracking_uri)
-    try:
-        experiment_id = rest.experiment_id(experiment)
-        run_id, artifact_uri = rest.create_run(experiment_id, spec["name"], tags)
-    except tracking_rest.RestError as exc:
-        raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+    experiment_id = rest.experiment_id(experiment, artifact_location)  # RestError: nothing created yet
+    run_id, artifact_uri = rest.create_run(experiment_id, spec["name"], tags)
     try:
         if params:
             rest.log_params(run_id, params)
-        if artifact_uri.startswith("mlflow-artifacts:") and not urlparse(artifact_uri).netloc:
-            text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
-            rest.put_artifact(artifact_uri, SPEC_ARTIFACT, text.encode())
-        else:  # artifacts go straight to a store: mlflow's client knows how
-            _client(tracking_uri).log_dict(run_id, spec, SPEC_ARTIFACT)
+        text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
+        _put_artifact(rest, run_id, artifact_uri, SPEC_ARTIFACT, text.encode())
     except Exception as exc:
         _refused(tracking_uri, run_id, exc)
     return run_id, experiment_id
+
+
+def _put_artifact(rest: tracking_rest.Rest, run_id: str, artifact_uri: str, path: str, data: bytes) -> None:
+    """One artifact of the run, written where its artifact URI says, as mlflow's client would."""
+    where = urlparse(artifact_uri)
+    if where.scheme == "mlflow-artifacts" and not where.netloc:
+        rest.put_artifact(artifact_uri, path, data)
+    elif where.scheme == "file" and not where.netloc:  # as mlflow's local artifact store writes it
+        target = Path(where.path) / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    else:  # artifacts go straight to a store (a bucket): mlflow's client knows how
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / Path(path).name
+            staged.write_bytes(data)
+            _client(rest.base).log_artifact(run_id, str(staged), str(Path(path).parent))
 
 
 def _refused(tracking_uri: str, run_id: str, exc: Exception) -> NoReturn:
@@ -150,8 +173,9 @@ def _refused(tracking_uri: str, run_id: str, exc: Exception) -> NoReturn:
 def fail_run(tracking_uri: str, run_id: str, reason: str) -> None:
     """End a run FAILED that will never get a job; best effort (the server may be what failed)."""
     try:
-        if tracking_rest.usable(tracking_uri):
-            tracking_rest.Rest(tracking_uri).fail(run_id, reason[:5000])
+        served = local_server.served_uri(tracking_uri)
+        if tracking_rest.usable(served):
+            tracking_rest.Rest(served).fail(run_id, reason[:5000])
             return
         client = _client(tracking_uri)
         client.set_tag(run_id, "hml.reason", reason[:5000])
@@ -171,7 +195,26 @@ def finalize(
     log_path: Path,
     ended_at: float,
 ) -> None:
-    """Close the run: log, exit code, reason, duration, cost, terminal status."""
+    """Close the run: log, exit code, reason, duration, cost, terminal status.
+
+    Over plain REST where run creation is (no mlflow import in the supervisor either)."""
+    tags = {"hml.reason": reason or status.lower()}
+    if exit_code is not None:
+        tags["hml.exit_code"] = str(exit_code)
+    metrics = {"hml.duration_s": duration_s, "hml.cost_usd": cost_usd}
+    served = local_server.served_uri(tracking_uri)
+    if tracking_rest.usable(served):
+        rest = tracking_rest.Rest(served)
+        try:
+            if log_path.exists():
+                log = log_path.read_bytes()
+                _put_artifact(
+                    rest, run_id, rest.artifact_uri(run_id), f"{LOG_ARTIFACT_DIR}/{log_path.name}", log
+                )
+            rest.end(run_id, status, int(ended_at * 1000), tags, metrics)
+        except Exception as exc:  # the finalize loop retries
+            raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
+        return
     from mlflow.entities import Metric, RunTag
 
     try:
@@ -179,14 +222,11 @@ def finalize(
         if log_path.exists():
             client.log_artifact(run_id, str(log_path), LOG_ARTIFACT_DIR)
         now = int(time.time() * 1000)
-        tags = [RunTag("hml.reason", reason or status.lower())]
-        if exit_code is not None:
-            tags.append(RunTag("hml.exit_code", str(exit_code)))
-        metrics = [
-            Metric("hml.duration_s", duration_s, now, 0),
-            Metric("hml.cost_usd", cost_usd, now, 0),
-        ]
-        client.log_batch(run_id, metrics=metrics, tags=tags)
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
         client.set_terminated(run_id, status=status, end_time=int(ended_at * 1000))
     except Exception as exc:
         raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc

@@ -20,6 +20,8 @@ import urllib.request
 from typing import Any
 
 TIMEOUT_S = 15.0
+REFUSED = "CONNECTION_REFUSED"
+"""``RestError.code`` when nothing listened: the call did nothing on the server."""
 _UNSUPPORTED_ENV = (
     "MLFLOW_TRACKING_INSECURE_TLS",
     "MLFLOW_TRACKING_SERVER_CERT_PATH",
@@ -74,10 +76,12 @@ class Rest:
             except ValueError:
                 raise RestError(f"HTTP {exc.code} from {path}: {detail[:200]}") from None
         except (OSError, ValueError) as exc:
-            raise RestError(f"{path}: {getattr(exc, 'reason', None) or exc}") from None
+            why = getattr(exc, "reason", None) or exc
+            refused = REFUSED if isinstance(why, ConnectionRefusedError) else ""  # surely not done
+            raise RestError(f"{path}: {why}", refused) from None
         return json.loads(text) if text.strip() else {}
 
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, artifact_location: str | None = None) -> str:
         query = urllib.parse.urlencode({"experiment_name": name})
         try:
             found = self.call("GET", f"/api/2.0/mlflow/experiments/get-by-name?{query}")["experiment"]
@@ -91,9 +95,8 @@ class Rest:
                 )
             return str(found["experiment_id"])
         try:
-            return str(
-                self.call("POST", "/api/2.0/mlflow/experiments/create", {"name": name})["experiment_id"]
-            )
+            body = {"name": name, **({"artifact_location": artifact_location} if artifact_location else {})}
+            return str(self.call("POST", "/api/2.0/mlflow/experiments/create", body)["experiment_id"])
         except RestError as exc:
             if exc.code != "RESOURCE_ALREADY_EXISTS":  # created concurrently by another submit
                 raise
@@ -129,8 +132,25 @@ class Rest:
         self.call("PUT", f"/api/2.0/mlflow-artifacts/artifacts/{where}", raw=data)
 
     def fail(self, run_id: str, reason: str) -> None:
-        self.call(
-            "POST", "/api/2.0/mlflow/runs/set-tag", {"run_id": run_id, "key": "hml.reason", "value": reason}
+        self.end(run_id, "FAILED", int(time.time() * 1000), {"hml.reason": reason}, {})
+
+    def artifact_uri(self, run_id: str) -> str:
+        query = urllib.parse.urlencode({"run_id": run_id})
+        return str(
+            self.call("GET", f"/api/2.0/mlflow/runs/get?{query}")["run"]["info"].get("artifact_uri", "")
         )
-        body = {"run_id": run_id, "status": "FAILED", "end_time": int(time.time() * 1000)}
-        self.call("POST", "/api/2.0/mlflow/runs/update", body)
+
+    def end(
+        self, run_id: str, status: str, end_ms: int, tags: dict[str, str], metrics: dict[str, float]
+    ) -> None:
+        """Tags and metrics (at step 0, now), then the terminal status: the runner's last word."""
+        now = int(time.time() * 1000)
+        body = {
+            "run_id": run_id,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            "metrics": [{"key": k, "value": v, "timestamp": now, "step": 0} for k, v in metrics.items()],
+        }
+        self.call("POST", "/api/2.0/mlflow/runs/log-batch", body)
+        self.call(
+            "POST", "/api/2.0/mlflow/runs/update", {"run_id": run_id, "status": status, "end_time": end_ms}
+        )

@@ -139,12 +139,20 @@ def s3(moto_endpoint, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test gets its own runner state; no profile leaks in from the environment."""
+def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test gets its own runner state; no profile leaks in from the environment.
+
+    The embedded default's local tracking server is off unless a test turns it on
+    (``HML_LOCAL_SERVER=1``): hundreds of servers would not fit the machine. One a test
+    started under its home is stopped after it."""
+    from runners import local_server
+
     home = tmp_path / "hml-home"
     monkeypatch.setenv("HML_HOME", str(home))
+    monkeypatch.setenv("HML_LOCAL_SERVER", "0")
     monkeypatch.delenv("HML_CONFIG", raising=False)
-    return home
+    yield home
+    local_server.stop()
 
 
 from tests.awsbed import aws_bed  # noqa: E402,F401  (a moto server whose instances boot sshd hosts)

@@ -138,6 +138,7 @@ PROFILE_CASES: list[tuple[str, Any, str]] = [
         "port",
     ),
     ("probe timeout", _with("probe_timeout_s", 0, PROFILE), "probe_timeout_s"),
+    ("local server switch", _with("local_server", "sometimes", PROFILE), "local_server"),
     ("store without buckets", _with("stores", {"lake": {"buckets": []}}, PROFILE), "stores.lake.buckets"),
     (
         "store bucket name",
