@@ -8,15 +8,14 @@ version of the code, every caller goes the cold way and nothing changes but the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 from hmlkit.errors import HmlError
@@ -53,7 +52,8 @@ def _fingerprint() -> str:
                 if name.endswith(".py"):
                     st = os.stat(os.path.join(dirpath, name))
                     parts.append(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    data = "\n".join(parts).encode()
+    return f"{zlib.crc32(data):08x}{len(data):x}"  # a cache key, not a secret: no OpenSSL to load
 
 
 def directory() -> Path:
@@ -153,6 +153,8 @@ def run_command(argv: list[str]) -> int | None:
 def start_background() -> None:
     """Start this code's agent for the next command (this one goes the cold way); a second
     starter finds the first's lock and leaves."""
+    import subprocess
+
     if not enabled():
         return
     try:
