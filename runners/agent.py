@@ -196,7 +196,6 @@ def serve(idle_s: float) -> int:
                 conn, _ = server.accept()
             except TimeoutError:
                 continue
-            last = time.monotonic()
             with conn:
                 conn.settimeout(10)
                 try:
@@ -209,6 +208,7 @@ def serve(idle_s: float) -> int:
                             break
                         continue
                     conn.settimeout(None)
+                    last = time.monotonic()  # use is a command: asking whether it runs is not
                     _fork(conn, server, request, fds)
                     for fd in fds:
                         os.close(fd)
