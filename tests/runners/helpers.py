@@ -74,6 +74,38 @@ def processes_matching(marker: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
+def process_report(*markers: str) -> str:
+    """What a failed process check needs: each process whose command line holds a marker, with
+    its parent, state, age and environment's ``SLURM_JOB_ID`` (who started it, whether it was
+    orphaned, whether an epilog could have found it), then the whole process tree."""
+    pids = sorted({int(line.split()[0]) for m in markers for line in processes_matching(m)})
+    lines = []
+    for pid in pids:
+        shown = subprocess.run(
+            ["ps", "-o", "pid=,ppid=,stat=,etimes=,args=", "-p", str(pid)], capture_output=True, text=True
+        ).stdout.strip()
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            env = []
+        job = [e.decode() for e in env if e.startswith(b"SLURM_JOB_ID=")]
+        lines.append(f"{shown}  [{' '.join(job) or 'no SLURM_JOB_ID'}]")
+    tree = subprocess.run(
+        ["ps", "-eo", "pid,ppid,stat,etimes,args", "--forest"], capture_output=True, text=True
+    )
+    return "\n".join(["matching (pid ppid stat age args):", *lines, "all processes:", tree.stdout])
+
+
+def run_report(home: Path, run_id: str, tail: int = 40) -> str:
+    """The run's own account of itself: its record and the tails of its supervisor's and job's logs."""
+    parts = []
+    for name in ("record.json", "supervisor.log", "output.log"):
+        path = home / "runs" / run_id / name
+        text = path.read_text(errors="replace") if path.exists() else "(missing)"
+        parts.append(f"--- {name} (last {tail} lines)\n" + "\n".join(text.splitlines()[-tail:]))
+    return "\n".join(parts)
+
+
 def logging_job(dir_: Path, steps: int, pause: float, gate: bool = False, **fields: Any) -> Path:
     """A loop logging a param, a metric per step and a tag; with ``gate``, the steps wait for a
     file ``go`` in the workdir (the param, logged first, has read the run by then)."""
