@@ -62,7 +62,7 @@ class OutputStream:
             raise BackendError(f"{self.label}: no word from the host for {SILENT_AFTER_S:g} s")
         return b"".join(chunks)
 
-    def close(self, wait: float = 5.0) -> None:
+    def close(self, wait: float = 3.0) -> None:
         """End the follower and, up to ``wait`` seconds, see it gone: end of file on its stdin
         ends it (follow.py), then its exit status comes back. A channel closed outright would
         leave it running on the host until its next write failed."""

@@ -77,23 +77,24 @@ def processes_matching(marker: str) -> list[str]:
 def process_report(*markers: str) -> str:
     """What a failed process check needs: each process whose command line holds a marker, with
     its parent, state, age and environment's ``SLURM_JOB_ID`` (who started it, whether it was
-    orphaned, whether an epilog could have found it), then the whole process tree."""
+    orphaned, whether an epilog could have found it), then the process tree (no kernel threads)."""
     pids = sorted({int(line.split()[0]) for m in markers for line in processes_matching(m)})
     lines = []
     for pid in pids:
-        shown = subprocess.run(
-            ["ps", "-o", "pid=,ppid=,stat=,etimes=,args=", "-p", str(pid)], capture_output=True, text=True
-        ).stdout.strip()
+        shown = _ps("-p", str(pid)).strip()
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             env = []
         job = [e.decode() for e in env if e.startswith(b"SLURM_JOB_ID=")]
         lines.append(f"{shown}  [{' '.join(job) or 'no SLURM_JOB_ID'}]")
-    tree = subprocess.run(
-        ["ps", "-eo", "pid,ppid,stat,etimes,args", "--forest"], capture_output=True, text=True
-    )
-    return "\n".join(["matching (pid ppid stat age args):", *lines, "all processes:", tree.stdout])
+    tree = [ln[:200] for ln in _ps("-e", "--forest").splitlines() if ln.split()[1] not in ("0", "2")]
+    return "\n".join(["matching (pid ppid stat age args):", *lines, "process tree:", *tree])
+
+
+def _ps(*select: str) -> str:
+    columns = ["-o", "pid=,ppid=,stat=,etimes=,args="]
+    return subprocess.run(["ps", "-ww", *columns, *select], capture_output=True, text=True).stdout
 
 
 def run_report(home: Path, run_id: str, tail: int = 40) -> str:
