@@ -8,9 +8,9 @@ or ``GONE`` when the job's process group is gone without an exit code (the host 
 the job was killed). While the wrapper waits for its tracking relay to drain, stderr also
 says ``SYNCING <records>`` each time the count changes (``SYNCING`` alone once it is done).
 With ``--exit-only``, for a job whose processes run on other machines
-(Slurm's compute nodes), only the exit code ends it, or the runner closing the channel.
-The runner ends it by closing its standard input (end of file; the channel's EOF): at once, so
-a run the runner has let go leaves no follower behind (nothing else ever writes to it).
+(Slurm's compute nodes), only the exit code ends it, or the runner letting go: end of file on
+its stdin (the channel's EOF; nothing else writes there) ends it at once, so a cancelled run,
+which writes no exit code, leaves no follower behind.
 Between them stderr carries a heartbeat, so the runner tells a silent job from a hung host
 without asking again. One such channel per node replaces polling each node with SSH
 commands; the runner keeps the offset, so a new follower resumes where the last one stopped.
