@@ -8,7 +8,9 @@ or ``GONE`` when the job's process group is gone without an exit code (the host 
 the job was killed). While the wrapper waits for its tracking relay to drain, stderr also
 says ``SYNCING <records>`` each time the count changes (``SYNCING`` alone once it is done).
 With ``--exit-only``, for a job whose processes run on other machines
-(Slurm's compute nodes), only the exit code ends it, or the runner closing the channel.
+(Slurm's compute nodes), only the exit code ends it, or the runner letting go: end of file on
+its stdin (the channel's EOF; nothing else writes there) ends it at once, so a cancelled run,
+which writes no exit code, leaves no follower behind.
 Between them stderr carries a heartbeat, so the runner tells a silent job from a hung host
 without asking again. One such channel per node replaces polling each node with SSH
 commands; the runner keeps the offset, so a new follower resumes where the last one stopped.
@@ -17,6 +19,7 @@ commands; the runner keeps the offset, so a new follower resumes where the last 
 from __future__ import annotations
 
 import os
+import select
 import sys
 import time
 
@@ -66,6 +69,12 @@ def syncing(exec_dir: str) -> str:
         return ""
 
 
+def released(wait: float) -> bool:
+    """Whether the runner let go (end of file on stdin), waiting up to ``wait`` seconds for it."""
+    ready, _, _ = select.select([sys.stdin], [], [], wait)
+    return bool(ready) and not os.read(sys.stdin.fileno(), 4096)
+
+
 def main(exec_dir: str, offset: int, watch_pid: bool) -> int:
     out, err = sys.stdout.buffer, sys.stderr
     parent = os.getppid()
@@ -102,7 +111,8 @@ def main(exec_dir: str, offset: int, watch_pid: bool) -> int:
             err.write(".\n")
             err.flush()
             beat = time.monotonic()
-        time.sleep(FAST_TICK_S if time.monotonic() - lively < FAST_FOR_S else TICK_S)
+        if released(FAST_TICK_S if time.monotonic() - lively < FAST_FOR_S else TICK_S):
+            return 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,19 @@ SHORT_PARTITION = "short"
 max_runtime, on a node of its own so the minute it takes overlaps other tests."""
 
 
+_EPILOG_LOGGED = """#!/bin/sh
+# the bed's Epilog: the runbook's, with which of the job's processes it met and left in {log}
+job() {{
+  for e in $(grep -lzx "SLURM_JOB_ID=$SLURM_JOB_ID" /proc/[0-9]*/environ 2>/dev/null); do
+    p=${{e#/proc/}}; p=${{p%/environ}}; printf '%s(%s) ' "$p" "$(cat /proc/$p/comm 2>/dev/null)"
+  done
+}}
+echo "$(date +%T.%N) job $SLURM_JOB_ID node $SLURMD_NODENAME: epilog starts; its processes: $(job)" >> {log}
+{runbook}
+echo "$(date +%T.%N) job $SLURM_JOB_ID node $SLURMD_NODENAME: epilog ends; left: $(job)" >> {log}
+"""
+
+
 @dataclass
 class SlurmBed:
     root: Path
@@ -163,6 +176,16 @@ class SlurmBed:
                 found.append(pid)
         return found
 
+    def log_tails(self, lines: int = 30) -> str:
+        """The last lines of slurmctld's, each slurmd's and the epilog's logs (a failure's context)."""
+        logs = [self.root / "slurmctld.log", *sorted((self.root / "spool").glob("slurmd-*.log"))]
+        logs.append(self.root / "epilog.log")
+        parts = []
+        for log in logs:
+            text = log.read_text(errors="replace") if log.exists() else "(missing)"
+            parts.append(f"--- {log.name}\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(parts)
+
     def stop(self) -> None:
         """Cancel every job, then kill the nodes, slurmctld and munged; files stay."""
         jobs = self.slurm("squeue", "-h", "-o", "%i", check=False).split()
@@ -210,7 +233,7 @@ def _conf(root: Path, nodes: list[str], cluster: str) -> str:
         # no cgroups in a container: follow a job's processes by their parentage, and at the
         # job's end kill what daemonized itself out of it (the epilog we give such clusters)
         "ProctrackType=proctrack/linuxproc",
-        f"Epilog={root / EPILOG.name}",
+        f"Epilog={root / 'epilog.sh'}",
         "TaskPlugin=task/none",
         # memory read from /proc each second; a step past its --mem is killed: OUT_OF_MEMORY
         "JobAcctGatherType=jobacct_gather/linux",
@@ -229,7 +252,7 @@ def _conf(root: Path, nodes: list[str], cluster: str) -> str:
         "SlurmdParameters=config_overrides",  # nodes may declare more CPUs than this machine has
         "ReturnToService=2",  # a killed node that comes back is usable again
         "SlurmdTimeout=5",  # a dead node is noticed within seconds (NODE_FAIL)
-        "KillWait=2",  # TERM to KILL at cancel and time limit
+        "KillWait=2",
         "MinJobAge=300",
         "InactiveLimit=0",
     ]
@@ -264,7 +287,10 @@ def start_slurm(root: Path, n: int = 2) -> SlurmBed:
     )
     bed.conf.write_text(_conf(root, bed.nodes, bed.marker.replace("-", "")))
     (root / EPILOG.name).write_text(EPILOG.read_text())
-    (root / EPILOG.name).chmod(0o755)
+    logged = _EPILOG_LOGGED.format(log=root / "epilog.log", runbook=root / EPILOG.name)
+    (root / "epilog.sh").write_text(logged)
+    for script in (EPILOG.name, "epilog.sh"):
+        (root / script).chmod(0o755)
     try:
         munge = root / "munge"
         bed._start(

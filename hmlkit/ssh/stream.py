@@ -62,5 +62,16 @@ class OutputStream:
             raise BackendError(f"{self.label}: no word from the host for {SILENT_AFTER_S:g} s")
         return b"".join(chunks)
 
-    def close(self) -> None:
-        self.channel.close()
+    def close(self, wait: float = 3.0) -> None:
+        """End the follower and, up to ``wait`` seconds, see it gone: end of file on its stdin
+        ends it (follow.py), then its exit status comes back. A channel closed outright would
+        leave it running on the host until its next write failed."""
+        chan = self.channel
+        try:
+            chan.shutdown_write()
+            deadline = time.monotonic() + wait
+            while not chan.exit_status_ready() and not chan.closed and time.monotonic() < deadline:
+                time.sleep(0.01)
+        except Exception:  # paramiko: socket, SSH and EOF errors; a lost connection ended it already
+            pass
+        chan.close()

@@ -276,12 +276,17 @@ class NodeRunner:
         self._on_every_node(handle, lambda node: scripts.kill(node.exec_dir))
 
     def release(self, handle: NodesHandle) -> None:
-        for node in handle.nodes:  # the attempt is over: its followers end with it
+        self.end_followers(handle)
+        self._on_every_node(handle, lambda node: scripts.release(node.root, node.exec_dir))
+
+    def end_followers(self, handle: NodesHandle) -> None:
+        """The attempt is over: its followers end with it, before this returns (a cancelled job
+        never writes the exit code that would end them; left, they ran until the connection closed)."""
+        for node in handle.nodes:
             stream = self._streams.pop(_key(node), None)
             self._unread.pop(_key(node), None)
             if stream is not None:
                 stream.close()
-        self._on_every_node(handle, lambda node: scripts.release(node.root, node.exec_dir))
 
     def _on_every_node(self, handle: NodesHandle, script: Any) -> None:
         """Run a node's script on all nodes at once (a cancel of 32 nodes takes one node's time);

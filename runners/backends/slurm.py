@@ -84,6 +84,24 @@ true
 and ``SYNCING <rank> <records>`` per node whose wrapper waits for its relay to drain."""
 
 
+CANCEL_WAIT_S = 30.0
+_CANCEL = """scancel {job} 2>/dev/null; end=$(( $(date +%s) + {wait} ))
+live=PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED
+while [ "$(date +%s)" -lt "$end" ]; do
+  s=$(squeue -h -j {job} -t $live -o %T 2>&1) && [ -z "$s" ] && break
+  case "$s" in
+    *"Invalid job id"*) break ;;
+    COMPLETING|*error*) ;;
+    *) scancel {job} 2>/dev/null ;;
+  esac
+  sleep 0.5
+done
+true
+"""
+"""Cancel, then wait for Slurm to forget the job's steps: a job no longer listed (or one slurmctld
+has purged) is over; one still RUNNING or PENDING (a lost ``scancel``) is cancelled again."""
+
+
 class SlurmHandle(NodesHandle):
     """One submission: the Slurm job and, per node, the files the login node reads it by."""
 
@@ -299,18 +317,20 @@ class SlurmBackend(Backend[SlurmHandle]):
         return self.nodes.read_output(handle)
 
     def cancel(self, handle: SlurmHandle) -> None:
-        """``scancel``, then wait until Slurm has ended every step (its KillWait), so nothing of
-        the job runs on any node when this returns."""
-        job = handle.job_id
-        live = f"squeue -h -j {job} -t PENDING,RUNNING,CONFIGURING,COMPLETING,SUSPENDED -o %i 2>/dev/null"
+        """``scancel``, then wait until Slurm has ended every step (its KillWait) and run the
+        Epilog (the job leaves COMPLETING after it), so nothing of the job runs on any node when
+        this returns. Only an answer from Slurm ends the wait early: a busy controller's error
+        is no answer, and a job still running has its ``scancel`` sent again. The wait is
+        bounded in time, well inside the SSH command's timeout."""
         self._slurm(
-            f'scancel {job} 2>/dev/null; for _ in $(seq 60); do [ -z "$({live})" ] && break; sleep 0.5; done',
-            timeout=45,
+            _CANCEL.format(job=handle.job_id, wait=math.ceil(CANCEL_WAIT_S)), timeout=CANCEL_WAIT_S + 15
         )
 
     def teardown(self, handle: SlurmHandle) -> None:
         """The allocation ends with the job (``scancel`` in case the job outlived its follower);
-        a job cancelled while queued never read its environment: delete it, secrets and all."""
+        a job cancelled while queued never read its environment: delete it, secrets and all.
+        The login node's followers end here too: only an exit code ends them on their own."""
+        self.nodes.end_followers(handle)
         self._slurm(
             f"scancel {handle.job_id} 2>/dev/null; "
             f"rm -f {shlex.quote(handle.attempt_dir)}/node-*/{jobscript.ENV_FILE}; true"

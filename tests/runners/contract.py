@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ import pytest
 from tests.runners.helpers import (
     HML,
     hml,
+    process_report,
     processes_matching,
+    run_report,
     status,
     submit_json,
     wait_finalized,
@@ -70,31 +73,49 @@ class BackendContract:
         log = hml("logs", summary["run_id"], env={"HML_CONFIG": str(target[0])})
         assert "about to fail" in log.stdout
 
-    def test_cancel_kills_every_process(self, target, tmp_path, mlflow_server):
+    @pytest.fixture
+    def target_logs(self) -> Callable[[], str]:
+        """The tails of the target's own logs (a scheduler's daemons), for a failure's message."""
+        return lambda: ""
+
+    def test_cancel_kills_every_process(self, target, tmp_path, mlflow_server, hml_home, target_logs):
         nonce = str(uuid.uuid4().int)[:9]
         sleeper = f"sleep 987.{nonce}"
         job = write_job(tmp_path / "w", run=f"{sleeper} & {sleeper}; echo never")
         summary, out = self.submit(target, job, "--detach")
         assert out.returncode == 0, out.stderr
         run_id = summary["run_id"]
+        times = [("submitted", time.monotonic())]
+
+        def why() -> str:  # a failure here has been rare and load-bound: say everything
+            start = times[0][1]
+            steps = ", ".join(f"{name} at {at - start:.1f} s" for name, at in times)
+            return "\n".join(
+                [steps, process_report(sleeper, f"{run_id}/"), run_report(hml_home, run_id), target_logs()]
+            )
+
         wait_status(run_id, {"RUNNING"})
+        times.append(("RUNNING", time.monotonic()))
         # RUNNING can come before the job's processes exist (Slurm's allocation precedes srun's
         # step, a host's wrapper runs setup first): wait for both, then cancel
         deadline = time.monotonic() + 30
         while len(processes_matching(sleeper)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert len(processes_matching(sleeper)) == 2, "the job never started"
+        times.append(("sleepers checked", time.monotonic()))
+        assert len(processes_matching(sleeper)) == 2, f"the job never started\n{why()}"
         cancelled = hml("cancel", run_id, "--output", "json")
-        assert cancelled.returncode == 0, cancelled.stderr
-        assert status(run_id)["status"] == "KILLED"
+        times.append(("cancel returned", time.monotonic()))
+        assert cancelled.returncode == 0, f"{cancelled.stderr}\n{why()}"
+        assert status(run_id)["status"] == "KILLED", why()
         run = wait_finalized(mlflow_server.client(), run_id)
         assert run.info.status == "KILLED"
         assert run.data.tags["hml.reason"] == "cancelled by user"
+        times.append(("finalized", time.monotonic()))
         deadline = time.monotonic() + 10
         while processes_matching(sleeper) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not processes_matching(sleeper), "a process of the job is left"
-        assert not processes_matching(f"{run_id}/"), "the job's wrapper is left"
+        assert not processes_matching(sleeper), f"a process of the job is left\n{why()}"
+        assert not processes_matching(f"{run_id}/"), f"the job's wrapper is left\n{why()}"
 
     def test_max_runtime_stops_the_job_as_failed(self, target, tmp_path, mlflow_server):
         job = write_job(tmp_path / "w", run="sleep 120", max_runtime=2)

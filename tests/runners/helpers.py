@@ -74,6 +74,39 @@ def processes_matching(marker: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
+def process_report(*markers: str) -> str:
+    """What a failed process check needs: each process whose command line holds a marker, with
+    its parent, state, age and environment's ``SLURM_JOB_ID`` (who started it, whether it was
+    orphaned, whether an epilog could have found it), then the process tree (no kernel threads)."""
+    pids = sorted({int(line.split()[0]) for m in markers for line in processes_matching(m)})
+    lines = []
+    for pid in pids:
+        shown = _ps("-p", str(pid)).strip()
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            env = []
+        job = [e.decode() for e in env if e.startswith(b"SLURM_JOB_ID=")]
+        lines.append(f"{shown}  [{' '.join(job) or 'no SLURM_JOB_ID'}]")
+    tree = [ln[:200] for ln in _ps("-e", "--forest").splitlines() if ln.split()[1] not in ("0", "2")]
+    return "\n".join(["matching (pid ppid stat age args):", *lines, "process tree:", *tree])
+
+
+def _ps(*select: str) -> str:
+    columns = ["-o", "pid=,ppid=,stat=,etimes=,args="]
+    return subprocess.run(["ps", "-ww", *columns, *select], capture_output=True, text=True).stdout
+
+
+def run_report(home: Path, run_id: str, tail: int = 40) -> str:
+    """The run's own account of itself: its record and the tails of its supervisor's and job's logs."""
+    parts = []
+    for name in ("record.json", "supervisor.log", "output.log"):
+        path = home / "runs" / run_id / name
+        text = path.read_text(errors="replace") if path.exists() else "(missing)"
+        parts.append(f"--- {name} (last {tail} lines)\n" + "\n".join(text.splitlines()[-tail:]))
+    return "\n".join(parts)
+
+
 def logging_job(dir_: Path, steps: int, pause: float, gate: bool = False, **fields: Any) -> Path:
     """A loop logging a param, a metric per step and a tag; with ``gate``, the steps wait for a
     file ``go`` in the workdir (the param, logged first, has read the run by then)."""

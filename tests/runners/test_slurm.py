@@ -19,6 +19,8 @@ from runners.spec import memory_mib
 from tests.runners.contract import BackendContract
 from tests.runners.helpers import (
     hml,
+    process_report,
+    processes_matching,
     status,
     submit_json,
     two_node_digits,
@@ -87,6 +89,10 @@ class TestSlurm(BackendContract):
     @pytest.fixture
     def target(self, profile):
         return profile, "cluster"
+
+    @pytest.fixture
+    def target_logs(self, slurm_bed):
+        return slurm_bed.log_tails
 
     @pytest.fixture
     def host_dirs(self, slurm_bed):
@@ -164,6 +170,8 @@ def test_cancel_of_a_two_node_job_leaves_nothing_on_any_node(profile, tmp_path, 
     assert hml("cancel", run_id).returncode == 0
     assert status(run_id)["status"] == "KILLED"
     assert not slurm_bed.job_processes(slurm_job), "a process of the job is left on a node"  # the epilog
+    # nor on the login node: the nodes' output followers ended before the run turned KILLED
+    assert not processes_matching(f"{run_id}/"), process_report(f"{run_id}/")
     assert "CANCELLED" in slurm_bed.slurm("squeue", "-h", "--states=all", "-j", slurm_job, "-o", "%T")
 
 
