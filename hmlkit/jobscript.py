@@ -26,6 +26,16 @@ RELAY_UPSTREAM = "HML_RELAY_UPSTREAM"
 """Where the relay sends writes when not to the tracking URI itself (tracking_via: runner)."""
 
 
+RELAY_BOOT = (
+    "import socket,sys\n"
+    "s=socket.create_server(('127.0.0.1',0))\n"
+    "print('{\"port\": %d}' % s.getsockname()[1], flush=True)\n"
+    "sys.path[0]=sys.argv[1]\n"
+    "import relay\n"
+    "relay.main(sys.argv[2:], listener=s)\n"
+)
+"""``python3 -c RELAY_BOOT EXEC ARGS...``: listen and say the port (milliseconds), then load
+relay.py from EXEC (its bytecode cached there) and serve on that socket."""
 _PENDING = (
     'import json,sys,urllib.request as u; print(json.load(u.urlopen(sys.argv[1], timeout=5))["pending"])'
 )
@@ -37,14 +47,16 @@ relay_status() {{
 }}
 relay_start() {{
   case "$MLFLOW_TRACKING_URI" in http://*|https://*) ;; *) return 0 ;; esac
-  python3 -I -S "$EXEC/{RELAY}" --upstream "${{{RELAY_UPSTREAM}:-$MLFLOW_TRACKING_URI}}" \\
-    --journal "$EXEC/{RELAY_JOURNAL}" > "$EXEC/relay.out" 2>> "$EXEC/relay.log" &
+  # the relay says its port before it loads (RELAY_BOOT): the job does not wait for that
+  python3 -I -S -c {shlex.quote(RELAY_BOOT)} "$EXEC" \\
+    --upstream "${{{RELAY_UPSTREAM}:-$MLFLOW_TRACKING_URI}}" --journal "$EXEC/{RELAY_JOURNAL}" \\
+    > "$EXEC/relay.out" 2>> "$EXEC/relay.log" &
   RELAY_PID=$!
-  for _ in $(seq 200); do
+  for _ in $(seq 1000); do
     RELAY_PORT=$(sed -n 's/.*"port": *\\([0-9]*\\).*/\\1/p' "$EXEC/relay.out" 2>/dev/null)
     [ -n "$RELAY_PORT" ] && break
     kill -0 "$RELAY_PID" 2>/dev/null || break
-    sleep 0.05
+    sleep 0.01
   done
   if [ -z "$RELAY_PORT" ]; then
     echo "hml: no tracking relay (see $EXEC/relay.log); the job logs directly" >> "$EXEC/{OUTPUT}"

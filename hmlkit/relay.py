@@ -673,7 +673,10 @@ def _auth_from_env() -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, listener: socket.socket | None = None) -> None:
+    """``listener``: a socket already listening (``hmlkit.jobscript.RELAY_BOOT``: the job's
+    wrapper learns the port before this module's imports, and connections wait in the
+    socket's backlog until it serves)."""
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--upstream", required=True, help="the tracking server, e.g. http://10.0.0.5:5000")
     parser.add_argument(
@@ -686,13 +689,19 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="hml-relay: %(message)s")
 
     relay = Relay(Upstream(args.upstream, args.timeout, _auth_from_env()), Journal(args.journal))
-    server = _Server((args.host, args.port), _Handler)
+    if listener is None:
+        server = _Server((args.host, args.port), _Handler)
+    else:
+        server = _Server(listener.getsockname(), _Handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = listener
     server.relay = relay
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     relay.start()
-    print(json.dumps({"port": server.server_address[1], "pending": relay.journal.pending}), flush=True)
+    if listener is None:
+        print(json.dumps({"port": server.server_address[1], "pending": relay.journal.pending}), flush=True)
     try:
-        server.serve_forever()
+        server.serve_forever(poll_interval=0.05)  # a stop (the job ended) is seen at once
     finally:
         server.server_close()
         relay.stop()

@@ -67,7 +67,7 @@ devices=${{got#,}}
 [ "$WANT" -gt 0 ] && echo "export CUDA_VISIBLE_DEVICES=$devices" >> "$EXEC/env.sh"
 cd "$EXEC" || exit 1
 nohup setsid bash "$EXEC/job.sh" >> "$EXEC/output.log" 2>&1 < /dev/null 9>&- &
-for _ in $(seq 100); do [ -s "$EXEC/pid" ] && break; sleep 0.05; done
+for _ in $(seq 500); do [ -s "$EXEC/pid" ] && break; sleep 0.01; done
 echo "STARTED $devices"
 """
 
