@@ -105,6 +105,14 @@ def _request(extra: dict[str, object]) -> dict[str, object]:
     return {"env": dict(os.environ), "cwd": os.getcwd(), **extra}
 
 
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def run_command(argv: list[str]) -> int | None:
     """Have the agent run ``hml ARGV`` on this process's stdin, stdout and stderr; its exit
     code, or None when no agent answered (then run it here). Ctrl-C and termination signals
@@ -114,8 +122,9 @@ def run_command(argv: list[str]) -> int | None:
         return None
     umask = os.umask(0)
     os.umask(umask)
+    stdio = [fd if _is_open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]  # e.g. no stdin
     try:
-        _send(sock, b"C", _request({"argv": argv, "umask": umask}), [0, 1, 2])
+        _send(sock, b"C", _request({"argv": argv, "umask": umask}), stdio)
     except OSError:  # also: this process's working directory is gone; the cold path says so
         sock.close()
         return None
