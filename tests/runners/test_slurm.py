@@ -244,11 +244,13 @@ for s in 1 2 3; do
   [ "$s" -le "$done" ] && continue
   echo "$s" > .checkpoints/step.tmp && mv .checkpoints/step.tmp .checkpoints/step  # whole or not at all
   echo "step $s"
-  if [ "$s" = 2 ] && [ "$HML_ATTEMPT" = 0 ]; then sleep 300; fi
+  if [ "$s" = 2 ] && [ "$HML_ATTEMPT" = 0 ]; then sleep 300; exit 1; fi
 done
 """
 """Three steps, a checkpoint after each in the workdir (before the step is reported done); the
-first attempt stalls after step 2."""
+first attempt stalls after step 2 and never reaches step 3: under load, Slurm's SIGTERM at the
+preemption once ended the ``sleep`` while its shell went on to step 3 before the SIGKILL
+(KillWait) came, and the retry then rightly resumed after step 3."""
 
 
 def test_preempted_then_the_retry_resumes_from_its_checkpoint(profile, tmp_path, slurm_bed, mlflow_server):
