@@ -88,6 +88,14 @@ def _become(request: dict[str, object], stdio: list[int]) -> None:
         setattr(sys, name, stream)
 
 
+def _let_go_of_caller() -> None:
+    """Nothing more goes to, or comes from, the caller's terminal."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
 def _command(conn: socket.socket, request: dict[str, object], stdio: list[int]) -> None:
     """A worker: ``hml ARGV`` as the caller's own process; its exit code goes back last."""
     _become(request, stdio)
@@ -101,9 +109,7 @@ def _command(conn: socket.socket, request: dict[str, object], stdio: list[int]) 
         except OSError:
             pass
         if not done.is_set():
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
+            _let_go_of_caller()
             import _thread
 
             _thread.interrupt_main()
@@ -131,9 +137,7 @@ def _command(conn: socket.socket, request: dict[str, object], stdio: list[int]) 
         conn.sendall(f"exit {code}\n".encode())
     except OSError:
         pass
-    null = os.open(os.devnull, os.O_RDWR)  # the caller's terminal is not the supervisors'
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
+    _let_go_of_caller()  # the caller's terminal is not the supervisors'
     conn.shutdown(socket.SHUT_RDWR)  # ends the watcher's wait too
     conn.close()
     supervision.wait()

@@ -87,8 +87,9 @@ def test_exit_codes_and_errors_are_the_cold_paths(agent, tmp_path):
     assert hml("no-such-command").returncode == 2
 
 
-def test_ctrl_c_detaches_and_the_run_goes_on(agent, tmp_path):
-    job = write_job(tmp_path / "w", run="echo started; sleep 4; echo done")
+def _following(tmp_path: Path, run: str) -> tuple[subprocess.Popen, str]:
+    """``hml submit`` following a job, once the job's first line ``started`` came; its run id."""
+    job = write_job(tmp_path / "w", run=run)
     proc = subprocess.Popen(
         [HML, "submit", str(job)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -96,26 +97,22 @@ def test_ctrl_c_detaches_and_the_run_goes_on(agent, tmp_path):
     for line in proc.stdout:
         if line.startswith("started"):
             break
+    return proc, next(d.name for d in (Path(os.environ["HML_HOME"]) / "runs").iterdir())
+
+
+def test_ctrl_c_detaches_and_the_run_goes_on(agent, tmp_path):
+    proc, run_id = _following(tmp_path, "echo started; sleep 4; echo done")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "detached; the job goes on" in err
-    run_id = next(d.name for d in (Path(os.environ["HML_HOME"]) / "runs").iterdir())
     assert wait_status(run_id, {"FINISHED", "FAILED", "KILLED"})["status"] == "FINISHED"
 
 
 def test_a_killed_caller_leaves_the_run_and_no_worker(agent, tmp_path):
-    job = write_job(tmp_path / "w", run="echo started; sleep 3; echo done")
-    proc = subprocess.Popen(
-        [HML, "submit", str(job)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("started"):
-            break
+    proc, run_id = _following(tmp_path, "echo started; sleep 3; echo done")
     proc.kill()
     proc.wait()
-    run_id = next(d.name for d in (Path(os.environ["HML_HOME"]) / "runs").iterdir())
     supervisor = _record(run_id)["supervisor_pid"]
     deadline = time.monotonic() + 10
     while set(_children(agent)) - {supervisor} and time.monotonic() < deadline:
