@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_backlog.py [--records 3000] [--repeat 3]
 
 A job whose server was away left N ``log-metric`` writes (one step each, as a training loop
-makes them) in its relay's journal; the runner replays it (runners/backlog.py, the relay's own
+makes them) in its relay's journal; the runner replays it (runners/tracking/backlog.py, the relay's own
 replay: consecutive metrics merged into ``log-batch`` units of up to 1,000). Baselines in the
 same run, on fresh runs of the same server: (i) the same metrics logged one call each with
 ``MlflowClient.log_metric`` (what the job would have paid live), (ii) logged by hand in
@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from _common import report  # noqa: E402
 
-from hmlkit.relay import Journal, Write  # noqa: E402
-from runners.backlog import drain_journal  # noqa: E402
+from hmlkit.node.relay import Journal, Write  # noqa: E402
+from runners.tracking.backlog import drain_journal  # noqa: E402
 from tests.conftest import MlflowServer, free_port  # noqa: E402
 
 TARGET = "/api/2.0/mlflow/runs/log-metric"

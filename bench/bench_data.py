@@ -4,7 +4,7 @@
 
 A versioned bucket holds 2,000 objects (100 MB). It is snapshotted, then staged into a
 fresh host cache (``runners.data.stage``, the code the local target runs; an SSH host runs
-the same ``hmlkit/datafetch.py``): (a) the first staging, (b) a re-run with a warm cache
+the same ``hmlkit/node/datafetch.py``): (a) the first staging, (b) a re-run with a warm cache
 (goal: 0 bytes fetched, under 1 s), (c) after one object changed (goal: only its bytes).
 The baseline, in the same run, is an ``aws s3 sync``-style copy: boto3 lists the prefix and
 downloads every object, 10 at a time (the AWS CLI's default concurrency), into a directory.

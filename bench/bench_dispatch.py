@@ -12,7 +12,7 @@ On a warm target (tracking server up, host reached and code staged before):
     runs in HML_HOME (<= 0.3 s), against ``python -c pass``; and which of mlflow, torch,
     boto3, pulumi, paramiko each of them imports (goal: none).
 
-Each figure is taken the way a user meets it, with the warm agent (runners/agent.py; the
+Each figure is taken the way a user meets it, with the warm agent (runners/cli/agent.py; the
 first submit starts it), and again with ``HML_AGENT=0`` (every command a new interpreter) to
 show what the agent is worth. Ratios are what count on a loaded machine; the goals in seconds
 are for a quiet one.
@@ -46,7 +46,7 @@ COLD = {"HML_AGENT": "0"}
 def make_records(home: Path, n: int) -> str:
     """``n`` finished runs in ``home``, written by the real record code (no job runs); one id."""
     os.environ["HML_HOME"] = str(home)
-    from runners.records import RunRecord
+    from runners.state.records import RunRecord
 
     now = time.time()
     run_id = ""
@@ -72,7 +72,7 @@ def make_records(home: Path, n: int) -> str:
 
 def heavy_imports(args: list[str], env: dict[str, str]) -> list[str]:
     probe = (
-        "import sys; from runners import cli; cli.run(sys.argv[1:]); "
+        "import sys; from runners.cli import app; app.run(sys.argv[1:]); "
         f"print([m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)"
     )
     got = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True, text=True)

@@ -30,7 +30,7 @@ from components.base import Args, OrgTags, Platform, PlatformComponent
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 SPEND_KINDS = ("ACTUAL", "FORECASTED")
 NAMESPACE = "HybridML"
-"""The CloudWatch namespace of the runner's run-end metrics (runners/telemetry.py)."""
+"""The CloudWatch namespace of the runner's run-end metrics (runners/runs/telemetry.py)."""
 TEXTFILE = "/var/lib/node_exporter/textfile_collector/hybridml.prom"
 """Where the runner writes its counters on-prem, in node_exporter's textfile-collector directory
 (``--collector.textfile.directory``), so the Prometheus that scrapes node_exporter gets them."""

@@ -63,7 +63,7 @@ def data_store(
 def telemetry(
     *, team: str, cloudwatch: dict[str, str] | None = None, textfile: str | None = None
 ) -> dict[str, Any]:
-    """A target's ``telemetry``: where its runner publishes each run's end (runners/telemetry.py)
+    """A target's ``telemetry``: where its runner publishes each run's end (runners/runs/telemetry.py)
     for the monitors components/monitoring.py provisions, CloudWatch on AWS, a node_exporter
     textfile on-prem, under the budget's team."""
     optional = {"cloudwatch": cloudwatch, "prometheus_textfile": textfile}

@@ -39,7 +39,7 @@ class CloudWatchTelemetry(_Strict):
 
 
 class Telemetry(_Strict):
-    """What the runner publishes when a run on this target ends (runners/telemetry.py), for the
+    """What the runner publishes when a run on this target ends (runners/runs/telemetry.py), for the
     monitors components/monitoring.py provisions: CloudWatch on AWS, a node_exporter textfile
     on-prem."""
 
@@ -212,7 +212,7 @@ class Profile(BaseModel):
     """Each target's raw config (kept as given: runs record it); ``target()`` gives its model."""
     local_server: bool = True
     """Without ``tracking_uri``: ``hml submit`` may start a local tracking server on loopback for
-    the embedded default's store and keep it warm (runners/local_server.py, docs/security.md)."""
+    the embedded default's store and keep it warm (runners/tracking/local_server.py, docs/security.md)."""
     source: str = Field(default="embedded default", exclude=True)
 
     def target(self, name: str) -> TargetConfig:

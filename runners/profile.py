@@ -13,7 +13,7 @@ from pathlib import Path
 from hmlkit.errors import ProfileError
 from hmlkit.profile import Profile, parse_profile
 from hmlkit.validation import read_yaml
-from runners.paths import home
+from runners.state.paths import home
 
 PROFILE_FILE = "hybridml.yaml"
 

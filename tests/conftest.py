@@ -145,7 +145,7 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     The embedded default's local tracking server is off unless a test turns it on
     (``HML_LOCAL_SERVER=1``): hundreds of servers would not fit the machine. One a test
     started under its home is stopped after it."""
-    from runners import local_server
+    from runners.tracking import local_server
 
     home = tmp_path / "hml-home"
     monkeypatch.setenv("HML_HOME", str(home))

@@ -3,7 +3,7 @@
 For hosts that cannot reach the tracking server (a GPU box on a closed network), the runner asks
 the host's sshd for a remote port forward: sshd listens on the host's loopback, and each
 connection made there comes back over the runner's existing connection, which the runner joins
-to the tracking server. The job's relay (hmlkit/relay.py) uses that port as its upstream, so
+to the tracking server. The job's relay (hmlkit/node/relay.py) uses that port as its upstream, so
 while the runner follows the run, writes go home live; while it is away (laptop closed,
 supervisor restarting) the relay journals them, and the forward opened again on the runner's
 next contact lets the relay replay them.

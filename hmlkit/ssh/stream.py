@@ -1,6 +1,6 @@
 """One long-lived channel per node that streams a job's output and then its end state.
 
-The remote side is ``follow.py`` (hmlkit/follow_stream.py) beside the job's wrapper; this
+The remote side is ``follow.py`` (hmlkit/node/follow_stream.py) beside the job's wrapper; this
 side only drains what has arrived, so following N nodes costs no SSH command per poll.
 """
 
@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from hmlkit.errors import BackendError
-from hmlkit.jobscript import FOLLOWER
+from hmlkit.node.jobscript import FOLLOWER
 
 SILENT_AFTER_S = 15.0
 """No heartbeat for this long: the host is hung or cut off, as a timed-out command was."""

@@ -26,8 +26,8 @@ from hmlkit.ssh.hosts import SshHost
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
 from runners.backends.nodes import NodeRunner, NodesHandle
-from runners.paths import runner_id
 from runners.spec import JobSpec, memory_mib
+from runners.state.paths import runner_id
 
 MANAGED = "hml:managed"
 RUN_TAG = "hml:run-id"

@@ -23,6 +23,9 @@ from hmlkit.profile import TargetConfig
 from runners.data.inputs import Input
 from runners.spec import JobSpec
 
+HOST_LOGIN = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
+"""What a job on this machine takes from it, as sshd gives a remote job its login's."""
+
 
 class Handle(BaseModel):
     """Base of each backend's handle: how to find its job again from a new process.

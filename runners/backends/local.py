@@ -9,14 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from hmlkit import jobscript
 from hmlkit.errors import NoCapacityError, UsageError
+from hmlkit.node import jobscript
 from hmlkit.profile import LocalTarget
-from runners.backends.base import Backend, Feature, Handle, JobState, LaunchRequest, Usage
+from runners.backends.base import HOST_LOGIN, Backend, Feature, Handle, JobState, LaunchRequest, Usage
 from runners.data.stage import stage_here
-from runners.jobenv import HOST_LOGIN
-from runners.paths import home
 from runners.spec import JobSpec
+from runners.state.paths import home
 
 
 class LocalHandle(Handle):
@@ -102,7 +101,7 @@ class LocalBackend(Backend[LocalHandle]):
         fd = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(jobscript.env_lines({**request.env, **data.env, **request.secrets}))
-        # this machine's login variables only (runners.jobenv): never the supervisor's whole
+        # this machine's login variables only (HOST_LOGIN, runners.runs.jobenv): never the supervisor's whole
         # environment; the interpreter hml runs under comes first, so `python` means it
         login = {k: os.environ[k] for k in HOST_LOGIN if k in os.environ}
         login["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{login.get('PATH', os.defpath)}"

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hmlkit import jobscript
 from hmlkit.errors import BackendError, NoCapacityError
+from hmlkit.node import jobscript
 from hmlkit.profile import TrackingVia
 from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost

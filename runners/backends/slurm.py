@@ -6,7 +6,7 @@ system the login node shares with the compute nodes, writes each node's wrapper 
 environment beside it, and hands a generated batch script to ``sbatch``. The script starts one
 task per node with ``srun``; each takes the torchrun rendezvous from the allocation
 (``MASTER_ADDR``: the first node, ``NODE_RANK``: ``SLURM_NODEID``) and runs the wrapper every
-target runs (``hmlkit.jobscript``), so output is redacted at the source and each node leaves
+target runs (``hmlkit.node.jobscript``), so output is redacted at the source and each node leaves
 ``exit_code`` beside its ``output.log``. Following is ``squeue`` (``sacct`` once slurmctld has
 forgotten the job), cancel is ``scancel``, and Slurm's own ends (TIMEOUT, NODE_FAIL, PREEMPTED,
 OUT_OF_MEMORY) become the run's reason. Retries are new submissions: the supervisor's.
@@ -21,16 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hmlkit import jobscript
 from hmlkit.errors import BackendError, UsageError
+from hmlkit.node import jobscript
 from hmlkit.profile import SlurmTarget
 from hmlkit.ssh.hosts import trust, write_files
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
 from runners.backends.nodes import Node, NodeRunner, NodesHandle, torchrun_line
 from runners.data.stage import stage_remote
-from runners.paths import runner_id
 from runners.spec import JobSpec, memory_mib
+from runners.state.paths import runner_id
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 ACTIVE = QUEUED | {"RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}

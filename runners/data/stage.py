@@ -1,7 +1,7 @@
 """Putting a job's inputs next to it, before it starts: on this machine or on each SSH host.
 
 The plan is built here (presigned URLs need the runner's credentials); the host side is
-``hmlkit.datafetch``, shipped as it is. A host that cannot reach the store gets the missing
+``hmlkit.node.datafetch``, shipped as it is. A host that cannot reach the store gets the missing
 objects streamed by the runner over SFTP (read from the store, written into the host's cache,
 hashed on the way), then the plan runs again and only links.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hmlkit import datafetch
 from hmlkit.errors import BackendError
+from hmlkit.node import datafetch
 from runners.data.inputs import Input
 from runners.data.store import Store
 

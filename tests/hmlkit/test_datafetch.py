@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from hmlkit import datafetch
+from hmlkit.node import datafetch
 from tests.conftest import free_port
 
 BLOBS = {"/a": b"alpha\n", "/b": b"beta" * 1000}

@@ -28,7 +28,7 @@ from tests.conftest import BIN, MlflowServer, free_port, wait_http
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-RELAY = Path(__file__).resolve().parents[2] / "hmlkit" / "relay.py"
+RELAY = Path(__file__).resolve().parents[2] / "hmlkit" / "node" / "relay.py"
 DEAD = "http://127.0.0.1:9"  # the discard port: nothing listens, so every connection is refused
 
 

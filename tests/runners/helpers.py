@@ -133,7 +133,7 @@ def wait_log(run_id: str, text: str, timeout: float = 60) -> None:
 
 
 def assert_system_metrics(client: Any, run_id: str, prefix: str = "system/", at_least: int = 2) -> None:
-    """The node's sampler (hmlkit/sysmetrics.py) logged CPU and memory, each sample exactly once."""
+    """The node's sampler (hmlkit/node/sysmetrics.py) logged CPU and memory, each sample exactly once."""
     for key in ("cpu_utilization_percentage", "system_memory_usage_megabytes"):
         steps = sorted(m.step for m in client.get_metric_history(run_id, prefix + key))
         assert len(steps) >= at_least and steps == list(range(len(steps))), f"{key}: {steps}"

@@ -1,4 +1,4 @@
-"""The warm agent (runners/agent.py): commands forked from it behave as the cold ``hml`` does.
+"""The warm agent (runners/cli/agent.py): commands forked from it behave as the cold ``hml`` does.
 
 Each test gets its own agent (its own XDG_RUNTIME_DIR), started and stopped by the real CLI.
 """

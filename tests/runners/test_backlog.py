@@ -1,5 +1,5 @@
 """A relay journal left on the host after the wrapper gave up waiting, sent home by the runner
-(runners/backlog.py), against a real MLflow server that goes away and comes back."""
+(runners/tracking/backlog.py), against a real MLflow server that goes away and comes back."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import time
 from pathlib import Path
 
-from hmlkit import jobscript
-from hmlkit.relay import Journal, Write
+from hmlkit.node import jobscript
+from hmlkit.node.relay import Journal, Write
 from tests.conftest import MlflowServer, free_port
 from tests.runners.helpers import (
     assert_every_step_once,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from runners import cli
+from runners.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = yaml.safe_load((ROOT / "examples" / "digits" / "job.yaml").read_text())
@@ -170,7 +170,7 @@ OTHER_COMMANDS: list[tuple[str, list[str], str]] = [
 def run_cli(*args: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        rc = cli.run(list(args))
+        rc = app.run(list(args))
     return rc, out.getvalue(), err.getvalue()
 
 

@@ -155,7 +155,7 @@ def test_fast_commands_import_no_heavy_library(tmp_path, command):
     assert out.returncode == 0, out.stderr
     args = [a.format(run_id=summary["run_id"]) for a in command]
     probe = (
-        f"import sys; from runners import cli; rc = cli.run({args!r}); "
+        f"import sys; from runners.cli import app; rc = app.run({args!r}); "
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules)); sys.exit(rc)"
     )
     got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)

@@ -1,4 +1,4 @@
-"""The embedded default's local tracking server (runners/local_server.py): started by the first
+"""The embedded default's local tracking server (runners/tracking/local_server.py): started by the first
 submit in the background, used over REST by the next ones, stopped when idle or asked, and never
 needed: without it every path writes the SQLite store directly."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runners import local_server
+from runners.tracking import local_server
 from tests.runners.helpers import hml, logging_job, submit_json, wait_finalized, wait_log, write_job
 
 ON = {"HML_LOCAL_SERVER": "1"}

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hmlkit.errors import SpecError
-from runners import cli
+from runners.cli import app
 from runners.spec import load_job, parse_duration
 
 VALID = {"name": "train", "run": "python train.py"}
@@ -65,7 +65,7 @@ def test_set_overrides_params_and_fields(tmp_path):
 def run_cli(*args: str) -> tuple[int, str]:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = cli.run(list(args))
+        rc = app.run(list(args))
     return rc, err.getvalue()
 
 

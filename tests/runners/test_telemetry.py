@@ -1,4 +1,4 @@
-"""Run-end telemetry (runners/telemetry.py) into a real moto CloudWatch and a node_exporter textfile
+"""Run-end telemetry (runners/runs/telemetry.py) into a real moto CloudWatch and a node_exporter textfile
 read back with Prometheus' own parser."""
 
 from __future__ import annotations

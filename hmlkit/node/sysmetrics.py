@@ -1,7 +1,7 @@
 """Per-node system metrics (CPU, memory, GPUs) into the job's MLflow run, every few seconds.
 
-The job wrapper (hmlkit/jobscript.py) starts this beside the job on every node once the relay
-(hmlkit/relay.py) runs, and stops it when the job ends. It logs through the relay, so a sample
+The job wrapper (hmlkit/node/jobscript.py) starts this beside the job on every node once the relay
+(hmlkit/node/relay.py) runs, and stops it when the job ends. It logs through the relay, so a sample
 taken while the tracking server is away is journaled and delivered like the job's own metrics.
 Like the relay it is copied to hosts that have only ``python3``: standard library only.
 

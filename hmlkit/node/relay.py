@@ -674,7 +674,7 @@ def _auth_from_env() -> str | None:
 
 
 def main(argv: list[str] | None = None, listener: socket.socket | None = None) -> None:
-    """``listener``: a socket already listening (``hmlkit.jobscript.RELAY_BOOT``: the job's
+    """``listener``: a socket already listening (``hmlkit.node.jobscript.RELAY_BOOT``: the job's
     wrapper learns the port before this module's imports, and connections wait in the
     socket's backlog until it serves)."""
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])

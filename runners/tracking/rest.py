@@ -5,7 +5,7 @@ Importing mlflow costs a second or more, all of it before the job may start; aga
 as an artifact) need no client library. Used only where it behaves as mlflow's client would:
 basic or bearer credentials from the environment, artifacts proxied by the server
 (``mlflow-artifacts:``); anything else (client certificates, custom auth plugins, artifacts
-written straight to a bucket) goes through mlflow itself (``runners.tracking``).
+written straight to a bucket) goes through mlflow itself (``runners.tracking.ownership``).
 """
 
 from __future__ import annotations

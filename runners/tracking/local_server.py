@@ -2,13 +2,13 @@
 
 Opening the SQLite store means importing mlflow and SQLAlchemy's schema check: seconds before
 each job may start. A server on loopback already has both loaded, so once it runs ``hml submit``
-creates runs over REST (``runners.tracking_rest``) and the job logs through its relay, as
+creates runs over REST (``runners.tracking.rest``) and the job logs through its relay, as
 against any tracking server. It is an accelerator only: records and the MLflow UI keep the
 canonical ``sqlite:///…/mlflow.db`` URI, and without a healthy server every path talks to the
 store directly, as before.
 
 ``hml submit`` starts it in the background and does not wait (that run goes direct); ``hml ui``
-starts it and waits. A watchdog (``python -m runners.local_server serve``) runs the server as
+starts it and waits. A watchdog (``python -m runners.tracking.local_server serve``) runs the server as
 its child, holds ``tracking-server.lock`` while it lives (so two starts make one server) and
 stops it after ``HML_LOCAL_SERVER_IDLE_S`` without use: each use touches the state file, and a
 run whose supervisor still lives counts as use. ``local_server: false`` in the profile or
@@ -30,7 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from runners.paths import home
+from runners.state.paths import home
 
 STATE = "tracking-server.json"
 LOCK = "tracking-server.lock"
@@ -161,7 +161,7 @@ def start() -> bool:
     log = open(home() / LOG, "ab")  # noqa: SIM115 - the child keeps it
     with log:
         watchdog = subprocess.Popen(
-            [sys.executable, "-m", "runners.local_server", "serve"],
+            [sys.executable, "-m", "runners.tracking.local_server", "serve"],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -230,7 +230,7 @@ def _idle_s() -> float:
 
 def _runs_live(store: str) -> bool:
     """A run on this store whose supervisor still lives (its job may log for hours)."""
-    from runners import record_files
+    from runners.state import record_files
 
     return any(
         r.get("tracking_uri") == store and not r.get("finalized") and _alive(r.get("supervisor_pid"))

@@ -27,7 +27,7 @@ from typing import Any
 
 from hmlkit.profile import CloudWatchTelemetry, Telemetry
 from runners.backends.base import Usage
-from runners.records import RunRecord
+from runners.state.records import RunRecord
 
 _HELP = {
     "hybridml_jobs_total": "Runs that ended, by team and status.",

@@ -2,7 +2,7 @@
 
     python3 -I -S follow.py EXEC_DIR OFFSET [--exit-only]
 
-Shipped beside the job wrapper (hmlkit.jobscript), it streams ``output.log`` from byte
+Shipped beside the job wrapper (hmlkit.node.jobscript), it streams ``output.log`` from byte
 ``OFFSET`` to stdout as it grows and ends with the job's state on stderr: ``EXIT <code>``,
 or ``GONE`` when the job's process group is gone without an exit code (the host rebooted,
 the job was killed). While the wrapper waits for its tracking relay to drain, stderr also

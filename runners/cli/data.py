@@ -123,10 +123,10 @@ def show(
 ) -> None:
     """A version (default: the latest): objects, bytes, who made it when, and the runs that used it."""
     from hmlkit.errors import TrackingError
-    from runners.data import lineage
     from runners.data.manifest import parse_ref
     from runners.data.store import Store, find
     from runners.profile import tracking_uri
+    from runners.tracking import lineage
 
     as_json = _json(output)
     profile = _profile(ctx)

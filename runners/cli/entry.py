@@ -1,7 +1,7 @@
 """The ``hml`` executable: handed to the warm agent when one runs, else the CLI in this process.
 
 Standard library only up to the hand-over, so a command the agent runs costs this process an
-interpreter start and a socket round trip (runners/agent.py says why and how).
+interpreter start and a socket round trip (runners/cli/agent.py says why and how).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runners import agent_client
+from runners.cli import agent_client
 
 
 def main() -> None:
@@ -21,6 +21,6 @@ def main() -> None:
             sys.exit(code)
         if argv[:1] == ["submit"]:  # the edit-submit loop: the next submit finds it warm
             agent_client.start_background()
-    from runners.cli import main as cli_main
+    from runners.cli.app import main as cli_main
 
     cli_main()

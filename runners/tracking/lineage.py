@@ -33,7 +33,7 @@ def log_inputs(tracking_uri: str, run_id: str, inputs: list[Input]) -> None:
         return
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    from runners.tracking import _client, _short
+    from runners.tracking.ownership import _client, _short
 
     datasets = []
     for inp in inputs:
@@ -58,7 +58,7 @@ def runs_using(tracking_uri: str, name: str, version: str) -> list[dict[str, Any
     """Every run (all experiments) that used ``name@version``, newest first."""
     from mlflow.entities import ViewType
 
-    from runners.tracking import _client, _short
+    from runners.tracking.ownership import _client, _short
 
     try:
         client = _client(tracking_uri)
@@ -89,7 +89,7 @@ def tag_models(tracking_uri: str, run_id: str, experiment_id: str, inputs: list[
     """Tag the models the run logged with its inputs' snapshot versions; how many were tagged."""
     if not inputs:
         return 0
-    from runners.tracking import _client, _short
+    from runners.tracking.ownership import _client, _short
 
     wanted = {k: v for k, v in tags(inputs).items() if k.startswith("hml.input.")}
     try:

@@ -10,7 +10,7 @@ answered: it has reached the target already, so the job starts on the submit's c
 Killing a worker touches no other, and the agent may leave at any time (idle for
 ``HML_AGENT_IDLE_S``, default 900 s, or ``hml agent stop``) without a run noticing.
 
-    python -m runners.agent    (started by ``hml submit`` when none runs)
+    python -m runners.cli.agent    (started by ``hml submit`` when none runs)
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import threading
 import time
 import traceback
 
-from runners import agent_client, supervision
+from runners.cli import agent_client
+from runners.runs import supervision
 
 IDLE_S = 900.0
 
@@ -38,9 +39,9 @@ def _preload() -> None:
     import mlflow.tracking  # noqa: F401
     import paramiko  # noqa: F401
 
-    import runners.cli
-    import runners.submit
-    import runners.supervisor  # noqa: F401
+    import runners.cli.app
+    import runners.runs.submit
+    import runners.runs.supervisor  # noqa: F401
     from runners.backends import backend_class
 
     for kind in ("local", "ssh", "slurm", "aws"):
@@ -116,7 +117,7 @@ def _command(conn: socket.socket, request: dict[str, object], stdio: list[int]) 
 
     threading.Thread(target=watch_caller, daemon=True).start()
     supervision.supervise_here()
-    from runners.cli import run
+    from runners.cli.app import run
 
     try:
         argv = request["argv"]

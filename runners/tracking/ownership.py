@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from hmlkit.errors import TrackingError
-from runners import local_server, tracking_rest
+from runners.tracking import local_server, rest
 
 SPEC_ARTIFACT = "hml/job.yaml"
 LOG_ARTIFACT_DIR = "hml"
@@ -95,15 +95,15 @@ def start_run(
     """Create the run with params, tags and the resolved spec; return (run_id, experiment_id).
 
     Against an http(s) server, and the embedded default's store while its local server runs
-    (``runners.local_server``), this is plain REST (``runners.tracking_rest``): the job does not
+    (``runners.tracking.local_server``), this is plain REST (``runners.tracking.rest``): the job does not
     wait for the mlflow import."""
     tags = _run_tags(spec, target, workdir, extra_tags)
     served = local_server.served_uri(tracking_uri)
-    if tracking_rest.usable(served):
+    if rest.usable(served):
         try:
             return _start_run_rest(served, spec, experiment, params, tags, _experiment_location(tracking_uri))
-        except tracking_rest.RestError as exc:  # no run was created
-            if served == tracking_uri or exc.code != tracking_rest.REFUSED:
+        except rest.RestError as exc:  # no run was created
+            if served == tracking_uri or exc.code != rest.REFUSED:
                 raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
             # the local server stopped since it answered: the store directly
     from mlflow.entities import Param
@@ -133,24 +133,24 @@ def _start_run_rest(
 ) -> tuple[str, str]:
     import yaml
 
-    rest = tracking_rest.Rest(tracking_uri)
-    experiment_id = rest.experiment_id(experiment, artifact_location)  # RestError: nothing created yet
-    run_id, artifact_uri = rest.create_run(experiment_id, spec["name"], tags)
+    api = rest.Rest(tracking_uri)
+    experiment_id = api.experiment_id(experiment, artifact_location)  # RestError: nothing created yet
+    run_id, artifact_uri = api.create_run(experiment_id, spec["name"], tags)
     try:
         if params:
-            rest.log_params(run_id, params)
+            api.log_params(run_id, params)
         text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
-        _put_artifact(rest, run_id, artifact_uri, SPEC_ARTIFACT, text.encode())
+        _put_artifact(api, run_id, artifact_uri, SPEC_ARTIFACT, text.encode())
     except Exception as exc:
         _refused(tracking_uri, run_id, exc)
     return run_id, experiment_id
 
 
-def _put_artifact(rest: tracking_rest.Rest, run_id: str, artifact_uri: str, path: str, data: bytes) -> None:
+def _put_artifact(api: rest.Rest, run_id: str, artifact_uri: str, path: str, data: bytes) -> None:
     """One artifact of the run, written where its artifact URI says, as mlflow's client would."""
     where = urlparse(artifact_uri)
     if where.scheme == "mlflow-artifacts" and not where.netloc:
-        rest.put_artifact(artifact_uri, path, data)
+        api.put_artifact(artifact_uri, path, data)
     elif where.scheme == "file" and not where.netloc:  # as mlflow's local artifact store writes it
         target = Path(where.path) / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def _put_artifact(rest: tracking_rest.Rest, run_id: str, artifact_uri: str, path
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / Path(path).name
             staged.write_bytes(data)
-            _client(rest.base).log_artifact(run_id, str(staged), str(Path(path).parent))
+            _client(api.base).log_artifact(run_id, str(staged), str(Path(path).parent))
 
 
 def _refused(tracking_uri: str, run_id: str, exc: Exception) -> NoReturn:
@@ -174,8 +174,8 @@ def fail_run(tracking_uri: str, run_id: str, reason: str) -> None:
     """End a run FAILED that will never get a job; best effort (the server may be what failed)."""
     try:
         served = local_server.served_uri(tracking_uri)
-        if tracking_rest.usable(served):
-            tracking_rest.Rest(served).fail(run_id, reason[:5000])
+        if rest.usable(served):
+            rest.Rest(served).fail(run_id, reason[:5000])
             return
         client = _client(tracking_uri)
         client.set_tag(run_id, "hml.reason", reason[:5000])
@@ -203,15 +203,15 @@ def finalize(
         tags["hml.exit_code"] = str(exit_code)
     metrics = {"hml.duration_s": duration_s, "hml.cost_usd": cost_usd}
     served = local_server.served_uri(tracking_uri)
-    if tracking_rest.usable(served):
-        rest = tracking_rest.Rest(served)
+    if rest.usable(served):
+        api = rest.Rest(served)
         try:
             if log_path.exists():
                 log = log_path.read_bytes()
                 _put_artifact(
-                    rest, run_id, rest.artifact_uri(run_id), f"{LOG_ARTIFACT_DIR}/{log_path.name}", log
+                    api, run_id, api.artifact_uri(run_id), f"{LOG_ARTIFACT_DIR}/{log_path.name}", log
                 )
-            rest.end(run_id, status, int(ended_at * 1000), tags, metrics)
+            api.end(run_id, status, int(ended_at * 1000), tags, metrics)
         except Exception as exc:  # the finalize loop retries
             raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
         return

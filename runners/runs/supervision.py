@@ -4,35 +4,23 @@ Standard library only, so any ``hml`` command can check and restart a supervisor
 loading what the supervisor itself needs (backends, pydantic models, SSH).
 
 A supervisor is its own detached process: a new interpreter, or, in a worker of the warm agent
-(runners/agent.py), the worker itself, which has everything loaded and, after a submit, the
+(runners/cli/agent.py), the worker itself, which has everything loaded and, after a submit, the
 target's connections open; it goes on supervising once its command has answered.
 """
 
 from __future__ import annotations
 
-import fcntl
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from runners.paths import run_dir
+from runners.state.lock import lock
+from runners.state.paths import run_dir
 
 _here: list[threading.Thread] | None = None
 """In an agent's worker: the supervisors this process runs (else None: each spawns a process)."""
-
-
-def lock(directory: Path) -> IO[str] | None:
-    """Hold the supervisor lock of the run in ``directory``, or None when another supervisor holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fh = open(directory / "supervisor.lock", "a+")  # noqa: SIM115 - held for the process life
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    return fh
 
 
 def is_supervised(run_id: str) -> bool:
@@ -69,7 +57,7 @@ def spawn(run_id: str, backend: Any = None) -> None:
         backend.close()
     log = open(path, "ab")  # noqa: SIM115
     subprocess.Popen(
-        [sys.executable, "-m", "runners.supervisor", run_id],
+        [sys.executable, "-m", "runners.runs.supervisor", run_id],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -80,7 +68,7 @@ def spawn(run_id: str, backend: Any = None) -> None:
 
 
 def _supervise_here(run_id: str, backend: Any, path: Path) -> None:
-    from runners.supervisor import main
+    from runners.runs.supervisor import main
 
     with open(path, "a", encoding="utf-8") as log:
         main(run_id, backend, log)

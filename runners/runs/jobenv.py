@@ -16,10 +16,10 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from runners import local_server
+from runners.tracking import local_server
 
 if TYPE_CHECKING:
-    from runners.records import RunRecord
+    from runners.state.records import RunRecord
 
 FORWARDED = (
     "LANG",
@@ -35,8 +35,6 @@ FORWARDED = (
 )
 FORWARDED_PREFIXES = ("LC_",)
 TRACKING_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-HOST_LOGIN = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR")
-"""What a job on this machine takes from it, as sshd gives a remote job its login's."""
 
 
 def forwarded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -4,7 +4,7 @@ The job wrapper waits ``TRACKING_RELAY_DRAIN_S`` for its relay's journal to drai
 stops the relay and leaves the journal in the attempt's directory (``relay-journal/``). Nobody on
 the host replays it again, so the runner does: the supervisor before the run turns terminal
 (``settle``) and before each finalize attempt, and ``hml status`` / ``hml gc`` for runs already
-finalized. Replay is the relay's own (hmlkit/relay.py: in order, in-doubt metrics checked against
+finalized. Replay is the relay's own (hmlkit/node/relay.py: in order, in-doubt metrics checked against
 the server's history, so each record lands exactly once), pointed at the tracking URI from here.
 A journal is removed once every record in it is home; writes the server refused are kept beside
 it (``relay-rejected.jsonl``) for a person to read.
@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hmlkit import jobscript
 from hmlkit.errors import TrackingError
-from hmlkit.relay import Journal, Relay, Upstream, _auth_from_env
-from runners import local_server
-from runners.paths import run_dir
+from hmlkit.node import jobscript
+from hmlkit.node.relay import Journal, Relay, Upstream, _auth_from_env
+from runners.state.paths import run_dir
+from runners.tracking import local_server
 
 if TYPE_CHECKING:
-    from runners.records import RunRecord
+    from runners.state.records import RunRecord
 
 SETTLE_S = 60.0
 """The longest the supervisor keeps a run syncing before it turns terminal with records waiting;
@@ -59,7 +59,7 @@ def journals(run_dir: Path) -> list[Path]:
 def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
     """Replay every leftover journal of the run in ``run_dir`` for up to ``wait_s`` seconds in all.
 
-    A job on the embedded default logged through its local server (``runners.local_server``):
+    A job on the embedded default logged through its local server (``runners.tracking.local_server``):
     what that server missed goes home through it, started again when it is down."""
     if not uri.startswith(("http://", "https://")) and not local_server.is_local_store(uri):
         return Drained(0, 0)  # no relay ran, so no journal was left

@@ -12,9 +12,9 @@ import typer
 
 from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
-from runners.data.cli import app as data_app
-from runners.paths import run_dir
-from runners.record_files import TERMINAL
+from runners.cli.data import app as data_app
+from runners.state.paths import run_dir
+from runners.state.record_files import TERMINAL
 
 app = typer.Typer(
     name="hml",
@@ -144,8 +144,8 @@ def submit(
     output: OutputOpt = Output.text,
 ) -> None:
     """Submit a job; stream its output and wait unless --detach. Exit 0 success, 1 failure, 2 bad input."""
-    from runners.submit import follow, plan
-    from runners.submit import submit as do_submit
+    from runners.runs.submit import follow, plan
+    from runners.runs.submit import submit as do_submit
 
     if dry_run:
         try:
@@ -198,8 +198,9 @@ def status(
     output: OutputOpt = Output.text,
 ) -> None:
     """Show a run's state; restarts its supervisor if that died."""
-    from runners import backlog, record_files
-    from runners.supervision import ensure_supervised
+    from runners.runs.supervision import ensure_supervised
+    from runners.state import record_files
+    from runners.tracking import backlog
 
     record = record_files.read(run)
     ensure_supervised(record["run_id"], record.get("finalized", False))
@@ -214,7 +215,7 @@ def logs(
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")] = False,
 ) -> None:
     """Print a run's output (redacted), from any shell."""
-    from runners.submit import follow
+    from runners.runs.submit import follow
 
     follow(run, keep_following=follow_)
 
@@ -227,8 +228,8 @@ def cancel(
     """Kill every process of a run and mark it KILLED."""
     import time
 
-    from runners import record_files
-    from runners.supervision import ensure_supervised
+    from runners.runs.supervision import ensure_supervised
+    from runners.state import record_files
 
     record = record_files.read(run)
     run_id = record["run_id"]
@@ -303,7 +304,7 @@ def list_(
     """List recent runs submitted from this machine (short ids work in every command)."""
     from datetime import datetime
 
-    from runners import record_files
+    from runners.state import record_files
 
     cutoff = _since(since)
     wanted = {s.value for s in state or []}
@@ -342,9 +343,10 @@ def list_(
 def gc(output: OutputOpt = Output.text) -> None:
     """Release what the profile's targets still hold for finished or unknown runs (cloud instances),
     and send the relay journals finished runs left on this machine."""
-    from runners import backlog, record_files
     from runners.profile import load_profile
-    from runners.submit import collect_garbage
+    from runners.runs.submit import collect_garbage
+    from runners.state import record_files
+    from runners.tracking import backlog
 
     profile = load_profile(_state["config"])
     done = collect_garbage(profile.targets)  # also run by every submit, for its target
@@ -362,7 +364,7 @@ def agent(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
     """Whether this code's agent runs, and where it listens."""
     if ctx.invoked_subcommand:
         return
-    from runners import agent_client
+    from runners.cli import agent_client
 
     found = agent_client.ping()
     state = {"enabled": agent_client.enabled(), "running": found is not None, "pid": found}
@@ -381,7 +383,7 @@ def agent_start() -> None:
     """Start the agent now and wait until it answers (hml submit otherwise starts it)."""
     import time
 
-    from runners import agent_client
+    from runners.cli import agent_client
 
     if not agent_client.enabled():
         raise HmlError("the agent is off (HML_AGENT=0)")
@@ -400,7 +402,7 @@ def agent_start() -> None:
 @agent_app.command("stop")
 def agent_stop() -> None:
     """Stop the agent; runs it started go on (each has its own supervisor process)."""
-    from runners import agent_client
+    from runners.cli import agent_client
 
     print("agent: stopped" if agent_client.stop() else "agent: not running")
 
@@ -413,8 +415,8 @@ def ui(
     """Print the MLflow UI's address; for the embedded default, start its local tracking server
     (loopback only, stopped after HML_LOCAL_SERVER_IDLE_S without use) and wait until it answers."""
     from hmlkit.errors import ProfileError, TrackingError
-    from runners import local_server
     from runners.profile import load_profile, tracking_uri
+    from runners.tracking import local_server
 
     if stop:
         stopped = local_server.stop()

@@ -1,4 +1,4 @@
-"""Talking to the warm agent (runners/agent.py): finding it, handing it a command, starting it.
+"""Talking to the warm agent (runners/cli/agent.py): finding it, handing it a command, starting it.
 
 Standard library only and imported before anything else by the ``hml`` entry point, so a
 command the agent runs costs this process an interpreter start and one socket round trip.
@@ -44,7 +44,7 @@ def enabled() -> bool:
 def _fingerprint() -> str:
     """The interpreter and every source file's size and mtime: an agent runs exactly this code."""
     parts = [sys.executable]
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     for package in PACKAGES:
         for dirpath, dirnames, filenames in os.walk(root / package):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
@@ -173,7 +173,7 @@ def start_background() -> None:
         return
     with open(log, "ab") as out:
         subprocess.Popen(
-            [sys.executable, "-m", "runners.agent"],
+            [sys.executable, "-m", "runners.cli.agent"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -2,7 +2,7 @@
 
 Written atomically, read without importing mlflow, so ``hml status`` from a new shell is fast
 and still knows the run when the tracking server is down (it reads the JSON alone:
-``runners.record_files``).
+``runners.state.record_files``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runners import record_files
-from runners.paths import run_dir
-from runners.record_files import TERMINAL
+from runners.state import record_files
+from runners.state.paths import run_dir
+from runners.state.record_files import TERMINAL
 
 
 class RunRecord(BaseModel):
@@ -30,7 +30,7 @@ class RunRecord(BaseModel):
     workdir: str
     secrets: list[str] = []
     inherited_env: dict[str, str] = {}
-    """The submitter's allow-listed variables (runners.jobenv.FORWARDED): a restart sees the same."""
+    """The submitter's allow-listed variables (runners.runs.jobenv.FORWARDED): a restart sees the same."""
     vault: dict[str, Any] | None = None
     status: str = "PENDING"  # PENDING, RUNNING, then one of TERMINAL
     reason: str = ""

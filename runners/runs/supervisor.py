@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import TextIO
 
 from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
-from runners import backlog, local_server, record_files, records, telemetry, tracking
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
-from runners.data import lineage
 from runners.data.inputs import Input
 from runners.data.inputs import load as load_inputs
-from runners.jobenv import job_env, tracking_credentials
-from runners.records import RunRecord
-from runners.secrets import Redactor, resolve
+from runners.runs import telemetry
+from runners.runs.jobenv import job_env, tracking_credentials
+from runners.runs.secrets import Redactor, resolve
 from runners.spec import JobSpec
-from runners.supervision import lock
+from runners.state import record_files, records
+from runners.state.lock import lock
+from runners.state.records import RunRecord
+from runners.tracking import backlog, lineage, local_server, ownership
 
 LOST_AFTER_S = 30.0
 """How long a target may stay unreachable before the job counts as lost (host died)."""
@@ -261,7 +262,7 @@ class Supervisor:
             try:
                 backlog.send_home(self.rec)
                 self._tag_models(inputs)
-                tracking.finalize(
+                ownership.finalize(
                     self.rec.tracking_uri,
                     self.rec.run_id,
                     self.rec.status,

@@ -9,21 +9,21 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
-from runners import local_server, records, tracking
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
-from runners.data import lineage
 from runners.data.inputs import Input, far_bytes
 from runners.data.inputs import resolve as resolve_inputs
 from runners.data.inputs import save as save_inputs
-from runners.jobenv import forwarded
-from runners.probe import check_tracking
 from runners.profile import load_profile, tracking_uri
 from runners.progress import step
-from runners.records import RunRecord
-from runners.secrets import Redactor, resolve
+from runners.runs.jobenv import forwarded
+from runners.runs.secrets import Redactor, resolve
+from runners.runs.supervision import ensure_supervised, spawn
 from runners.spec import JobSpec, load_job
-from runners.supervision import ensure_supervised, spawn
+from runners.state import records
+from runners.state.records import RunRecord
+from runners.tracking import lineage, local_server, ownership
+from runners.tracking.probe import check_tracking
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def submit(
             "hml.placement_reason": p.placement_reason,
             **lineage.tags(p.inputs),
         }
-        run_id, experiment_id = tracking.start_run(
+        run_id, experiment_id = ownership.start_run(
             p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, tags
         )
         record = RunRecord(
@@ -199,7 +199,7 @@ def submit(
         p.backend.close()
         if run_id is not None:
             reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
-            tracking.fail_run(p.tracking_uri, run_id, reason)
+            ownership.fail_run(p.tracking_uri, run_id, reason)
         raise
     if local_server.is_local_store(p.tracking_uri) and local_server.enabled(p.local_server):
         local_server.start()  # not waited for: this run went direct, the next ones go through it

@@ -39,9 +39,9 @@ relay.py from EXEC (its bytecode cached there) and serve on that socket."""
 _PENDING = (
     'import json,sys,urllib.request as u; print(json.load(u.urlopen(sys.argv[1], timeout=5))["pending"])'
 )
-_RELAY_FUNCTIONS = f"""# the job logs through a journaling relay (hmlkit/relay.py) beside it, so a tracking
-# server that is down or slow loses none of its metrics; the job's end waits until they are
-# home (TRACKING_RELAY_DRAIN_S, default 3600, bounds the wait)
+_RELAY_FUNCTIONS = f"""# the job logs through a journaling relay (hmlkit/node/relay.py) beside it, so a
+# tracking server that is down or slow loses none of its metrics; the job's end waits until
+# they are home (TRACKING_RELAY_DRAIN_S, default 3600, bounds the wait)
 relay_status() {{
   python3 -I -S -c '{_PENDING}' "http://127.0.0.1:$RELAY_PORT/_relay/status" 2>/dev/null || echo unknown
 }}
@@ -63,7 +63,7 @@ relay_start() {{
     RELAY_PID=""; return 0
   fi
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
-  # this node's CPU, memory and GPUs into the run, through the relay (hmlkit/sysmetrics.py)
+  # this node's CPU, memory and GPUs into the run, through the relay (hmlkit/node/sysmetrics.py)
   if [ -n "$MLFLOW_RUN_ID" ] && [ "${{TRACKING_SYSTEM_METRICS_S:-5}}" != 0 ]; then
     python3 -I -S "$EXEC/{SYSMETRICS}" 2>> "$EXEC/relay.log" & SAMPLER_PID=$!
   fi

@@ -1,7 +1,7 @@
 """Run records as JSON files, read with the standard library alone.
 
 ``hml status`` and ``hml list`` only show what a record says: they read it here, without
-building the pydantic model (``runners.records``), so from a new shell they answer at once.
+building the pydantic model (``runners.state.records``), so from a new shell they answer at once.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hmlkit.errors import RunNotFound
-from runners.paths import run_dir, runs_dir
+from runners.state.paths import run_dir, runs_dir
 
 RECORD = "record.json"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
