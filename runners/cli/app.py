@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hmlkit.clihelp import Command
 from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
 from runners.cli.data import app as data_app
@@ -113,7 +114,7 @@ def _exit_for(record: dict[str, Any]) -> int:
     return 1 if record.get("status") in ("FAILED", "KILLED") else 0
 
 
-@app.command()
+@app.command(cls=Command)
 def submit(
     job: Annotated[str, typer.Argument(metavar="JOB", help="The job file (YAML)")],
     target: Annotated[
@@ -150,9 +151,10 @@ def submit(
     if dry_run:
         try:
             checked = plan(job, target, set_ or [], _state["config"])
-        except HmlError as exc:
+        except HmlError as exc:  # each problem once, as every command says it; then the verdict
             _print_error(exc)
-            print(f"not ready: {str(exc).splitlines()[0]}", file=sys.stderr)
+            count = len(str(exc).splitlines())
+            print(f"not ready: {count} problem{'s' if count > 1 else ''} above", file=sys.stderr)
             raise typer.Exit(2) from None
         checked.backend.close()
         resolved = {
@@ -192,7 +194,7 @@ def submit(
     raise typer.Exit(_exit_for(record.model_dump()))
 
 
-@app.command()
+@app.command(cls=Command)
 def status(
     run: RunArg,
     output: OutputOpt = Output.text,
@@ -209,7 +211,7 @@ def status(
     _print_summary(record, output)
 
 
-@app.command()
+@app.command(cls=Command)
 def logs(
     run: RunArg,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")] = False,
@@ -220,12 +222,12 @@ def logs(
     follow(run, keep_following=follow_)
 
 
-@app.command()
+@app.command(cls=Command)
 def cancel(
     run: RunArg,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Kill every process of a run and mark it KILLED."""
+    """Kill every process of a run and mark it KILLED; one that already ended is left as it was."""
     import time
 
     from runners.runs.supervision import ensure_supervised
@@ -233,7 +235,9 @@ def cancel(
 
     record = record_files.read(run)
     run_id = record["run_id"]
-    if record.get("status") not in TERMINAL:
+    if record.get("status") in TERMINAL:  # what was asked holds: exit 0, but say nothing was done
+        print(f"hml: run {run_id} already {record['status']}; nothing to cancel", file=sys.stderr)
+    else:
         record_files.cancel_flag(run_id).touch()
         ensure_supervised(run_id, record.get("finalized", False))
         deadline = time.monotonic() + 60
@@ -285,12 +289,29 @@ def _duration(record: dict[str, Any]) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _check_target(name: str, records: list[dict[str, Any]]) -> None:
+    """A target no run here used is a typo unless the profile has it: an empty table would hide it."""
+    used = {r["target"] for r in records}
+    if name in used:
+        return
+    from runners.profile import load_profile
+
+    known = sorted(used | set(load_profile(_state["config"]).targets))
+    if name not in known:
+        raise typer.BadParameter(
+            f"{name!r} is no target of the profile nor of any run here; known: {', '.join(known)}",
+            param_hint="'--target'",
+        )
+
+
 @app.command("list")
 def list_(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N", help="Most recent N runs")] = 20,
     state: Annotated[
         list[State] | None,
-        typer.Option("--state", metavar="STATE", help="Only runs in this state (repeat it)"),
+        typer.Option(
+            "--state", metavar="STATE", case_sensitive=False, help="Only runs in this state (repeat it)"
+        ),
     ] = None,
     target: Annotated[
         str | None, typer.Option("--target", "-t", metavar="TARGET", help="Only runs on this target")
@@ -308,9 +329,12 @@ def list_(
 
     cutoff = _since(since)
     wanted = {s.value for s in state or []}
+    records = record_files.read_all()
+    if target is not None:
+        _check_target(target, records)
     chosen = [
         r
-        for r in record_files.read_all()
+        for r in records
         if (not wanted or r.get("status", "PENDING") in wanted)
         and (target is None or r["target"] == target)
         and (cutoff is None or r.get("submitted_at", 0) >= cutoff)
@@ -509,7 +533,7 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-@targets_app.command("trust")
+@targets_app.command("trust", cls=Command)
 def targets_trust(
     name: Annotated[str, typer.Argument(metavar="TARGET", help="An ssh target of the profile")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Record without asking")] = False,
