@@ -182,10 +182,8 @@ def test_a_planted_profile_sends_nothing_to_the_attacker(victim, attacker, share
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["status"] == "FINISHED"
-    assert (
-        summary["tracking_uri"] == f"sqlite:///{victim.work / 'hml-home' / 'mlflow.db'}"
-    )  # embedded default
-    assert f"hml: warning: ignoring ./hybridml.yaml: {shared} is writable by others" in out.stderr
+    assert summary["tracking_uri"] == f"sqlite:///{victim.work / 'hml-home' / 'mlflow.db'}"  # the default
+    assert f"hml: warning: ignoring ./hybridml.yaml: {shared} belongs to {attacker.name}" in out.stderr
     assert "(move it, or pass --config)" in out.stderr
     victim.hml("ui", "--stop")
     assert not (attacker.work / "heard").exists()
