@@ -405,22 +405,11 @@ def agent(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 @agent_app.command("start")
 def agent_start() -> None:
     """Start the agent now and wait until it answers (hml submit otherwise starts it)."""
-    import time
-
     from runners.cli import agent_client
 
     if not agent_client.enabled():
         raise HmlError("the agent is off (HML_AGENT=0)")
-    if agent_client.ping() is None:
-        agent_client.start_background()
-    deadline = time.monotonic() + 60
-    while (found := agent_client.ping()) is None:
-        if time.monotonic() > deadline:
-            raise HmlError(
-                f"the agent did not answer within 60 s; see {agent_client.directory() / 'agent.log'}"
-            )
-        time.sleep(0.1)
-    print(f"agent: running, pid {found}")
+    print(f"agent: running, pid {agent_client.start_and_wait()}")
 
 
 @agent_app.command("stop")

@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hmlkit.interpreter import python_module
 from runners.state.paths import home
 
 STATE = "tracking-server.json"
@@ -161,7 +162,7 @@ def start() -> bool:
     log = open(home() / LOG, "ab")  # noqa: SIM115 - the child keeps it
     with log:
         watchdog = subprocess.Popen(
-            [sys.executable, "-m", "runners.tracking.local_server", "serve"],
+            python_module("runners.tracking.local_server", "serve"),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -252,7 +253,7 @@ def serve() -> int:
     (home() / "artifacts").mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen(
         [
-            *(sys.executable, "-m", "mlflow", "server"),
+            *python_module("mlflow", "server"),
             *("--backend-store-uri", store),
             *("--default-artifact-root", artifact_root()),
             "--no-serve-artifacts",  # clients write the file store themselves, as the direct path does

@@ -222,6 +222,7 @@ def test_burst_to_aws_when_onprem_is_full(tmp_path, aws_bed, ssh_bed, mlflow_ser
     )
     tags = mlflow_server.client().get_run(summary["run_id"]).data.tags
     assert tags["hml.placement"] == "cloud" and "room now" in tags["hml.placement_reason"]
+    assert "; not taken: onprem: no room now" in tags["hml.placement_reason"]
     for run_id in runs:
         hml("cancel", run_id, env=env)
 
