@@ -110,6 +110,26 @@ def _print_summary(record: dict[str, Any], output: Output) -> None:
     print("\n".join(f"{key:<{width}} {'' if value is None else value}" for key, value in data.items()))
 
 
+def _run_link(record: dict[str, Any]) -> str:
+    """The run in MLflow's UI at the address ``hml ui`` serves. The job's own MLflow client would
+    name its relay's port, gone with the job, so the job is told not to print one
+    (``runners.runs.jobenv``)."""
+    from runners.tracking import local_server
+
+    uri, page = record["tracking_uri"], f"#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
+    if local_server.is_local_store(uri):
+        state = local_server.running()
+        if state is None or not state.get("port"):
+            return f"run `hml ui` and open {page} there"
+        return f"{local_server.url_of(state)}/{page}"
+    if uri.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(uri.rstrip("/"))
+        return f"{parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()}/{page}"  # no password
+    return f"`mlflow ui --backend-store-uri {uri}`, then {page}"
+
+
 def _exit_for(record: dict[str, Any]) -> int:
     return 1 if record.get("status") in ("FAILED", "KILLED") else 0
 
@@ -190,6 +210,7 @@ def submit(
     except KeyboardInterrupt:
         print(f"\nhml: detached; the job goes on. {_next_steps(record.run_id)}", file=sys.stderr)
         raise typer.Exit(130) from None
+    print(f"hml: in MLflow: {_run_link(record.model_dump())}", file=sys.stderr)
     _print_summary(record.model_dump(), output)
     raise typer.Exit(_exit_for(record.model_dump()))
 
@@ -426,7 +447,8 @@ def ui(
     output: OutputOpt = Output.text,
 ) -> None:
     """Print the MLflow UI's address; for the embedded default, start its local tracking server
-    (loopback only, stopped after HML_LOCAL_SERVER_IDLE_S without use) and wait until it answers."""
+    (loopback only, yours only, stopped after HML_LOCAL_SERVER_IDLE_S without use), wait until it
+    answers and print the address that logs your browser in (it carries the server's token)."""
     from hmlkit.errors import ProfileError, TrackingError
     from runners.profile import load_profile, tracking_uri
     from runners.tracking import local_server
@@ -441,7 +463,7 @@ def ui(
     profile = load_profile(_state["config"])
     uri = tracking_uri(profile)
     if uri.startswith(("http://", "https://")):
-        url = uri  # the profile's own server serves its UI
+        url = browser = uri  # the profile's own server serves its UI
     elif local_server.is_local_store(uri):
         from runners.progress import step
 
@@ -450,6 +472,7 @@ def ui(
                 url = local_server.ensure()
             except RuntimeError as exc:
                 raise TrackingError(str(exc)) from None
+        browser = local_server.login_url(url)  # it answers its owner only: this logs the browser in
     else:
         raise ProfileError(
             profile.source,
@@ -459,9 +482,9 @@ def ui(
             ],
         )
     if output is Output.json:
-        print(json.dumps({"url": url, "tracking_uri": uri}))
+        print(json.dumps({"url": url, "tracking_uri": uri, "browser_url": browser}))
     else:
-        print(url)
+        print(browser)
 
 
 @targets_app.callback(invoke_without_command=True)

@@ -42,7 +42,12 @@ def forwarded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in FORWARDED or k.startswith(FORWARDED_PREFIXES)}
 
 
-def tracking_credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+def tracking_credentials(rec: RunRecord, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The credentials of the server the job logs to, and of no other: a local job on the embedded
+    default gets its local server's token (``local_server.credentials``), never the submitter's
+    credentials for some other server; a remote one there logs to no server."""
+    if local_server.is_local_store(rec.tracking_uri):
+        return local_server.credentials() if rec.target_config.get("kind") == "local" else {}
     return {k: environ[k] for k in TRACKING_CREDENTIALS if environ.get(k)}
 
 
@@ -66,6 +71,8 @@ def job_env(rec: RunRecord) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": _job_tracking_uri(rec),
             "MLFLOW_RUN_ID": rec.run_id,
             "MLFLOW_EXPERIMENT_ID": rec.experiment_id,
+            # its "View run at" link would name the relay's port, gone with the job: hml prints the UI's
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
             "PYTHONUNBUFFERED": "1",
         }
     )

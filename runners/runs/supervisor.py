@@ -82,7 +82,7 @@ class Supervisor:
     # -- lifecycle --------------------------------------------------------------
     def _launch(self) -> Handle:
         self.backend.check(self.spec)
-        secrets = {**tracking_credentials(), **resolve(self.rec.secrets, self.rec.vault)}
+        secrets = {**tracking_credentials(self.rec), **resolve(self.rec.secrets, self.rec.vault)}
         self.redact = Redactor(list(secrets.values()))
         request = LaunchRequest(
             run_id=self.rec.run_id,

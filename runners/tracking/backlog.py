@@ -65,14 +65,16 @@ def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
         return Drained(0, 0)  # no relay ran, so no journal was left
     deadline = time.monotonic() + wait_s
     found = journals(run_dir)
+    auth = None
     if local_server.is_local_store(uri) and (waiting := sum(_waiting(root) for root in found)):
         try:
             uri = local_server.ensure(wait_s)
         except RuntimeError:
             return Drained(0, waiting)
+        auth = local_server.authorization()  # its own token, not the profile's credentials
     sent = left = 0
     for root in found:
-        one = drain_journal(root, uri, deadline)
+        one = drain_journal(root, uri, deadline, auth)
         sent, left = sent + one.sent, left + one.left
     return Drained(sent, left)
 
@@ -89,9 +91,10 @@ def _waiting(root: Path) -> int:
         journal.close()
 
 
-def drain_journal(root: Path, uri: str, deadline: float) -> Drained:
+def drain_journal(root: Path, uri: str, deadline: float, auth: str | None = None) -> Drained:
     """Replay one journal directory to ``uri`` until ``deadline`` (a ``time.monotonic()``) and
-    remove it once empty; a journal whose relay still runs is left to that relay."""
+    remove it once empty; a journal whose relay still runs is left to that relay. ``auth``: the
+    ``Authorization`` to send (default: the credentials in the environment, as the relay's)."""
     try:
         journal = Journal(root)
     except SystemExit:  # its relay still runs: the wrapper is still waiting for it
@@ -99,7 +102,7 @@ def drain_journal(root: Path, uri: str, deadline: float) -> Drained:
     try:
         before = journal.pending
         if before:
-            relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, _auth_from_env()), journal)
+            relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, auth or _auth_from_env()), journal)
             relay.start()
             moved, seen = time.monotonic(), journal.pending
             while journal.pending and time.monotonic() < deadline:

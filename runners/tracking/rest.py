@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 TIMEOUT_S = 15.0
@@ -45,14 +46,15 @@ def usable(uri: str) -> bool:
 
 
 class Rest:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, credentials: Mapping[str, str] | None = None) -> None:
+        """``credentials``: MLflow's ``MLFLOW_TRACKING_*`` variables for this server (default: this
+        process's environment, as mlflow's client reads them; the embedded default's local server
+        takes its own token, never the profile's server's credentials)."""
         self.base = uri.rstrip("/")
         self.headers = {"Content-Type": "application/json"}
-        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-        user, password = (
-            os.environ.get("MLFLOW_TRACKING_USERNAME"),
-            os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-        )
+        env = os.environ if credentials is None else credentials
+        token = env.get("MLFLOW_TRACKING_TOKEN")
+        user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         elif user and password:
