@@ -161,6 +161,20 @@ def test_instances_are_tagged_with_shutdown_terminate_and_a_verified_host_key(
     assert final["status"] == "FINISHED" and "on-the-instance" in hml("logs", run_id).stdout
 
 
+def test_two_instances_each_pinned_to_the_key_it_printed(tmp_path, aws_bed, mlflow_server, no_leak):
+    profile = aws_profile(tmp_path, aws_bed, mlflow_server.url)
+    job = write_job(tmp_path / "w", run='echo "rank-$NODE_RANK"', num_nodes=2)
+    summary, out = submit_json(str(job), "--target", "cloud", env={"HML_CONFIG": str(profile)})
+    assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
+    logs = hml("logs", summary["run_id"]).stdout
+    assert "rank-0" in logs and "rank-1" in logs
+    instances = aws_bed.instances(summary["run_id"], states=("shutting-down", "terminated"))
+    pinned = (Path(summary["log"]).parent / "attempt-0-known_hosts").read_text().splitlines()
+    assert sorted(pinned) == sorted(aws_bed.hosts[i["InstanceId"]].host_key_line() for i in instances)
+    tags = wait_finalized(mlflow_server.client(), summary["run_id"]).data.tags
+    assert sorted(tags["hml.instance_ids"].split(",")) == sorted(i["InstanceId"] for i in instances)
+
+
 def test_instance_terminated_mid_job_is_retried_and_resumes(tmp_path, aws_bed, mlflow_server, no_leak):
     profile = aws_profile(tmp_path, aws_bed, mlflow_server.url)
     # the checkpoint lives in the shared remote root here, as it would in the object store
