@@ -1,8 +1,10 @@
 """A stand-in AWS for the aws target: a real moto server process, and instances that boot.
 
 Why this shape: no cloud account exists here, and moto is the stand-in the world forces for
-AWS's APIs; everything past the API is real. A VPC and subnet on 127.0.10.0/24 give each
-instance a loopback private address (moto hands out 127.0.10.4, .5, ... in launch order).
+AWS's APIs; everything past the API is real. A VPC and subnet on a loopback /24 of the bed's
+own give each instance a loopback private address (moto hands out .4, .5, ... in launch
+order); the /24 follows from the moto server's port, so beds running at once (pytest workers,
+other checkouts) never bind the same address.
 The ``Booter`` plays cloud-init: it watches moto for new instances, reads each one's user
 data, makes the instance's own host key, starts a real sshd (a host of tests/sshbed.py) on
 the instance's address with that key and the authorized login key found in the user data,
@@ -37,7 +39,11 @@ import yaml
 from tests.sshbed import Host, _keygen
 
 REGION = "eu-west-1"
-CIDR = "127.0.10.0/24"
+
+
+def cidr(port: int) -> str:
+    """The bed's own loopback /24: one per moto port, so no two live beds share an address."""
+    return f"127.{port >> 8}.{port & 255}.0/24"
 
 
 @dataclass
@@ -244,8 +250,8 @@ def running_aws_bed(root: Path, iam_policy: dict[str, Any] | None = None) -> Ite
             bed = AwsBed(root, endpoint, "", "", identity, root / "instances-root", runner_env=runner_env)
             bed.remote_root.mkdir()
             ec2 = bed.ec2()
-            vpc = ec2.create_vpc(CidrBlock=CIDR)["Vpc"]["VpcId"]
-            bed.subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=CIDR)["Subnet"]["SubnetId"]
+            vpc = ec2.create_vpc(CidrBlock=cidr(port))["Vpc"]["VpcId"]
+            bed.subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=cidr(port))["Subnet"]["SubnetId"]
             bed.launch_template = ec2.create_launch_template(
                 LaunchTemplateName="hml-gpu", LaunchTemplateData={"ImageId": "ami-12c6146b"}
             )["LaunchTemplate"]["LaunchTemplateId"]

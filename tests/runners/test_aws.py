@@ -18,7 +18,7 @@ import yaml
 
 from runners.backends.aws import console_host_keys, fits, user_data, watchdog
 from runners.spec import JobSpec
-from tests.awsbed import AwsBed, wait_gone
+from tests.awsbed import AwsBed, cidr, wait_gone
 from tests.runners.contract import BackendContract
 from tests.runners.helpers import (
     hml,
@@ -346,4 +346,5 @@ def test_two_node_ddp_on_two_instances(tmp_path, aws_bed, mlflow_server, no_leak
     profile = aws_profile(tmp_path, aws_bed, mlflow_server.url)
     summary = two_node_digits(profile, "cloud", 4, mlflow_server, accuracy=0.85)
     hosts = json.loads((Path(summary["log"]).parent / "record.json").read_text())["usage"]["hosts"]
-    assert len(hosts) == 2 and all("127.0.10." in h for h in hosts)
+    prefix = cidr(int(aws_bed.endpoint.rsplit(":", 1)[1])).rsplit(".", 1)[0] + "."
+    assert len(hosts) == 2 and all(prefix in h for h in hosts)

@@ -131,6 +131,8 @@ def test_the_aws_scenarios_need_exactly_the_documented_policy(tmp_path, iam_bed,
     # what the dropped conditions require of the runner's requests
     (inst,) = bed.instances(summary["run_id"], states=("shutting-down", "terminated"))
     assert {"Key": "hml:managed", "Value": "true"} in inst["Tags"]
+    data = bed.user_data[inst["InstanceId"]]  # readable by any principal: no secret in it
+    assert "token-from-the-vault" not in data and bed.runner_env["AWS_SECRET_ACCESS_KEY"] not in data
     cloudwatch = boto3.client("cloudwatch", region_name=REGION, endpoint_url=bed.endpoint)
     assert "JobsFailed" in {m["MetricName"] for m in cloudwatch.list_metrics(Namespace="HybridML")["Metrics"]}
 
