@@ -95,6 +95,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         "reason": record.get("reason", ""),
         "attempts": record.get("attempt", 0) + 1,
         "cost_usd": record.get("cost_usd", 0.0),
+        **{k: record[k] for k in ("instance_cost_usd",) if record.get(k) is not None},  # aws: the bill
         **_present({"inputs": record.get("spec", {}).get("inputs")}),
         **_present({k: record.get("usage", {}).get(k) for k in ("data_bytes", "data_streamed")}),
         "log": str(run_dir(record["run_id"]) / "output.log"),

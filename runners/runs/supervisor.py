@@ -96,6 +96,7 @@ class Supervisor:
         )
         handle, usage = self.backend.launch(request)
         self.rec.handle = handle.model_dump()
+        self._tag(self.backend.run_tags(handle))
         self.rec.usage = dict(usage.__dict__)
         self.rec.status, self.rec.reason = "RUNNING", ""
         self.rec.started_at = self.rec.started_at or time.time()
@@ -110,6 +111,21 @@ class Supervisor:
             f"attempt {self.rec.attempt + 1} started after {self.backend.commands_sent()} target commands"
         )
         return handle
+
+    def _tag(self, tags: dict[str, str]) -> None:
+        """Add an attempt's run tags to the earlier attempts': each value once, comma-separated."""
+        for key, value in tags.items():
+            known = self.rec.target_tags.get(key, "")
+            parts = known.split(",") if known else []
+            parts += [v for v in value.split(",") if v not in parts]
+            self.rec.target_tags[key] = ",".join(parts)
+
+    def _bill(self) -> None:
+        """Add what the target billed since the last look (instances launched and terminated)."""
+        billed = self.backend.take_billed_usd()
+        if billed is not None:
+            self.rec.instance_cost_usd = round((self.rec.instance_cost_usd or 0.0) + billed, 6)
+            self.rec.save()
 
     def _cost(self) -> float:
         return Usage(**self.rec.usage).cost_usd(time.time() - (self.rec.started_at or time.time()))
@@ -216,12 +232,14 @@ class Supervisor:
                 time.sleep(CAPACITY_RETRY_S)
                 continue
             except HmlError as exc:
+                self._bill()  # a launch that failed after RunInstances still ran its instances
                 self.note(f"launch failed: {exc}")
                 self._end("FAILED", None, f"launch failed: {exc}")
                 break
             stop, state = self._watch(handle)
             backlog.settle(self.rec, self.note)
             self.rec.cost_usd = self._cost()
+            self._bill()
             if stop:
                 self._end("KILLED" if stop.startswith("cancelled") else "FAILED", state.exit_code, stop)
             elif state.exit_code == 0:
@@ -270,6 +288,8 @@ class Supervisor:
                     self.rec.reason,
                     duration_s=(self.rec.ended_at or time.time()) - start,
                     cost_usd=self.rec.cost_usd,
+                    instance_cost_usd=self.rec.instance_cost_usd,
+                    tags=self.rec.target_tags,
                     log_path=self.rec.log_path,
                     ended_at=self.rec.ended_at or time.time(),
                 )
@@ -297,6 +317,7 @@ def _supervise(sup: Supervisor) -> None:
                 sup.backend.teardown(handle)
             except HmlError:
                 pass
+            sup._bill()
         sup._end("FAILED", None, f"runner error: {type(exc).__name__}: {exc} (see supervisor.log)")
         sup.finalize()
 

@@ -204,14 +204,20 @@ def finalize(
     cost_usd: float,
     log_path: Path,
     ended_at: float,
+    instance_cost_usd: float | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
     """Close the run: log, exit code, reason, duration, cost, terminal status.
 
-    Over plain REST where run creation is (no mlflow import in the supervisor either)."""
-    tags = {"hml.reason": reason or status.lower()}
+    ``instance_cost_usd``: the instances' bill, launch to termination (cloud targets only);
+    ``tags``: what the attempts ran on (instance ids and types). Over plain REST where run
+    creation is (no mlflow import in the supervisor either)."""
+    tags = {**(tags or {}), "hml.reason": reason or status.lower()}
     if exit_code is not None:
         tags["hml.exit_code"] = str(exit_code)
     metrics = {"hml.duration_s": duration_s, "hml.cost_usd": cost_usd}
+    if instance_cost_usd is not None:
+        metrics["hml.instance_cost_usd"] = instance_cost_usd
     api = _rest(tracking_uri)
     if api is not None:
         try:
