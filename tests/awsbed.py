@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from tests.sshbed import Host
+from tests.tier import refuse_in_fast_tier
 
 REGION = "eu-west-1"
 CIDR = "127.0.10.0/24"
@@ -144,6 +145,7 @@ def running_aws_bed(root: Path) -> Iterator[AwsBed]:
     """moto server, network, launch template and booter under ``root``; AWS_* env set meanwhile."""
     from tests.conftest import BIN, free_port, wait_http
 
+    refuse_in_fast_tier("the AWS bed")
     port = free_port()
     log = open(root / "moto.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
