@@ -3,7 +3,8 @@
 
     python3 dev.py demo   install hybridml into .venv and run the digits example locally
     python3 dev.py test   install everything the tests need (Debian sshd too), run ruff, the
-                          import-linter contracts and mypy, then every test
+                          import-linter contracts and mypy, then every test, one worker a core
+    python3 dev.py test --fast   the edit loop: ruff, then the tests that start no server (nor slow)
     python3 dev.py test tests/runners -x   only pytest, with these arguments
 
 Each step is skipped when already done, so repeating a command is fast.
@@ -88,9 +89,9 @@ CHECKS = [
 ]
 
 
-def checks() -> int:
+def checks(which: list[list[str]]) -> int:
     """Lint, format, architecture and type checks: the same in CI as here, before any test."""
-    for check in CHECKS:
+    for check in which:
         print("+", " ".join(check), flush=True)
         rc = subprocess.run([str(VENV / "bin" / check[0]), *check[1:]], cwd=ROOT).returncode
         if rc:
@@ -98,12 +99,34 @@ def checks() -> int:
     return 0
 
 
+FAST_CHECKS = CHECKS[:2]
+"""The edit loop's checks: ruff takes a second; the contracts and mypy wait for the full run."""
+
+
+def workers() -> str:
+    """pytest-xdist workers: one a core this process may use (``-n auto`` counts physical cores
+    where psutil is installed, one on many small VMs)."""
+    return str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def test(args: list[str]) -> int:
+    """Every check and test (CI runs this), ``--fast`` the edit loop, or pytest with ``args``.
+
+    ``--fast`` sets ``HML_TEST_TIER=fast``: a test that starts a server without its ``server``
+    mark then fails instead of slowing the loop (tests/tier.py)."""
     debian_packages()
     venv("all")
-    if not args and checks():
-        return 1
-    return subprocess.run([str(PY), "-m", "pytest", *(args or ["tests"])], cwd=ROOT).returncode
+    env = dict(os.environ)
+    if args[:1] == ["--fast"]:
+        env["HML_TEST_TIER"] = "fast"
+        if checks(FAST_CHECKS):
+            return 1
+        args = ["-n", workers(), "-m", "not server and not slow", *(args[1:] or ["tests"])]
+    elif not args:
+        if checks(CHECKS):
+            return 1
+        args = ["-n", workers(), "tests"]
+    return subprocess.run([str(PY), "-m", "pytest", *args], cwd=ROOT, env=env).returncode
 
 
 def main() -> int:

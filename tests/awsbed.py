@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from tests.sshbed import Host, _keygen
+from tests.tier import refuse_in_fast_tier
 
 REGION = "eu-west-1"
 
@@ -216,6 +217,7 @@ def running_aws_bed(root: Path, iam_policy: dict[str, Any] | None = None) -> Ite
     """
     from tests.conftest import BIN, free_port, wait_http
 
+    refuse_in_fast_tier("the AWS bed")
     port = free_port()
     log = open(root / "moto.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(

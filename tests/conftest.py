@@ -1,4 +1,11 @@
-"""Fixtures shared by every test package: real servers on free ports, isolated state."""
+"""Fixtures shared by every test package: real servers on free ports, isolated state.
+
+Run in parallel by ``python3 dev.py test`` (pytest-xdist, ``--dist loadgroup``): each worker has
+its own session fixtures (MLflow server, moto, SSH bed), its own runtime dir and OS users. The
+hooks below mark what needs a server (``server``: left out of ``dev.py test --fast``) and keep
+the tests of one expensive or address-bound bed on one worker, all from the fixtures a test
+uses, so nobody has to remember to mark a test.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +22,60 @@ from pathlib import Path
 
 import pytest
 
+from tests.tier import refuse_in_fast_tier
+
 BIN = Path(sys.executable).parent
 SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 """A test's ``mlflow server``: without MLflow 3's job runner (eight huey consumers, ~1.5 GB per
 server) that tracking never uses, as hml's own local server runs."""
+
+BEDS = ("slurm_bed", "aws_bed")
+"""Session beds built once per run: every test using one runs on the same worker (one Slurm
+cluster; one AWS stand-in with its moto server and booted sshd hosts)."""
+SERVERS = {"mlflow_server", "moto_endpoint", "s3", "ssh_bed", *BEDS, "victim", "attacker"}
+"""Fixtures that start a server, a bed or OS users: a test using one is marked ``server``."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "server: starts a server, a test bed or OS users; set from the fixtures a test uses "
+        "(mark by hand only a test that starts one itself); left out of dev.py test --fast",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects and xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``server`` for a test that uses a server fixture; one ``xdist_group`` for the tests that
+    share a bed of ``BEDS`` or a module-scoped fixture (a module's expensive setup, made once),
+    merged where a test shares both, so that a bed is never built on two workers."""
+    shared = {item.path for item in items if _uses_module_fixture(item)}
+    links: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while key in links:
+            key = links[key]
+        return key
+
+    keys: dict[pytest.Item, list[str]] = {}
+    for item in items:
+        if SERVERS & set(item.fixturenames):
+            item.add_marker("server")
+        keys[item] = [b for b in BEDS if b in item.fixturenames]
+        if item.path in shared:
+            keys[item].append(item.nodeid.split("::")[0])
+        for key in keys[item][1:]:  # the first key, a bed where one is used, names the group
+            if root(key) != root(keys[item][0]):
+                links[root(key)] = root(keys[item][0])
+    for item, its in keys.items():
+        if its:
+            item.add_marker(pytest.mark.xdist_group(root(its[0])))
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info else []
+    return any(d[-1].scope == "module" for d in defs if d)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,6 +110,7 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> MlflowServer:
+        refuse_in_fast_tier("an MLflow server")
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -100,6 +158,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
 def moto_server(log: Path | None = None, env: dict[str, str] | None = None) -> Iterator[str]:
     """A moto server process on a free loopback port (``env`` added to its environment, its
     output to ``log``), up and answering; its URL. Stopped on exit."""
+    refuse_in_fast_tier("a moto server")
     port = free_port()
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -142,9 +201,24 @@ def s3(moto_endpoint, monkeypatch):
     return boto3.client("s3")
 
 
+@pytest.fixture(scope="session")
+def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This worker's ``XDG_RUNTIME_DIR``: the warm agent that the tests' ``hml`` commands start
+    lives here, never in the developer's own; stopped at the end of the session."""
+    from runners.cli import agent_client
+
+    path = tmp_path_factory.mktemp("xdg-runtime")
+    path.chmod(0o700)
+    yield path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_RUNTIME_DIR", str(path))
+        agent_client.stop()
+
+
 @pytest.fixture(autouse=True)
-def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Each test gets its own runner state; no profile leaks in from the environment.
+def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime_dir: Path) -> Iterator[Path]:
+    """Each test gets its own runner state; no profile leaks in from the environment, and
+    neither the developer's warm agent nor their local tracking server is reached.
 
     The embedded default's local tracking server is off unless a test turns it on
     (``HML_LOCAL_SERVER=1``): hundreds of servers would not fit the machine. One a test
@@ -153,6 +227,7 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
     home = tmp_path / "hml-home"
     monkeypatch.setenv("HML_HOME", str(home))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     monkeypatch.setenv("HML_LOCAL_SERVER", "0")
     monkeypatch.delenv("HML_CONFIG", raising=False)
     yield home

@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from tests.sshbed import MARKER_VAR, Host, _descendants, _free_port, _marked, _proc_table, start_bed
+from tests.tier import refuse_in_fast_tier
 
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch")
 INSTALL_HINT = "apt-get install -y slurmctld slurmd slurm-client munge"
@@ -272,6 +273,7 @@ def _conf(root: Path, nodes: list[str], cluster: str) -> str:
 def start_slurm(root: Path, n: int = 2) -> SlurmBed:
     """munged, slurmctld, ``n`` slurmd nodes in the default partition and one in the short one,
     under ``root``; returns once every node is idle."""
+    refuse_in_fast_tier("a Slurm cluster")
     missing = [d for d in DAEMONS if not Path(d).exists()]
     if missing:
         raise RuntimeError(f"{', '.join(missing)} missing; install: {INSTALL_HINT}")

@@ -36,6 +36,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.tier import refuse_in_fast_tier
+
 SSHD = Path("/usr/sbin/sshd")
 MARKER_VAR = "HML_TESTBED_HOST"
 STATE_FILE = "bed.json"
@@ -415,6 +417,7 @@ def start_bed(root: Path, n: int = 2, own_network: bool = False) -> SshBed:
 
     ``own_network``: each host lives in its own network namespace instead (``_own_network``),
     reachable from here over SSH only, the way a GPU box on a closed network is."""
+    refuse_in_fast_tier("an SSH bed")
     if not SSHD.exists():
         raise RuntimeError(f"{SSHD} is missing; install it: {INSTALL_HINT}")
     if not 1 <= n <= 200:

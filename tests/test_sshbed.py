@@ -16,6 +16,8 @@ import pytest
 
 from tests.sshbed import Host, SshBed, start_bed
 
+pytestmark = pytest.mark.server  # starts its own SSH bed
+
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:

@@ -22,6 +22,8 @@ from components.retention import RetentionPlan
 from policies.offline import run_program
 from tests.conftest import moto_server
 
+pytestmark = pytest.mark.server  # starts its own moto server
+
 SETUP_ACTIONS = 3
 """Unauthenticated requests moto allows: create the admin, give it a policy, make its key."""
 ARGS = {

@@ -25,6 +25,8 @@ import pytest
 
 from tests.conftest import BIN, SERVER_ENV, MlflowServer, free_port, wait_http
 
+pytestmark = pytest.mark.server  # starts MLflow servers and relays
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 

@@ -16,6 +16,8 @@ import pytest
 
 from tests.runners.helpers import HML, hml, status, wait_status, write_job
 
+pytestmark = pytest.mark.server  # hml starts the warm agent, a server on a socket
+
 
 def _children(pid: int) -> list[int]:
     """Live (not zombie) child processes of ``pid``."""

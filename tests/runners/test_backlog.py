@@ -8,6 +8,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from hmlkit.node import jobscript
 from hmlkit.node.relay import Journal, Write
 from tests.conftest import MlflowServer, free_port
@@ -21,6 +23,8 @@ from tests.runners.helpers import (
     wait_status,
 )
 from tests.runners.test_local import local_profile
+
+pytestmark = pytest.mark.server  # starts MLflow servers
 
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
 

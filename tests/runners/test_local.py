@@ -107,6 +107,7 @@ def test_a_killed_supervisor_is_restarted_and_the_log_has_no_duplicates(tmp_path
     assert wait_finalized(mlflow_server.client(), run_id).info.status == "FINISHED"
 
 
+@pytest.mark.server  # starts its own MLflow server
 def test_tracking_server_down_at_the_end_loses_nothing(tmp_path):
     server = MlflowServer(tmp_path / "srv", free_port()).start()
     try:
@@ -183,6 +184,7 @@ def test_digits_on_a_gpu(tmp_path, mlflow_server):
     assert run.data.metrics["test_accuracy"] >= 0.9
 
 
+@pytest.mark.server  # starts its own MLflow server
 def test_tracking_server_down_for_30s_mid_job_loses_no_metric(tmp_path):
     """Issue 12's outage: the server stopped for 30 s in the middle of a training loop and
     restarted on the same store; every step lands exactly once, and the job never waited."""
@@ -207,6 +209,7 @@ def test_tracking_server_down_for_30s_mid_job_loses_no_metric(tmp_path):
         server.stop()
 
 
+@pytest.mark.server  # starts its own MLflow server
 def test_status_shows_syncing_until_every_record_is_home(tmp_path):
     """A job that ends while the server is down is not over until its journal drained:
     ``hml status`` says RUNNING, syncing N records, and turns FINISHED only after the restart."""

@@ -17,6 +17,8 @@ import yaml
 from runners.tracking import local_server
 from tests.runners.helpers import hml, logging_job, submit_json, wait_finalized, wait_log, write_job
 
+pytestmark = pytest.mark.server  # hml starts the local tracking server
+
 ON = {"HML_LOCAL_SERVER": "1"}
 PRINT_URI = "import os, mlflow; print('uri', os.environ['MLFLOW_TRACKING_URI']); mlflow.log_metric('m', 7)"
 

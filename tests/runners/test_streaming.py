@@ -17,6 +17,8 @@ from tests.runners.helpers import hml, submit_json, wait_status, write_job
 from tests.runners.test_local import local_profile
 from tests.runners.test_ssh import ssh_profile
 
+pytestmark = pytest.mark.server  # its targets' servers and beds come through getfixturevalue
+
 LINES = 10_000
 FAST = f"seq 0 {LINES - 1} | sed 's/^/line-/'"
 # 20 bursts of 500 lines, 0.2 s apart: long enough to kill the supervisor in the middle
