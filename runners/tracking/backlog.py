@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from hmlkit.errors import TrackingError
 from hmlkit.node import jobscript
-from hmlkit.node.relay import Journal, Relay, Upstream, _auth_from_env
+from hmlkit.node.relay import Journal, Relay, Upstream, auth_header
 from runners.state.paths import run_dir
-from runners.tracking import local_server
+from runners.tracking import local_server, rest
 
 if TYPE_CHECKING:
     from runners.state.records import RunRecord
@@ -64,6 +64,7 @@ def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
     if not uri.startswith(("http://", "https://")) and not local_server.is_local_store(uri):
         return Drained(0, 0)  # no relay ran, so no journal was left
     deadline = time.monotonic() + wait_s
+    auth = auth_header(rest.credentials_for(uri))
     found = journals(run_dir)
     if local_server.is_local_store(uri) and (waiting := sum(_waiting(root) for root in found)):
         try:
@@ -72,7 +73,7 @@ def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
             return Drained(0, waiting)
     sent = left = 0
     for root in found:
-        one = drain_journal(root, uri, deadline)
+        one = drain_journal(root, uri, deadline, auth)
         sent, left = sent + one.sent, left + one.left
     return Drained(sent, left)
 
@@ -89,9 +90,10 @@ def _waiting(root: Path) -> int:
         journal.close()
 
 
-def drain_journal(root: Path, uri: str, deadline: float) -> Drained:
-    """Replay one journal directory to ``uri`` until ``deadline`` (a ``time.monotonic()``) and
-    remove it once empty; a journal whose relay still runs is left to that relay."""
+def drain_journal(root: Path, uri: str, deadline: float, auth: str | None = None) -> Drained:
+    """Replay one journal directory to ``uri`` (``auth``: its ``Authorization``) until ``deadline``
+    (a ``time.monotonic()``) and remove it once empty; a journal whose relay still runs is left
+    to that relay."""
     try:
         journal = Journal(root)
     except SystemExit:  # its relay still runs: the wrapper is still waiting for it
@@ -99,7 +101,7 @@ def drain_journal(root: Path, uri: str, deadline: float) -> Drained:
     try:
         before = journal.pending
         if before:
-            relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, _auth_from_env()), journal)
+            relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, auth), journal)
             relay.start()
             moved, seen = time.monotonic(), journal.pending
             while journal.pending and time.monotonic() < deadline:

@@ -17,7 +17,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
+
+from hmlkit.node.relay import CREDENTIALS
+from runners.tracking import local_server
 
 TIMEOUT_S = 15.0
 REFUSED = "CONNECTION_REFUSED"
@@ -37,6 +41,22 @@ class RestError(Exception):
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
+
+
+def credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The tracking server's credentials in ``environ``, by MLflow's own names."""
+    return {k: environ[k] for k in CREDENTIALS if environ.get(k)}
+
+
+def credentials_for(tracking_uri: str) -> dict[str, str]:
+    """What a job's relay may present to the server of ``tracking_uri``: credentials go only to
+    the server they belong to, so the team server's never reach the embedded default's local
+    server (nor whoever holds its port after it stopped)."""
+    if local_server.is_local_store(tracking_uri):
+        # The one call site for the local server's own credential (issue 20, item 1: the local
+        # server requires a per-user token; sec-server's `local_server.credentials()` goes here).
+        return {}
+    return credentials()
 
 
 def usable(uri: str) -> bool:
