@@ -214,7 +214,7 @@ def test_a_job_survives_a_server_outage_with_every_step_once(tmp_path: Path, rel
         down = time.time()
         time.sleep(1)
         # a run the relay has read before is still answered, so a job can find its artifact store
-        with urllib.request.urlopen(f"{relay.url}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=5) as r:
+        with urllib.request.urlopen(get(relay, f"runs/get?run_id={run_id}"), timeout=5) as r:
             assert json.loads(r.read())["run"]["info"]["run_id"] == run_id
         time.sleep(8)
         assert relay.status()["pending"] > 0
@@ -384,7 +384,7 @@ def call(
     relay: Relay, method: str, path: str, body: bytes | None = None, token: str = TOKEN
 ) -> tuple[int, dict]:
     """One request to the relay as any local process could make it; (status, JSON answer)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     req = urllib.request.Request(relay.url + path, body, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
