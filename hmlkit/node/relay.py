@@ -7,6 +7,12 @@ a training loop never blocks on or dies of the tracking server. A background thr
 journal in order once the server is back; while a backlog exists, new writes queue behind it, so the
 server sees the writes in the order the job made them.
 
+It serves its own job only (``Access``): every request must carry the job's token, which the
+runner makes per attempt and the job's MLflow client sends from ``MLFLOW_TRACKING_TOKEN``; only
+the MLflow calls a job makes are forwarded, to the job's own runs and models; the server's real
+credentials arrive on stdin and are sent only to a loopback listener of this relay's own user
+(``foreign_listener``); and the job's secret values are replaced in what it logs.
+
 This file is copied to GPU hosts and run there with only ``python3``: standard library only, and
 nothing from this repository.
 
@@ -686,6 +692,7 @@ class Access:
         self._token = token.encode()
         self.runs = {run_id} if run_id else set()  # ... and those the job creates through the relay
         self.models: set[str] = set()
+        self.artifacts: set[str] = set()  # their artifact directories, as the server names them
         values = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
         self.secrets = sorted(values, key=len, reverse=True)  # a secret containing another goes whole
 
@@ -721,23 +728,33 @@ class Access:
         if kind == "artifact":
             query = parse_qs(urlsplit(w.target).query)
             path = unquote(urlsplit(w.target).path)[len(_ARTIFACTS) :] or (query.get("path") or [""])[0]
-            parts = unquote(path).split("/")
+            parts = unquote(path).split("/")  # twice: a server that decodes again sees no ".." either
             if ".." in parts or "." in parts:
                 return "artifact paths may not step out of their directory"
-            if not (self.runs | self.models).intersection(parts):
+            if not any(path == root or path.startswith(root + "/") for root in self.artifacts):
                 return "artifacts of other runs and models are not this job's"
         return ""
 
     def learn(self, kind: str, data: bytes) -> None:
-        """A run or logged model the job created is the job's own: it may log to it."""
+        """A run or logged model the job created is the job's own: it may log to it, and to its
+        artifact directory, which the server names in its answer (and in ``runs/get`` of the
+        job's own runs, which a client reads before it uploads)."""
         try:
             answer = json.loads(data)
-            if kind == "new-run":
-                self.runs.add(answer["run"]["info"]["run_id"])
-            elif kind == "new-model":
-                self.models.add(answer["model"]["info"]["model_id"])
-        except (ValueError, KeyError, TypeError):
-            pass
+            if kind in ("new-run", "read-run"):
+                info = answer["run"]["info"]
+                if kind == "new-run":
+                    self.runs.add(info["run_id"])
+                elif info["run_id"] not in self.runs:
+                    return
+            else:
+                info = answer["model"]["info"]
+                self.models.add(info["model_id"])
+            root = urlsplit(info["artifact_uri"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        if root.scheme == "mlflow-artifacts":  # served through the proxy: reached through this relay
+            self.artifacts.add(root.path.strip("/"))
 
     def redact_body(self, w: Write) -> None:
         """Secret values out of the names and values a write logs (params, tags, metric names,
@@ -859,7 +876,10 @@ class _Handler(BaseHTTPRequestHandler):
         if is_write(self.command, path):
             return self._answer(*self.server.relay.write(w))
         if self.command == "GET" and w.endpoint == "runs/get":
-            return self._answer(*self.server.relay.get_run(w))
+            status, headers, data = self.server.relay.get_run(w)
+            if status == 200:
+                access.learn("read-run", data)
+            return self._answer(status, headers, data)
         if route[0] in ("new-run", "new-model"):
             return self._answer(*self._create(w, route[0]))
         self._forward(w)

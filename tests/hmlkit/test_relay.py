@@ -427,6 +427,10 @@ def test_only_what_a_job_needs_is_forwarded(
     mine, other = new_run(mlflow_server.url), new_run(mlflow_server.url)
     exp = client.get_run(other).info.experiment_id
     relay = start_relay(relays, mlflow_server.url, tmp_path / "journal", mine)
+    from mlflow import MlflowClient
+
+    via = MlflowClient(relay.url)
+    via.get_run(mine)  # as mlflow.start_run does: the relay learns where the job's artifacts go
     art = "/api/2.0/mlflow-artifacts/artifacts"
     refused = [
         ("POST", "/api/2.0/mlflow/users/create", {"username": "eve", "password": "eve-password-1"}),
@@ -444,6 +448,7 @@ def test_only_what_a_job_needs_is_forwarded(
         ("POST", "/api/2.0/mlflow/runs/log-batch", {"run_id": other, "params": [{"key": "p", "value": "1"}]}),
         ("PUT", f"{art}/{exp}/{other}/artifacts/planted.txt", b"planted"),
         ("PUT", f"{art}/{exp}/{mine}/artifacts/%2e%2e/%2e%2e/{other}/artifacts/planted.txt", b"planted"),
+        ("PUT", f"{art}/{exp}/{other}/artifacts/{mine}/artifacts/planted.txt", b"planted"),
         ("GET", f"{art}?path={exp}/{other}/artifacts", None),
         ("PATCH", "/api/2.0/mlflow/logged-models/m-0123456789abcdef0123456789abcdef", {"status": "READY"}),
     ]
@@ -455,9 +460,9 @@ def test_only_what_a_job_needs_is_forwarded(
     assert client.get_run(other).data.params == {} and client.list_artifacts(other) == []
     assert client.get_run(mine).info.lifecycle_stage == "active"
     # what the job does itself still goes through, a run it creates through the relay included
-    from mlflow import MlflowClient
-
-    via = MlflowClient(relay.url)
+    (tmp_path / "own.txt").write_text("mine")
+    via.log_artifact(mine, str(tmp_path / "own.txt"))
+    assert [f.path for f in client.list_artifacts(mine)] == ["own.txt"]
     child = via.create_run(exp).info.run_id
     via.log_param(child, "p", "1")
     (tmp_path / "notes.txt").write_text("hello")
