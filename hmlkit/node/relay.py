@@ -427,10 +427,13 @@ def foreign_listener(sock: socket.socket) -> str:
     if not tables:
         return ""
     owners = set()
+    needle = f":{peer[1]:04X} "  # the port as the tables write it: most lines are skipped unparsed
     for table in tables:
         with open(table) as f:
             next(f)  # the header
             for line in f:
+                if needle not in line:
+                    continue
                 fields = line.split()
                 if len(fields) < 8 or fields[3] != _LISTEN:
                     continue
