@@ -70,13 +70,12 @@ def debian_packages() -> None:
 
 def demo() -> int:
     venv("train")
-    home = Path(os.environ.get("HML_HOME") or Path.home() / ".hybridml")
     job = ROOT / "examples" / "digits" / "job.yaml"
     rc = subprocess.run([str(VENV / "bin" / "hml"), "submit", str(job)]).returncode
     print(
-        "\nLook at the run in the MLflow UI:\n"
-        f"  {VENV}/bin/mlflow ui --backend-store-uri sqlite:///{home.resolve()}/mlflow.db\n"
-        "then open http://127.0.0.1:5000 (experiment 'digits')."
+        "\nLook at the run in the MLflow UI: open the address that\n"
+        f"  {VENV}/bin/hml ui\n"
+        "prints (experiment 'digits'; the tracking server hml keeps for this store, not a second one)."
     )
     return rc
 

@@ -28,10 +28,13 @@ class UsageError(HmlError):
 
 
 class InvalidInput(UsageError):
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str], also: InvalidInput | None = None) -> None:
+        """``also``: what the same check found at another source (a ``--set`` beside its job file),
+        so one message names every problem by where it comes from."""
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+        lines = [f"{source}: {p}" for p in problems]
+        super().__init__("\n".join([*lines, *([str(also)] if also else [])]))
 
 
 class SpecError(InvalidInput):

@@ -68,7 +68,9 @@ class LocalTarget(TargetConfig):
 class ShellTarget(TargetConfig):
     """What every kind that reaches hosts through the SSH layer (``hmlkit.ssh``) shares."""
 
-    known_hosts: str = "~/.hybridml/known_hosts"
+    known_hosts: str | None = None
+    """The hosts' keys (``hml targets trust`` records them); unset: ``known_hosts`` beside the
+    runner's other state, in ``$HML_HOME`` (default ``~/.hybridml``)."""
     remote_root: str = ".hybridml"
     """Where code, runs and GPU claims live on each host; relative paths are under the login home."""
     gpu_hour_usd: float = Field(default=0.0, ge=0)

@@ -62,14 +62,19 @@ def _loader() -> Any:
 
 
 def read_yaml(path: Path, error: type[InvalidInput] = SpecError) -> Any:
-    import yaml
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(str(path), ["file not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(str(path), [f"cannot read file: {exc}"]) from None
+    return parse_yaml(text, str(path), error)
+
+
+def parse_yaml(text: str, source: str, error: type[InvalidInput] = SpecError) -> Any:
+    """YAML already read (e.g. from a descriptor whose owner was checked), ``source`` naming it."""
+    import yaml
+
     try:
         return yaml.load(text, Loader=_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -78,7 +83,7 @@ def read_yaml(path: Path, error: type[InvalidInput] = SpecError) -> Any:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         if problem.startswith("duplicate key"):
             where = ""
-        raise error(str(path), [f"{where}not valid YAML: {problem}"]) from None
+        raise error(source, [f"{where}not valid YAML: {problem}"]) from None
 
 
 def validate(model: type[M], data: Any, source: str, error: type[InvalidInput] = SpecError) -> M:

@@ -15,6 +15,8 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from hmlkit.clihelp import Command
+
 app = typer.Typer(
     help="Evaluate the policy pack against a stack program without the Pulumi engine.",
     no_args_is_help=True,
@@ -35,7 +37,7 @@ def _policy() -> None:
 
 
 def _bad_input(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"hml: error: {message}", err=True)
     raise typer.Exit(2)
 
 
@@ -47,9 +49,11 @@ def _write(path: Path, text: str) -> None:
         _bad_input(f"{path}: cannot write the report ({exc.strerror}); give a writable path")
 
 
-@app.command()
+@app.command(cls=Command)
 def check(
-    project_dir: Annotated[Path, typer.Argument(help="Pulumi project directory, e.g. stacks/platform")],
+    project_dir: Annotated[
+        Path, typer.Argument(metavar="PROJECT_DIR", help="Pulumi project directory, e.g. stacks/platform")
+    ],
     stack: Annotated[str, typer.Option("--stack", "-s", help="Stack name (reads Pulumi.<stack>.yaml)")],
     markdown: Annotated[Path | None, typer.Option(help="Write a Markdown report (PR comment)")] = None,
     sarif: Annotated[Path | None, typer.Option(help="Write a SARIF 2.1.0 file (code scanning)")] = None,

@@ -12,10 +12,18 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from hmlkit.errors import SpecError
-from hmlkit.validation import read_yaml, validate
+from hmlkit.validation import error_items, read_yaml, validate
 from runners.data.manifest import input_ref_problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
@@ -101,7 +109,16 @@ class Resources(_Strict):
         return str(value).strip()
 
 
-Scalar = str | int | float | bool
+def _scalar(value: Any) -> Any:
+    """One line for a value no param or variable can hold, where the union would give one per type."""
+    if not isinstance(value, str | int | float | bool):
+        kinds = {list: "a list", dict: "a mapping", type(None): "empty (null)"}
+        kind = kinds.get(type(value), f"a {type(value).__name__}")
+        raise ValueError(f"expected a string, number or true/false, not {kind}; quote it to pass it as text")
+    return value
+
+
+Scalar = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
 
 
 class JobSpec(_Strict):
@@ -160,8 +177,8 @@ class JobSpec(_Strict):
         return self.experiment or self.name
 
 
-def _set_path(data: dict[str, Any], dotted: str, raw: str) -> str | None:
-    """Apply one ``--set key=value``; a problem line, or None.
+def _set_path(data: dict[str, Any], dotted: str, raw: str) -> str:
+    """Apply one ``--set key=value``; the dotted path of the field it set (ValueError: why not).
 
     A job field goes by its dotted path, any other bare key is a param; the value is read as a
     YAML scalar, so ``lr=0.1`` is a number and ``name='007'`` a string.
@@ -169,7 +186,9 @@ def _set_path(data: dict[str, Any], dotted: str, raw: str) -> str | None:
     import yaml
 
     if raw.strip() == "":
-        return f"{dotted}: empty value; give one, e.g. --set {dotted}=0.01 (an empty string: {dotted}='')"
+        raise ValueError(
+            f"{dotted}: empty value; give one, e.g. --set {dotted}=0.01 (an empty string: {dotted}='')"
+        )
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -183,28 +202,80 @@ def _set_path(data: dict[str, Any], dotted: str, raw: str) -> str | None:
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            return f"{dotted}: {part} is not a mapping"
+            raise ValueError(f"{dotted}: {part} is not a mapping")
         node = child
     node[parts[-1]] = value
-    return None
+    return ".".join(parts)
+
+
+def _problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    try:
+        JobSpec.model_validate(data)
+    except ValidationError as exc:
+        return error_items(exc)
+    return []
+
+
+def _culprit(path: str, message: str, set_by: dict[str, str], own: list[tuple[str, str]]) -> str | None:
+    """The ``--set`` a problem at ``path`` comes from, or None: the file's own.
+
+    The override of that field (or of one above it) if any; for a problem of a whole mapping
+    (``params``: a bad key), one it did not have without the overrides, the override inside
+    it, preferably the one the message names."""
+    exact = [item for field, item in set_by.items() if path == field or path.startswith(f"{field}.")]
+    if exact:
+        return exact[-1]
+    if (path, message) in own:
+        return None
+    inside = [item for field, item in set_by.items() if not path or field.startswith(f"{path}.")]
+    named = [item for item in inside if item.partition("=")[0].split(".")[-1].strip() in message]
+    chosen = named or inside
+    return chosen[-1] if chosen else None
+
+
+def _validated(data: Any, source: str, original: Any, set_by: dict[str, str]) -> JobSpec:
+    """The job as overridden; each problem blamed on the ``--set`` that brought it, else the file."""
+    if not set_by:
+        return validate(JobSpec, data, source)
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = error_items(exc)
+    own = _problems(original)
+    by_source: dict[str, list[str]] = {}
+    for path, message in problems:
+        culprit = _culprit(path, message, set_by, own)
+        by_source.setdefault(source if culprit is None else f"--set {culprit}", []).append(
+            f"{path or '(top level)'}: {message}"
+        )
+    found = list(by_source.items())
+    error = SpecError(*found[-1])
+    for blamed, lines in reversed(found[:-1]):
+        error = SpecError(blamed, lines, error)
+    raise error
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> tuple[JobSpec, Path]:
     """Validate a job file (and ``--set`` overrides); return the spec and its absolute workdir."""
+    import copy
+
     path = Path(path)
     data = read_yaml(path)
-    problems = []
+    original = copy.deepcopy(data)
+    problems: list[str] = []
+    set_by: dict[str, str] = {}  # field path: the --set item that gave it
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             problems.append(f"{item!r}: expected key=value, e.g. --set lr=0.01")
         elif isinstance(data, dict):
-            problem = _set_path(data, key.strip(), value)
-            if problem:
-                problems.append(problem)
+            try:
+                set_by[_set_path(data, key.strip(), value)] = item
+            except ValueError as exc:
+                problems.append(str(exc))
     if problems:
         raise SpecError("--set", problems)
-    spec = validate(JobSpec, data, str(path))
+    spec = _validated(data, str(path), original, set_by)
     workdir = (path.resolve().parent / spec.workdir).resolve()
     if not workdir.is_dir():
         raise SpecError(str(path), [f"workdir: {workdir} is not a directory"])

@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 BIN = Path(sys.executable).parent
+SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+"""A test's ``mlflow server``: without MLflow 3's job runner (eight huey consumers, ~1.5 GB per
+server) that tracking never uses, as hml's own local server runs."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,6 +73,7 @@ class MlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=SERVER_ENV,
         )
         wait_http(f"{self.url}/health", proc=self.proc)
         return self

@@ -8,7 +8,7 @@ so a directory that exists is complete. A second job on the same data fetches no
 When the store cannot be reached (the first URL fails to connect), the keys still missing are
 reported and the runner streams them over SSH into the cache, then runs the plan again.
 
-    python3 datafetch.py PLAN.json   ->   {"fetched_bytes": N, "missing": [...], "dirs": {...}}
+    python3 -I -S datafetch.py PLAN.json   ->   {"fetched_bytes": N, "missing": [...], "dirs": {...}}
 """
 
 from __future__ import annotations

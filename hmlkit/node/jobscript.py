@@ -41,7 +41,7 @@ RELAY_BOOT = (
     "import relay\n"
     "relay.main(sys.argv[2:], listener=s)\n"
 )
-"""``python3 -c RELAY_BOOT EXEC ARGS...``: listen and say the port (milliseconds), then load
+"""``python3 -I -S -c RELAY_BOOT EXEC ARGS...``: listen and say the port (milliseconds), then load
 relay.py from EXEC (its bytecode cached there) and serve on that socket."""
 _PENDING = (
     "import json,os,sys,urllib.request as u; print(json.load(u.urlopen(u.Request(sys.argv[1], headers="

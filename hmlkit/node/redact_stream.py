@@ -5,6 +5,12 @@ on every host, standard library only), so unredacted output never reaches a disk
 supervisor restarted from a shell that lacks the secrets has nothing left to redact. Values
 come from the environment variables named on the command line, the same ones the job gets.
 
+A value is caught in the forms a job prints it by accident as well as whole: escaped inside
+JSON or a Python ``repr`` (either quote), and base64-encoded, standard or URL-safe, padded or
+not, alone or at any of the three alignments inside a longer encoded string (the characters
+that depend only on the secret's bytes). A value transformed otherwise (reversed, hashed,
+encrypted) is out of reach; docs/security.md lists what is.
+
 A secret printed in pieces (``printf abc; sleep 1; printf def``) is still caught: complete
 lines are written at once; a line still being written is held back only as far as its tail
 could be the start of a secret, and flushed after a short pause so progress bars stay live.
@@ -12,6 +18,8 @@ could be the start of a secret, and flushed after a short pause so progress bars
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import select
 import signal
@@ -24,9 +32,28 @@ REDACTED = b"***"
 PAUSE_S = 0.3
 
 
+def forms(value: str) -> set[bytes]:
+    """The byte strings that betray ``value`` in output: itself, its JSON and ``repr`` escapes,
+    and its base64 encodings (see the module's docstring)."""
+    texts = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1]}
+    texts.add(repr(value + "'\"")[1:-4])  # single quotes, ' escaped (a repr holding both quotes)
+    if '"' not in value:
+        texts.add(repr(value + "'")[1:-2])  # double quotes, ' as is
+    found = {t.encode("utf-8", "surrogateescape") for t in texts}
+    raw = value.encode("utf-8", "surrogateescape")
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(raw)
+        found |= {whole, whole.rstrip(b"=")}
+        for k in range(3):  # after k other bytes, inside a longer encoding: drop the characters
+            end = k + len(raw)  # that share bits with the bytes before it or after it
+            found.add(encode(bytes(k) + raw)[(8 * k + 5) // 6 : end // 3 * 4 + end % 3 * 8 // 6])
+    return {f for f in found if len(f) >= MIN_SECRET_LEN}
+
+
 def secrets_from(names: list[str], environ: dict[str, str] | os._Environ[str]) -> list[bytes]:
     values = {environ.get(name, "") for name in names}
-    return sorted((v.encode() for v in values if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)
+    patterns = set().union(*(forms(v) for v in values if len(v) >= MIN_SECRET_LEN))
+    return sorted(patterns, key=len, reverse=True)
 
 
 def redact(data: bytes, secrets: list[bytes]) -> bytes:

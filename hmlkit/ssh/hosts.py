@@ -50,26 +50,32 @@ def _known_name(host: SshHost) -> str:
     return host.address if host.port == 22 else f"[{host.address}]:{host.port}"
 
 
-def _refusing_policy(target: str) -> Any:
+def _refusing_policy(target: str, fix: str | None) -> Any:
     class Refuse(_paramiko().MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko is untyped
         def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
             raise HostKeyError(
                 f"{hostname}: host key not trusted ({key.get_name()} {fingerprint(key)}); "
-                f"check it with the host's admin, then run: hml targets trust {target or 'TARGET'}"
+                + (fix or f"check it with the host's admin, then run: hml targets trust {target or 'TARGET'}")
             )
 
     return Refuse()
 
 
-def connect(host: SshHost, known_hosts: str | Path, timeout: float = 10.0, target: str = "") -> Any:
-    """An authenticated ``paramiko.SSHClient``; raises HostKeyError or BackendError."""
+def connect(
+    host: SshHost, known_hosts: str | Path, timeout: float = 10.0, target: str = "", fix: str | None = None
+) -> Any:
+    """An authenticated ``paramiko.SSHClient``; raises HostKeyError or BackendError.
+
+    ``fix``: what to do about a key that is not the known one, where recording it with
+    ``hml targets trust`` is not the answer (the aws target pins each instance's own key).
+    """
     paramiko = _paramiko()
 
     client = paramiko.SSHClient()
     path = Path(known_hosts).expanduser()
     if path.is_file():
         client.load_host_keys(str(path))
-    client.set_missing_host_key_policy(_refusing_policy(target))
+    client.set_missing_host_key_policy(_refusing_policy(target, fix))
     key_file = str(Path(host.identity_file).expanduser()) if host.identity_file else None
     try:
         sock = socket.create_connection((host.address, host.port), timeout=timeout)
@@ -95,8 +101,12 @@ def connect(host: SshHost, known_hosts: str | Path, timeout: float = 10.0, targe
         client.close()
         raise HostKeyError(
             f"{_known_name(host)}: host key CHANGED (now {fingerprint(exc.key)}, known "
-            f"{fingerprint(exc.expected_key)}); this may be an attack. If the host was reinstalled, "
-            f"delete its line from {path} and run: hml targets trust {target or 'TARGET'}"
+            f"{fingerprint(exc.expected_key)}); "
+            + (
+                fix
+                or "this may be an attack. If the host was reinstalled, delete its line from "
+                f"{path} and run: hml targets trust {target or 'TARGET'}"
+            )
         ) from None
     except paramiko.AuthenticationException as exc:
         client.close()

@@ -18,11 +18,18 @@ from hmlkit.ssh.stream import OutputStream
 
 class HostPool:
     def __init__(
-        self, known_hosts: str | Path, connect_timeout: float, target: str, default_root: str
+        self,
+        known_hosts: str | Path,
+        connect_timeout: float,
+        target: str,
+        default_root: str,
+        key_fix: str | None = None,
     ) -> None:
         self.known_hosts = known_hosts
         self.connect_timeout = connect_timeout
         self.target = target
+        self.key_fix = key_fix
+        """What a wrong host key's message advises (hmlkit.ssh.hosts.connect's ``fix``)."""
         self.default_root = default_root
         self._clients: dict[str, Any] = {}
         self._roots: dict[str, str] = {}
@@ -42,7 +49,7 @@ class HostPool:
                 client = self._clients.get(host.label)
             transport = client.get_transport() if client else None
             if client is None or transport is None or not transport.is_active():
-                client = connect(host, self.known_hosts, self.connect_timeout, self.target)
+                client = connect(host, self.known_hosts, self.connect_timeout, self.target, self.key_fix)
                 with self._lock:
                     self._clients[host.label] = client
         return client

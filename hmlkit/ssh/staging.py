@@ -133,7 +133,7 @@ def stage(client: Any, manifest: Manifest, workdir: Path, root: str) -> StageRes
         sftp.close()
     assemble = (
         f'set -e; tmp={q_code}.tmp.$$; rm -rf "$tmp"; mkdir -p "$tmp"; '
-        f'python3 -c {shlex.quote(_ASSEMBLE)} {q_root} "$tmp" {shlex.quote(manifest.tree_hash)}; '
+        f'python3 -I -S -c {shlex.quote(_ASSEMBLE)} {q_root} "$tmp" {shlex.quote(manifest.tree_hash)}; '
         f'touch "$tmp/.hml-complete"; rm -rf {q_code}; mv "$tmp" {q_code}'
     )
     rc, _, err = run(client, assemble, timeout=300)

@@ -2,16 +2,20 @@
 
 Per attempt it picks the cheapest allowed instance type that fits the job, launches
 ``num_nodes`` instances (spot, on-demand, or spot then on-demand), and hands them to the same
-``NodeRunner`` as the ssh target once they answer. Each instance's SSH host key is generated
-here and delivered in cloud-init's own ``ssh_keys`` entry, so the runner knows it before the
-first contact and never accepts a key blindly. Instances shut down into termination, carry
-a watchdog that powers them off after the job (or past max_runtime), are terminated by
-``teardown`` whatever the end, and ``gc`` reaps what a dead runner left behind.
+``NodeRunner`` as the ssh target once they answer. Each instance makes its own SSH host key at
+boot and cloud-init prints the public half to the instance's console; the runner reads it with
+``GetConsoleOutput`` (a channel only the instance and the hypervisor write) and pins it before
+the first contact, so it never accepts a key blindly and nothing private is in the user data,
+which anyone allowed ``ec2:DescribeInstanceAttribute`` can read. Instances shut down into
+termination, carry a watchdog that powers them off after the job (or past max_runtime), are
+terminated by ``teardown`` whatever the end, and ``gc`` reaps what a dead runner left behind.
 """
 
 from __future__ import annotations
 
 import getpass
+import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +46,17 @@ SPOT_REFUSED = (
     "Unsupported",
 )
 WATCHDOG_GRACE_S = 300
+HOST_KEY_TYPES = ("ed25519",)
+"""The host keys an instance makes at boot (cloud-init's ``ssh_genkeytypes``) and prints."""
+_KEYS_BLOCK = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
+_KEY_LINE = re.compile(r"\b(ssh-ed25519|ecdsa-sha2-nistp\d+|ssh-rsa) (AAAA[0-9A-Za-z+/]+=*)")
+KEY_FIX = (
+    "it is not the key the instance printed to its EC2 console output at boot: something else "
+    "answers at its address (a routing or security-group mistake, or an attack). The instance "
+    "is terminated; check the subnet's routes and the security group, then submit again. There "
+    "is nothing to trust by hand: hml reads each instance's key from its console output at launch"
+)
+"""What a wrong host key's message advises on aws (``hml targets trust`` does not apply)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,10 @@ class AwsHandle(NodesHandle):
     instance_type: str = ""
     market: str = ""
     known_hosts: str = ""
+    launched_at: float = 0.0
+    """When RunInstances answered: the bill counts each instance from then to its termination."""
+    hourly_usd: float = 0.0
+    """One instance's price per hour."""
 
 
 def fits(info: dict[str, Any], spec: JobSpec) -> bool:
@@ -78,28 +97,48 @@ def fits(info: dict[str, Any], spec: JobSpec) -> bool:
     return True
 
 
-def user_data(host_private: str, host_public: str, authorized: str | None, spec: JobSpec) -> str:
-    """cloud-init ``#cloud-config``: the host key, the login key, and the power-off watchdog."""
-    import yaml
+def watchdog(remote_root: str, deadline_s: int, grace_s: int = WATCHDOG_GRACE_S, every_s: float = 30) -> str:
+    """The instance's power-off watchdog (sh, run as root by cloud-init).
 
-    deadline = int(spec.max_runtime or 7 * 86400) + WATCHDOG_GRACE_S
-    watchdog = f"""#!/bin/sh
+    It looks for live jobs' pid files under the target's ``remote_root``: an absolute one as
+    is, a relative one under every home (the login user's is one of them).
+    """
+    rel = shlex.quote(remote_root[2:] if remote_root.startswith("~/") else remote_root)
+    roots = [rel] if remote_root.startswith("/") else [f"/home/*/{rel}", f"/root/{rel}"]
+    pids = " ".join(f"{r}/runs/*/*/*/pid" for r in roots)
+    return f"""#!/bin/sh
 # hybridml: power off (shutdown behaviour: terminate) once no hml job runs any more, or at
 # max_runtime plus grace, or when no job ever started: an instance outlives no run.
-start=$(date +%s); grace={WATCHDOG_GRACE_S}; deadline=$((start + {deadline}))
-while sleep 30; do
+start=$(date +%s); grace={grace_s}; deadline=$((start + {deadline_s}))
+while sleep {every_s:g}; do
   now=$(date +%s)
   [ "$now" -ge "$deadline" ] && poweroff
-  pids=$(cat /home/*/.hybridml/runs/*/*/*/pid /root/.hybridml/runs/*/*/*/pid 2>/dev/null)
+  pids=$(cat {pids} 2>/dev/null)
   live=0; for p in $pids; do kill -0 "$p" 2>/dev/null && live=1; done
   if [ "$live" = 1 ]; then idle=$now; continue; fi
   [ "$now" -ge "$(( ${{idle:-$start}} + grace ))" ] && poweroff
 done
 """
+
+
+def user_data(authorized: str | None, spec: JobSpec, remote_root: str) -> str:
+    """cloud-init ``#cloud-config``: fresh host keys printed to the console, the login's public
+    key, and the power-off watchdog. Nothing secret: any principal allowed
+    ``ec2:DescribeInstanceAttribute`` reads user data."""
+    import yaml
+
+    deadline = int(spec.max_runtime or 7 * 86400) + WATCHDOG_GRACE_S
     config: dict[str, Any] = {
-        "ssh_keys": {"ed25519_private": host_private, "ed25519_public": host_public},
-        "ssh_deletekeys": True,
-        "write_files": [{"path": "/usr/local/sbin/hml-watchdog", "permissions": "0755", "content": watchdog}],
+        "ssh_deletekeys": True,  # never the image's keys: every instance makes its own
+        "ssh_genkeytypes": list(HOST_KEY_TYPES),
+        "ssh": {"emit_keys_to_console": True},
+        "write_files": [
+            {
+                "path": "/usr/local/sbin/hml-watchdog",
+                "permissions": "0755",
+                "content": watchdog(remote_root, deadline),
+            }
+        ],
         "runcmd": [["sh", "-c", "nohup /usr/local/sbin/hml-watchdog >/var/log/hml-watchdog.log 2>&1 &"]],
     }
     if authorized:
@@ -107,21 +146,11 @@ done
     return "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)
 
 
-def host_key_pair() -> tuple[str, str]:
-    """A fresh ed25519 host key: (private key in OpenSSH format, public key line)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return private, public
+def console_host_keys(output: str) -> list[tuple[str, str]]:
+    """The (type, base64) host keys cloud-init printed at boot: its first keys block, so a line
+    printed later (by a job, as root) cannot add one; empty until the block is complete."""
+    block = _KEYS_BLOCK.search(output)
+    return _KEY_LINE.findall(block.group(1)) if block else []
 
 
 class AwsBackend(Backend[AwsHandle]):
@@ -135,6 +164,8 @@ class AwsBackend(Backend[AwsHandle]):
         super().__init__(name, config)
         self._ec2: Any = None
         self._runners: dict[str, NodeRunner] = {}
+        self._billed = 0.0
+        self._billed_ids: set[str] = set()
 
     # -- AWS ----------------------------------------------------------------------
     @property
@@ -341,13 +372,12 @@ class AwsBackend(Backend[AwsHandle]):
                 for i in self._live_instances([{"Name": f"tag:{RUN_TAG}", "Values": [request.run_id]}])
             ]
         )
-        private, public = host_key_pair()
         authorized = None
         if self.config.identity_file:
             pub = Path(str(Path(self.config.identity_file).expanduser()) + ".pub")
             if pub.is_file():
                 authorized = pub.read_text().strip()
-        data = user_data(private, public, authorized, spec)
+        data = user_data(authorized, spec, self.config.remote_root)
         choice = self.choose(spec)
         try:
             ids = self._run_instances(request, choice, data)
@@ -356,14 +386,26 @@ class AwsBackend(Backend[AwsHandle]):
                 raise
             choice = self.choose(spec, "on-demand")
             ids = self._run_instances(request, choice, data)
-        handle = AwsHandle(instances=ids, instance_type=choice.instance_type, market=choice.market)
+        handle = AwsHandle(
+            instances=ids,
+            instance_type=choice.instance_type,
+            market=choice.market,
+            launched_at=time.time(),
+            hourly_usd=choice.price,
+        )
         try:
-            addresses = self._wait_running(ids)
+            deadline = time.monotonic() + self.config.boot_timeout
+            addresses = self._wait_running(ids, deadline)
+            keys = self._wait_host_keys(ids, deadline)
             known = request.state_dir / f"attempt-{request.attempt}-known_hosts"
-            keytype, blob = public.split()[:2]
             port = self.config.ssh_port
-            names = [a if port == 22 else f"[{a}]:{port}" for a in addresses]
-            known.write_text("".join(f"{n} {keytype} {blob}\n" for n in names))
+            known.write_text(
+                "".join(
+                    f"{a if port == 22 else f'[{a}]:{port}'} {keytype} {blob}\n"
+                    for a, iid in zip(addresses, ids, strict=True)
+                    for keytype, blob in keys[iid]
+                )
+            )
             handle.known_hosts = str(known)
             hosts = [
                 SshHost(
@@ -375,10 +417,10 @@ class AwsBackend(Backend[AwsHandle]):
                 )
                 for a in addresses
             ]
-            self._wait_ssh(self._pool(handle), hosts)
+            self._wait_ssh(self._pool(handle), hosts, deadline)
             started = self._nodes(handle).start(request, hosts)
         except BaseException:
-            self._terminate(ids)
+            self._release(handle)
             raise
         handle.nodes = started.nodes
         usage = Usage(
@@ -394,12 +436,31 @@ class AwsBackend(Backend[AwsHandle]):
         )
         return handle, usage
 
+    def run_tags(self, handle: AwsHandle) -> dict[str, str]:
+        return {
+            "hml.instance_ids": ",".join(handle.instances),
+            "hml.instance_type": handle.instance_type,
+            "hml.market": handle.market,
+        }
+
+    def take_billed_usd(self) -> float:
+        billed, self._billed = self._billed, 0.0
+        return round(billed, 6)
+
+    def _release(self, handle: AwsHandle) -> None:
+        """Terminate the attempt's instances and bill each once, from launch to now."""
+        self._terminate(handle.instances)
+        now = time.time()
+        for iid in handle.instances:
+            if iid not in self._billed_ids and handle.launched_at:
+                self._billed_ids.add(iid)
+                self._billed += handle.hourly_usd * max(now - handle.launched_at, 0.0) / 3600
+
     def _describe(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         out = self._call("DescribeInstances", self.ec2.describe_instances, InstanceIds=ids)
         return {i["InstanceId"]: i for r in out["Reservations"] for i in r["Instances"]}
 
-    def _wait_running(self, ids: list[str]) -> list[str]:
-        deadline = time.monotonic() + self.config.boot_timeout
+    def _wait_running(self, ids: list[str], deadline: float) -> list[str]:
         while True:
             found = self._describe(ids)
             states = {i: found[i]["State"]["Name"] for i in ids if i in found}
@@ -411,16 +472,42 @@ class AwsBackend(Backend[AwsHandle]):
                 raise BackendError(f"instances not running after {self.config.boot_timeout:g} s: {states}")
             time.sleep(1.0)
 
-    def _wait_ssh(self, pool: HostPool, hosts: list[SshHost]) -> None:
-        """Until every instance's sshd answers with the key we gave it (boot takes a while)."""
-        deadline = time.monotonic() + self.config.boot_timeout
+    def _wait_host_keys(self, ids: list[str], deadline: float) -> dict[str, list[tuple[str, str]]]:
+        """Each instance's host keys, once cloud-init has printed them to its console output.
+
+        ``Latest``: the console as it is now (instances on the Nitro hypervisor: every GPU type
+        from g4dn on), not the copy EC2 posts after a state change, which may predate the keys.
+        """
+        keys: dict[str, list[tuple[str, str]]] = {}
+        while True:
+            for iid in ids:
+                if iid not in keys:
+                    out = self._call(
+                        "GetConsoleOutput", self.ec2.get_console_output, InstanceId=iid, Latest=True
+                    )
+                    found = console_host_keys(out.get("Output") or "")
+                    if found:
+                        keys[iid] = found
+            if len(keys) == len(ids):
+                return keys
+            if time.monotonic() > deadline:
+                missing = ", ".join(i for i in ids if i not in keys)
+                raise BackendError(
+                    f"no SSH host key in the console output of {missing} after "
+                    f"{self.config.boot_timeout:g} s: the image must run cloud-init with "
+                    "ssh.emit_keys_to_console (the default of Ubuntu and Amazon Linux images)"
+                )
+            time.sleep(2.0)
+
+    def _wait_ssh(self, pool: HostPool, hosts: list[SshHost], deadline: float) -> None:
+        """Until every instance's sshd answers with the key it printed (boot takes a while)."""
         for host in hosts:
             while True:
                 try:
                     pool.client(host)
                     break
                 except HostKeyError:
-                    raise  # not the key cloud-init was given: never accepted
+                    raise  # not the key the instance printed: never accepted
                 except BackendError:
                     if time.monotonic() > deadline:
                         raise
@@ -433,7 +520,11 @@ class AwsBackend(Backend[AwsHandle]):
         """One runner per attempt's known_hosts, kept: it holds the nodes' output streams."""
         if handle.known_hosts not in self._runners:
             pool = HostPool(
-                handle.known_hosts, self.config.connect_timeout, self.name, self.config.remote_root
+                handle.known_hosts,
+                self.config.connect_timeout,
+                self.name,
+                self.config.remote_root,
+                key_fix=KEY_FIX,
             )
             self._runners[handle.known_hosts] = NodeRunner(
                 pool, int(self.config.max_workdir_mb * 1e6), tracking_via=self.config.tracking_via
@@ -472,10 +563,10 @@ class AwsBackend(Backend[AwsHandle]):
         try:
             self._nodes(handle).cancel(handle)
         finally:
-            self._terminate(handle.instances)
+            self._release(handle)
 
     def teardown(self, handle: AwsHandle) -> None:
-        self._terminate(handle.instances)
+        self._release(handle)
 
     def gc(self, is_live: Callable[[str], bool]) -> list[str]:
         """Terminate this runner's instances whose run is over or unknown here; what was done."""

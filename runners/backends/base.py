@@ -161,6 +161,17 @@ class Backend(abc.ABC, Generic[H]):
         supervisor may call it again. The default holds nothing.
         """
 
+    def run_tags(self, handle: H) -> dict[str, str]:
+        """MLflow run tags naming what the attempt runs on (cloud instance ids and types); a
+        value may list several, comma-separated. The default: nothing beyond the target's name."""
+        return {}
+
+    def take_billed_usd(self) -> float | None:
+        """What the target billed, since the last call, for what it held beyond the job's own
+        time: a cloud instance is billed from launch to termination, boot and failed launches
+        included. None: the target bills the job's time only (``hml.cost_usd`` is the bill)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind}
 

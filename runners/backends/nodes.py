@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from hmlkit.errors import BackendError, NoCapacityError
 from hmlkit.node import jobscript
-from hmlkit.profile import TrackingVia
+from hmlkit.profile import ShellTarget, TrackingVia
 from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost
 from hmlkit.ssh.pool import HostPool
@@ -28,6 +28,7 @@ from hmlkit.ssh.stream import OutputStream
 from hmlkit.ssh.stream import command as follow_command
 from runners.backends.base import Handle, JobState, LaunchRequest
 from runners.data.stage import Via, stage_remote
+from runners.state.paths import home
 
 _PY_SCRIPT = re.compile(r"^\s*(\S*python3?(?:\.\d+)?)\s+(?!-)(\S+\.py)(.*)$")
 
@@ -59,6 +60,12 @@ class NodesHandle(Handle):
 
     def data_streamed(self) -> dict[str, int]:
         return {n.host.label: n.data_streamed for n in self.nodes if n.data_streamed}
+
+
+def known_hosts(config: ShellTarget) -> str:
+    """The target's ``known_hosts``, else the one in ``$HML_HOME``: a second home (a test, a
+    sandbox, another user's state) trusts its own hosts, not those of ``~/.hybridml``."""
+    return config.known_hosts or str(home() / "known_hosts")
 
 
 def torchrun_line(run_text: str, distributed: bool) -> str:

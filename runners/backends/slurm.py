@@ -27,7 +27,7 @@ from hmlkit.profile import SlurmTarget
 from hmlkit.ssh.hosts import trust, write_files
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
-from runners.backends.nodes import Node, NodeRunner, NodesHandle, torchrun_line
+from runners.backends.nodes import Node, NodeRunner, NodesHandle, known_hosts, torchrun_line
 from runners.data.stage import stage_remote
 from runners.spec import JobSpec, memory_mib
 from runners.state.paths import runner_id
@@ -119,7 +119,7 @@ class SlurmBackend(Backend[SlurmHandle]):
 
     def __init__(self, name: str, config: SlurmTarget) -> None:
         super().__init__(name, config)
-        self.pool = HostPool(config.known_hosts, config.connect_timeout, name, config.remote_root)
+        self.pool = HostPool(known_hosts(config), config.connect_timeout, name, config.remote_root)
         # the job's processes run on compute nodes, not on the login host that follows its files
         self.nodes = NodeRunner(self.pool, int(config.max_workdir_mb * 1e6), pids_on_host=False)
 
@@ -356,4 +356,4 @@ class SlurmBackend(Backend[SlurmHandle]):
         return {"kind": self.kind, "login": self.config.login.label, "partition": self.config.partition}
 
     def trust(self, confirm: Callable[[list[tuple[str, str, str]]], bool]) -> list[tuple[str, str, str]]:
-        return trust([self.config.login], self.config.known_hosts, confirm)
+        return trust([self.config.login], known_hosts(self.config), confirm)

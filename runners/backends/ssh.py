@@ -17,7 +17,7 @@ from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost, trust
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
-from runners.backends.nodes import NodeRunner, NodesHandle
+from runners.backends.nodes import NodeRunner, NodesHandle, known_hosts
 from runners.spec import JobSpec
 
 
@@ -29,7 +29,7 @@ class SshBackend(Backend[NodesHandle]):
 
     def __init__(self, name: str, config: SshTarget) -> None:
         super().__init__(name, config)
-        self.pool = HostPool(config.known_hosts, config.connect_timeout, name, config.remote_root)
+        self.pool = HostPool(known_hosts(config), config.connect_timeout, name, config.remote_root)
         self.nodes = NodeRunner(
             self.pool, int(config.max_workdir_mb * 1e6), config.data_via, config.tracking_via
         )
@@ -147,4 +147,4 @@ class SshBackend(Backend[NodesHandle]):
         return {"kind": self.kind, "hosts": [h.label for h in self.config.hosts]}
 
     def trust(self, confirm: Callable[[list[tuple[str, str, str]]], bool]) -> list[tuple[str, str, str]]:
-        return trust(self.config.hosts, self.config.known_hosts, confirm)
+        return trust(self.config.hosts, known_hosts(self.config), confirm)

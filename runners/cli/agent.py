@@ -15,6 +15,7 @@ Killing a worker touches no other, and the agent may leave at any time (idle for
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -27,28 +28,34 @@ import threading
 import time
 import traceback
 
+from hmlkit.extras import MissingExtra, require
 from runners.cli import agent_client
 from runners.runs import supervision
 
 IDLE_S = 900.0
 
 
+PRELOAD_SDKS = ("paramiko",)
+"""The targets' SDKs a submit and a supervisor import, loaded here when their extra is installed
+(``hmlkit.extras``: an install without the ``ssh`` extra has a working agent too)."""
+
+
 def _preload() -> None:
     """What a submit and a supervisor import: the CLI, the backends, SSH, and mlflow, which a
     supervisor needs to close its run (a second of CPU per run, paid here once)."""
     import mlflow.tracking  # noqa: F401
-    import paramiko  # noqa: F401
 
     import runners.cli.app
     import runners.runs.submit
     import runners.runs.supervisor  # noqa: F401
-    from runners.backends import backend_class
+    from runners.backends import REGISTRY, backend_class
 
-    for kind in ("local", "ssh", "slurm", "aws"):
-        try:
+    for module in PRELOAD_SDKS:
+        with contextlib.suppress(MissingExtra):  # not installed: its commands say which extra brings it
+            require(module)
+    for kind in REGISTRY:
+        with contextlib.suppress(MissingExtra):
             backend_class(kind)
-        except Exception:  # noqa: BLE001 - an extra not installed: its commands load it themselves
-            pass
 
 
 def _read_request(conn: socket.socket) -> tuple[bytes, dict[str, object], list[int]]:
@@ -226,5 +233,15 @@ def serve(idle_s: float) -> int:
     return 0
 
 
+def main() -> int:
+    setting = os.environ.get("HML_AGENT_IDLE_S") or str(IDLE_S)
+    try:
+        idle_s = float(setting)
+    except ValueError:
+        print(f"hml agent: HML_AGENT_IDLE_S must be a number of seconds, not {setting!r}", file=sys.stderr)
+        return 2
+    return serve(idle_s)
+
+
 if __name__ == "__main__":
-    sys.exit(serve(float(os.environ.get("HML_AGENT_IDLE_S") or IDLE_S)))
+    sys.exit(main())

@@ -17,8 +17,13 @@ import struct
 import sys
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hmlkit.errors import HmlError
+from hmlkit.interpreter import python_module
+
+if TYPE_CHECKING:
+    import subprocess
 
 PACKAGES = ("runners", "hmlkit", "policies")
 """What the agent has loaded: a change to any of their files makes a new agent (a new socket)."""
@@ -159,21 +164,27 @@ def run_command(argv: list[str]) -> int | None:
     return 1
 
 
-def start_background() -> None:
+class AgentDied(HmlError):
+    """The agent ended before it listened (an install it cannot load, a bad setting)."""
+
+    exit_code = 2
+
+
+def start_background() -> subprocess.Popen[bytes] | None:
     """Start this code's agent for the next command (this one goes the cold way); a second
     starter finds the first's lock and leaves."""
     import subprocess
 
     if not enabled():
-        return
+        return None
     try:
         log = directory() / "agent.log"
     except AgentRefused as exc:
         print(f"hml: the agent is not used: {exc}", file=sys.stderr)
-        return
+        return None
     with open(log, "ab") as out:
-        subprocess.Popen(
-            [sys.executable, "-m", "runners.cli.agent"],
+        return subprocess.Popen(
+            python_module("runners.cli.agent"),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -181,6 +192,28 @@ def start_background() -> None:
             close_fds=True,
             env={**os.environ, "HML_AGENT": "1"},
         )
+
+
+def start_and_wait(wait_s: float = 60.0) -> int:
+    """This code's agent's pid, starting it unless one answers. One that ends at start is
+    reported at once, with the last line it printed (its reason), not after ``wait_s``."""
+    import time
+
+    log = directory() / "agent.log"
+    seen = log.stat().st_size if log.exists() else 0
+    started = start_background() if ping() is None else None
+    deadline = time.monotonic() + wait_s
+    while (found := ping()) is None:
+        if started is not None and started.poll():  # exit 0: another starter's agent holds the lock
+            with open(log, "rb") as fh:
+                fh.seek(seen)
+                said = [line for line in fh.read().decode(errors="replace").splitlines() if line.strip()]
+            reason = said[-1].strip() if said else f"exit code {started.returncode}"
+            raise AgentDied(f"the agent ended at start: {reason} (see {log})")
+        if time.monotonic() > deadline:
+            raise HmlError(f"the agent did not answer within {wait_s:g} s; see {log}")
+        time.sleep(0.1)
+    return found
 
 
 def _ask(kind: bytes) -> str | None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hmlkit.clihelp import Command
 from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
 from runners.cli.data import app as data_app
@@ -94,6 +95,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
         "reason": record.get("reason", ""),
         "attempts": record.get("attempt", 0) + 1,
         "cost_usd": record.get("cost_usd", 0.0),
+        **{k: record[k] for k in ("instance_cost_usd",) if record.get(k) is not None},  # aws: the bill
         **_present({"inputs": record.get("spec", {}).get("inputs")}),
         **_present({k: record.get("usage", {}).get(k) for k in ("data_bytes", "data_streamed")}),
         "log": str(run_dir(record["run_id"]) / "output.log"),
@@ -109,11 +111,31 @@ def _print_summary(record: dict[str, Any], output: Output) -> None:
     print("\n".join(f"{key:<{width}} {'' if value is None else value}" for key, value in data.items()))
 
 
+def _run_link(record: dict[str, Any]) -> str:
+    """The run in MLflow's UI at the address ``hml ui`` serves. The job's own MLflow client would
+    name its relay's port, gone with the job, so the job is told not to print one
+    (``runners.runs.jobenv``)."""
+    from runners.tracking import local_server
+
+    uri, page = record["tracking_uri"], f"#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
+    if local_server.is_local_store(uri):
+        state = local_server.running()
+        if state is None or not state.get("port"):
+            return f"run `hml ui` and open {page} there"
+        return f"{local_server.url_of(state)}/{page}"
+    if uri.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(uri.rstrip("/"))
+        return f"{parts._replace(netloc=parts.netloc.rpartition('@')[2]).geturl()}/{page}"  # no password
+    return f"`mlflow ui --backend-store-uri {uri}`, then {page}"
+
+
 def _exit_for(record: dict[str, Any]) -> int:
     return 1 if record.get("status") in ("FAILED", "KILLED") else 0
 
 
-@app.command()
+@app.command(cls=Command)
 def submit(
     job: Annotated[str, typer.Argument(metavar="JOB", help="The job file (YAML)")],
     target: Annotated[
@@ -150,9 +172,10 @@ def submit(
     if dry_run:
         try:
             checked = plan(job, target, set_ or [], _state["config"])
-        except HmlError as exc:
+        except HmlError as exc:  # each problem once, as every command says it; then the verdict
             _print_error(exc)
-            print(f"not ready: {str(exc).splitlines()[0]}", file=sys.stderr)
+            count = len(str(exc).splitlines())
+            print(f"not ready: {count} problem{'s' if count > 1 else ''} above", file=sys.stderr)
             raise typer.Exit(2) from None
         checked.backend.close()
         resolved = {
@@ -188,11 +211,12 @@ def submit(
     except KeyboardInterrupt:
         print(f"\nhml: detached; the job goes on. {_next_steps(record.run_id)}", file=sys.stderr)
         raise typer.Exit(130) from None
+    print(f"hml: in MLflow: {_run_link(record.model_dump())}", file=sys.stderr)
     _print_summary(record.model_dump(), output)
     raise typer.Exit(_exit_for(record.model_dump()))
 
 
-@app.command()
+@app.command(cls=Command)
 def status(
     run: RunArg,
     output: OutputOpt = Output.text,
@@ -209,7 +233,7 @@ def status(
     _print_summary(record, output)
 
 
-@app.command()
+@app.command(cls=Command)
 def logs(
     run: RunArg,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")] = False,
@@ -220,12 +244,12 @@ def logs(
     follow(run, keep_following=follow_)
 
 
-@app.command()
+@app.command(cls=Command)
 def cancel(
     run: RunArg,
     output: OutputOpt = Output.text,
 ) -> None:
-    """Kill every process of a run and mark it KILLED."""
+    """Kill every process of a run and mark it KILLED; one that already ended is left as it was."""
     import time
 
     from runners.runs.supervision import ensure_supervised
@@ -233,7 +257,9 @@ def cancel(
 
     record = record_files.read(run)
     run_id = record["run_id"]
-    if record.get("status") not in TERMINAL:
+    if record.get("status") in TERMINAL:  # what was asked holds: exit 0, but say nothing was done
+        print(f"hml: run {run_id} already {record['status']}; nothing to cancel", file=sys.stderr)
+    else:
         record_files.cancel_flag(run_id).touch()
         ensure_supervised(run_id, record.get("finalized", False))
         deadline = time.monotonic() + 60
@@ -285,12 +311,29 @@ def _duration(record: dict[str, Any]) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _check_target(name: str, records: list[dict[str, Any]]) -> None:
+    """A target no run here used is a typo unless the profile has it: an empty table would hide it."""
+    used = {r["target"] for r in records}
+    if name in used:
+        return
+    from runners.profile import load_profile
+
+    known = sorted(used | set(load_profile(_state["config"]).targets))
+    if name not in known:
+        raise typer.BadParameter(
+            f"{name!r} is no target of the profile nor of any run here; known: {', '.join(known)}",
+            param_hint="'--target'",
+        )
+
+
 @app.command("list")
 def list_(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N", help="Most recent N runs")] = 20,
     state: Annotated[
         list[State] | None,
-        typer.Option("--state", metavar="STATE", help="Only runs in this state (repeat it)"),
+        typer.Option(
+            "--state", metavar="STATE", case_sensitive=False, help="Only runs in this state (repeat it)"
+        ),
     ] = None,
     target: Annotated[
         str | None, typer.Option("--target", "-t", metavar="TARGET", help="Only runs on this target")
@@ -308,9 +351,12 @@ def list_(
 
     cutoff = _since(since)
     wanted = {s.value for s in state or []}
+    records = record_files.read_all()
+    if target is not None:
+        _check_target(target, records)
     chosen = [
         r
-        for r in record_files.read_all()
+        for r in records
         if (not wanted or r.get("status", "PENDING") in wanted)
         and (target is None or r["target"] == target)
         and (cutoff is None or r.get("submitted_at", 0) >= cutoff)
@@ -381,22 +427,11 @@ def agent(ctx: typer.Context, output: OutputOpt = Output.text) -> None:
 @agent_app.command("start")
 def agent_start() -> None:
     """Start the agent now and wait until it answers (hml submit otherwise starts it)."""
-    import time
-
     from runners.cli import agent_client
 
     if not agent_client.enabled():
         raise HmlError("the agent is off (HML_AGENT=0)")
-    if agent_client.ping() is None:
-        agent_client.start_background()
-    deadline = time.monotonic() + 60
-    while (found := agent_client.ping()) is None:
-        if time.monotonic() > deadline:
-            raise HmlError(
-                f"the agent did not answer within 60 s; see {agent_client.directory() / 'agent.log'}"
-            )
-        time.sleep(0.1)
-    print(f"agent: running, pid {found}")
+    print(f"agent: running, pid {agent_client.start_and_wait()}")
 
 
 @agent_app.command("stop")
@@ -413,7 +448,8 @@ def ui(
     output: OutputOpt = Output.text,
 ) -> None:
     """Print the MLflow UI's address; for the embedded default, start its local tracking server
-    (loopback only, stopped after HML_LOCAL_SERVER_IDLE_S without use) and wait until it answers."""
+    (loopback only, yours only, stopped after HML_LOCAL_SERVER_IDLE_S without use), wait until it
+    answers and print the address that logs your browser in (it carries the server's token)."""
     from hmlkit.errors import ProfileError, TrackingError
     from runners.profile import load_profile, tracking_uri
     from runners.tracking import local_server
@@ -428,7 +464,7 @@ def ui(
     profile = load_profile(_state["config"])
     uri = tracking_uri(profile)
     if uri.startswith(("http://", "https://")):
-        url = uri  # the profile's own server serves its UI
+        url = browser = uri  # the profile's own server serves its UI
     elif local_server.is_local_store(uri):
         from runners.progress import step
 
@@ -437,6 +473,7 @@ def ui(
                 url = local_server.ensure()
             except RuntimeError as exc:
                 raise TrackingError(str(exc)) from None
+        browser = local_server.login_url(url)  # it answers its owner only: this logs the browser in
     else:
         raise ProfileError(
             profile.source,
@@ -446,9 +483,9 @@ def ui(
             ],
         )
     if output is Output.json:
-        print(json.dumps({"url": url, "tracking_uri": uri}))
+        print(json.dumps({"url": url, "tracking_uri": uri, "browser_url": browser}))
     else:
-        print(url)
+        print(browser)
 
 
 @targets_app.callback(invoke_without_command=True)
@@ -509,7 +546,7 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-@targets_app.command("trust")
+@targets_app.command("trust", cls=Command)
 def targets_trust(
     name: Annotated[str, typer.Argument(metavar="TARGET", help="An ssh target of the profile")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Record without asking")] = False,

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from hmlkit.clihelp import Command
+
 app = typer.Typer(help="Versioned datasets: snapshot an S3 prefix, list them, show a version and its runs.")
 
 
@@ -51,7 +53,7 @@ def _summary(snap: Any) -> dict[str, Any]:
     }
 
 
-@app.command()
+@app.command(cls=Command)
 def snapshot(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The dataset's name, e.g. digits")],
@@ -115,7 +117,7 @@ def list_(ctx: typer.Context, output: OutputOpt = "text") -> None:
     Console().print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def show(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]", help="A dataset, or one version of it")],

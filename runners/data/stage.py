@@ -106,7 +106,7 @@ def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Inp
         files = {"datafetch.py": script, "inputs-plan.json": json.dumps(plan(inputs, root, urls_for))}
         write_files(client, scratch, files)
         q = shlex.quote(scratch)
-        rc, out, err = pool.exec(host, f"python3 {q}/datafetch.py {q}/inputs-plan.json", timeout=3600)
+        rc, out, err = pool.exec(host, f"python3 -I -S {q}/datafetch.py {q}/inputs-plan.json", timeout=3600)
         if rc != 0:
             raise BackendError(f"{host.label}: staging the inputs failed: {(err or out).strip()[-300:]}")
         done = json.loads(out.strip().splitlines()[-1])

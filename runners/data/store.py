@@ -236,7 +236,7 @@ def stores(profile: Profile, field: str = "stores") -> Iterator[tuple[str, DataS
             profile.source,
             [
                 f"{field}: the profile names no dataset store; add e.g. stores: {{lake: {{buckets: "
-                "[ml-datasets], endpoint_url: https://minio.internal:9000}}} (no endpoint_url: AWS S3)"
+                "[ml-datasets], endpoint_url: https://minio.internal:9000}} (no endpoint_url: AWS S3)"
             ],
         )
     for name, config in profile.stores.items():

@@ -54,11 +54,21 @@ def relay_secrets(rec: RunRecord, env: Mapping[str, str]) -> dict[str, str]:
     store is a file or a database it reaches itself."""
     if not env["MLFLOW_TRACKING_URI"].startswith(("http://", "https://")):
         return {}
-    upstream = rest.credentials_for(rec.tracking_uri)
+    upstream = tracking_credentials(rec)
     return {
         TOKEN: secrets.token_urlsafe(32),
         jobscript.RELAY_CREDENTIALS: " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(upstream.items())),
     }
+
+
+def tracking_credentials(rec: RunRecord, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The credentials of the server the job logs to, and of no other, for its relay alone
+    (``relay_secrets``): a local job on the embedded default gets its local server's token
+    (``local_server.credentials``), never the submitter's credentials for some other server; a
+    remote one there logs to no server."""
+    if local_server.is_local_store(rec.tracking_uri):
+        return local_server.credentials() if rec.target_config.get("kind") == "local" else {}
+    return rest.credentials(environ)
 
 
 def param_env_name(key: str) -> str:
@@ -81,6 +91,8 @@ def job_env(rec: RunRecord) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": _job_tracking_uri(rec),
             "MLFLOW_RUN_ID": rec.run_id,
             "MLFLOW_EXPERIMENT_ID": rec.experiment_id,
+            # its "View run at" link would name the relay's port, gone with the job: hml prints the UI's
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
             "PYTHONUNBUFFERED": "1",
         }
     )

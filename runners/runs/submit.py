@@ -52,7 +52,11 @@ class Plan:
 
     @property
     def placement_reason(self) -> str:
-        return self.placement.get(self.target, "")
+        """Why the run went where it did, and why each other target tried did not take it (the
+        dry run's ``placement``, for whoever reads the run later)."""
+        reason = self.placement.get(self.target, "")
+        others = "; ".join(f"{name}: {why}" for name, why in self.placement.items() if name != self.target)
+        return f"{reason}; not taken: {others}" if others else reason
 
     def public(self) -> dict[str, Any]:
         """The resolved job as it is shown and recorded: secret values redacted."""

@@ -11,11 +11,11 @@ target's connections open; it goes on supervising once its command has answered.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from hmlkit.interpreter import python_module
 from runners.state.lock import lock
 from runners.state.paths import run_dir
 
@@ -57,7 +57,7 @@ def spawn(run_id: str, backend: Any = None) -> None:
         backend.close()
     log = open(path, "ab")  # noqa: SIM115
     subprocess.Popen(
-        [sys.executable, "-m", "runners.runs.supervisor", run_id],
+        python_module("runners.runs.supervisor", run_id),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

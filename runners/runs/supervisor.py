@@ -22,7 +22,7 @@ from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usag
 from runners.data.inputs import Input
 from runners.data.inputs import load as load_inputs
 from runners.runs import telemetry
-from runners.runs.jobenv import job_env, relay_secrets
+from runners.runs.jobenv import job_env, relay_secrets, tracking_credentials
 from runners.runs.secrets import Redactor, resolve
 from runners.spec import JobSpec
 from runners.state import record_files, records
@@ -84,7 +84,8 @@ class Supervisor:
         self.backend.check(self.spec)
         env = job_env(self.rec)
         secrets = {**resolve(self.rec.secrets, self.rec.vault), **relay_secrets(self.rec, env)}
-        self.redact = Redactor([*secrets.values(), *rest.credentials().values()])
+        upstream = {**rest.credentials(), **tracking_credentials(self.rec)}  # for the runner's own notes
+        self.redact = Redactor([*secrets.values(), *upstream.values()])
         request = LaunchRequest(
             run_id=self.rec.run_id,
             spec=self.spec,
@@ -97,6 +98,7 @@ class Supervisor:
         )
         handle, usage = self.backend.launch(request)
         self.rec.handle = handle.model_dump()
+        self._tag(self.backend.run_tags(handle))
         self.rec.usage = dict(usage.__dict__)
         self.rec.status, self.rec.reason = "RUNNING", ""
         self.rec.started_at = self.rec.started_at or time.time()
@@ -111,6 +113,21 @@ class Supervisor:
             f"attempt {self.rec.attempt + 1} started after {self.backend.commands_sent()} target commands"
         )
         return handle
+
+    def _tag(self, tags: dict[str, str]) -> None:
+        """Add an attempt's run tags to the earlier attempts': each value once, comma-separated."""
+        for key, value in tags.items():
+            known = self.rec.target_tags.get(key, "")
+            parts = known.split(",") if known else []
+            parts += [v for v in value.split(",") if v not in parts]
+            self.rec.target_tags[key] = ",".join(parts)
+
+    def _bill(self) -> None:
+        """Add what the target billed since the last look (instances launched and terminated)."""
+        billed = self.backend.take_billed_usd()
+        if billed is not None:
+            self.rec.instance_cost_usd = round((self.rec.instance_cost_usd or 0.0) + billed, 6)
+            self.rec.save()
 
     def _cost(self) -> float:
         return Usage(**self.rec.usage).cost_usd(time.time() - (self.rec.started_at or time.time()))
@@ -217,12 +234,14 @@ class Supervisor:
                 time.sleep(CAPACITY_RETRY_S)
                 continue
             except HmlError as exc:
+                self._bill()  # a launch that failed after RunInstances still ran its instances
                 self.note(f"launch failed: {exc}")
                 self._end("FAILED", None, f"launch failed: {exc}")
                 break
             stop, state = self._watch(handle)
             backlog.settle(self.rec, self.note)
             self.rec.cost_usd = self._cost()
+            self._bill()
             if stop:
                 self._end("KILLED" if stop.startswith("cancelled") else "FAILED", state.exit_code, stop)
             elif state.exit_code == 0:
@@ -271,6 +290,8 @@ class Supervisor:
                     self.rec.reason,
                     duration_s=(self.rec.ended_at or time.time()) - start,
                     cost_usd=self.rec.cost_usd,
+                    instance_cost_usd=self.rec.instance_cost_usd,
+                    tags=self.rec.target_tags,
                     log_path=self.rec.log_path,
                     ended_at=self.rec.ended_at or time.time(),
                 )
@@ -298,6 +319,7 @@ def _supervise(sup: Supervisor) -> None:
                 sup.backend.teardown(handle)
             except HmlError:
                 pass
+            sup._bill()
         sup._end("FAILED", None, f"runner error: {type(exc).__name__}: {exc} (see supervisor.log)")
         sup.finalize()
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hmlkit.errors import RunNotFound
+from hmlkit.errors import RunNotFound, UsageError
 from runners.state.paths import run_dir, runs_dir
 
 RECORD = "record.json"
@@ -22,11 +22,22 @@ def find(run_id: str) -> Path:
     path = run_dir(run_id) / RECORD
     if run_id and "/" not in run_id and path.is_file():
         return path
-    matches = [p.name for p in runs_dir().glob(f"{run_id}*")] if run_id and "/" not in run_id else []
-    if len(matches) == 1 and (run_dir(matches[0]) / RECORD).is_file():
+    runs = runs_dir()
+    usable = run_id and "/" not in run_id and runs.is_dir()
+    matches = sorted(p.name for p in runs.iterdir() if p.name.startswith(run_id)) if usable else []
+    matches = [m for m in matches if (run_dir(m) / RECORD).is_file()]
+    if len(matches) == 1:
         return run_dir(matches[0]) / RECORD
-    hint = "ambiguous prefix" if matches else "see `hml list`"
-    raise RunNotFound(run_id or "''", [f"no such run under {runs_dir()} ({hint})"])
+    if matches:
+        raise UsageError(f"run id {run_id!r} is ambiguous: matches {_shown(matches)} (give more characters)")
+    raise RunNotFound(run_id or "''", [f"no such run under {runs} (see `hml list`)"])
+
+
+def _shown(ids: list[str], most: int = 10) -> str:
+    """Each id cut where it parts from the others, never shorter than `hml list` shows them."""
+    cut = next(n for n in range(8, max(8, *map(len, ids)) + 1) if len({i[:n] for i in ids}) == len(ids))
+    shown = [i if len(i) <= cut else f"{i[:cut]}..." for i in ids[:most]]
+    return ", ".join(shown) + (f" and {len(ids) - most} more" if len(ids) > most else "")
 
 
 def read(run_id: str) -> dict[str, Any]:

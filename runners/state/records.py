@@ -43,6 +43,12 @@ class RunRecord(BaseModel):
     started_at: float | None = None
     ended_at: float | None = None
     cost_usd: float = 0.0
+    """What the job's running time costs (price x nodes x hours since it started): hml.cost_usd."""
+    instance_cost_usd: float | None = None
+    """What the target billed for the instances it launched, each from launch to termination,
+    every attempt and failed launch included: hml.instance_cost_usd. None: no such bill (not aws)."""
+    target_tags: dict[str, str] = {}
+    """What the attempts ran on (Backend.run_tags), every attempt's values joined: MLflow run tags."""
     supervisor_pid: int | None = None
     log_bytes: int | None = None
     """The run log's length when ``handle`` (its read position) was last saved: a restarted

@@ -64,13 +64,14 @@ def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
     if not uri.startswith(("http://", "https://")) and not local_server.is_local_store(uri):
         return Drained(0, 0)  # no relay ran, so no journal was left
     deadline = time.monotonic() + wait_s
-    auth = auth_header(rest.credentials_for(uri))
     found = journals(run_dir)
+    auth = None if local_server.is_local_store(uri) else auth_header(rest.credentials())
     if local_server.is_local_store(uri) and (waiting := sum(_waiting(root) for root in found)):
         try:
             uri = local_server.ensure(wait_s)
         except RuntimeError:
             return Drained(0, waiting)
+        auth = local_server.authorization()  # its own token, not the profile's credentials
     sent = left = 0
     for root in found:
         one = drain_journal(root, uri, deadline, auth)

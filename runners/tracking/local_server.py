@@ -12,8 +12,14 @@ starts it and waits. A watchdog (``python -m runners.tracking.local_server serve
 its child, holds ``tracking-server.lock`` while it lives (so two starts make one server) and
 stops it after ``HML_LOCAL_SERVER_IDLE_S`` without use: each use touches the state file, and a
 run whose supervisor still lives counts as use. ``local_server: false`` in the profile or
-``HML_LOCAL_SERVER=0`` keeps ``hml submit`` from starting one (docs/security.md says why one
-might). Standard library only: submit asks this before anything heavy is imported.
+``HML_LOCAL_SERVER=0`` keeps ``hml submit`` from starting one. Standard library only: submit
+asks this before anything heavy is imported.
+
+It answers its owner only: each start writes a token to ``tracking-server.token`` (0600) that
+every request must carry (``runners.tracking.local_app`` checks it in front of MLflow, and keeps
+the server inside its store and artifact root); hml's clients send it (``credentials``,
+``authorization``) and only to a port whose listener is the owner's own (``healthy``).
+docs/security.md says why a token, and what another account can still do.
 """
 
 from __future__ import annotations
@@ -21,18 +27,22 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from hmlkit.interpreter import python_module
 from runners.state.paths import home
 
 STATE = "tracking-server.json"
+TOKEN = "tracking-server.token"
 LOCK = "tracking-server.lock"
 LOG = "tracking-server.log"
 HEALTH_TIMEOUT_S = 0.5
@@ -50,9 +60,13 @@ def store_uri() -> str:
     return f"sqlite:///{home() / 'mlflow.db'}"
 
 
+def artifact_path() -> Path:
+    """Where the embedded default keeps artifacts, served or not: the server's only artifact root."""
+    return home() / "artifacts"
+
+
 def artifact_root() -> str:
-    """Where the embedded default keeps artifacts, served or not."""
-    return (home() / "artifacts").as_uri()
+    return artifact_path().as_uri()
 
 
 def is_local_store(uri: str) -> bool:
@@ -99,9 +113,69 @@ def url_of(state: dict[str, Any]) -> str:
     return f"http://127.0.0.1:{state['port']}"
 
 
-def healthy(url: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+def token() -> str | None:
+    """The running (or last) server's token: what every request to it must carry."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:  # noqa: S310 - loopback
+        return (home() / TOKEN).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def credentials() -> dict[str, str]:
+    """The tracking credentials of a client of the server, as MLflow's client reads them from its
+    environment (a local job's relay sends them upstream for runs on the embedded default)."""
+    found = token()
+    return {"MLFLOW_TRACKING_TOKEN": found} if found else {}
+
+
+def authorization() -> str | None:
+    """The ``Authorization`` header the server asks for."""
+    found = token()
+    return f"Bearer {found}" if found else None
+
+
+def login_url(url: str) -> str:
+    """The address that logs a browser in (``runners.tracking.local_app``: it sets a cookie and
+    shows the UI). It carries the token: for its owner's eyes only."""
+    return f"{url}/hml-login?token={token() or ''}"
+
+
+def _write_token(value: str) -> None:
+    path = home() / TOKEN
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value)
+    os.replace(tmp, path)
+
+
+def owned(port: int) -> bool:
+    """Whether whatever listens on ``port`` of loopback is this user's (Linux: ``/proc/net/tcp``
+    names each socket's owner), so the token is never sent to a port another account took once
+    the server stopped. Where there is no ``/proc`` (macOS), True: docs/security.md says so."""
+    try:
+        with open("/proc/net/tcp") as fh:
+            rows = [line.split() for line in fh.readlines()[1:]]
+    except OSError:
+        return True
+    suffix = f":{port:04X}"
+    owners = {int(r[7]) for r in rows if len(r) > 7 and r[1].endswith(suffix) and r[3] == "0A"}  # 0A: LISTEN
+    return owners == {os.getuid()}
+
+
+def healthy(url: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+    """Whether the server at ``url`` (``url_of``) answers, asked only once its port is ours."""
+    auth = authorization()
+    try:
+        port = urllib.parse.urlsplit(url).port
+    except ValueError:
+        return False
+    if auth is None or port is None or not owned(port):
+        return False
+    request = urllib.request.Request(f"{url}/health", headers={"Authorization": auth})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
             return bool(response.status == 200)
     except (OSError, ValueError):
         return False
@@ -161,7 +235,7 @@ def start() -> bool:
     log = open(home() / LOG, "ab")  # noqa: SIM115 - the child keeps it
     with log:
         watchdog = subprocess.Popen(
-            [sys.executable, "-m", "runners.tracking.local_server", "serve"],
+            python_module("runners.tracking.local_server", "serve"),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -249,10 +323,14 @@ def serve() -> int:
     store, idle_s = store_uri(), _idle_s()
     previous = read_state() or {}
     port = _port(previous.get("port"))
-    (home() / "artifacts").mkdir(parents=True, exist_ok=True)
+    # fresh for each start, but kept while runs on the store live: their relays send it
+    kept = token() if _runs_live(store) else None
+    _write_token(kept or secrets.token_urlsafe(32))
+    artifact_path().mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen(
         [
-            *(sys.executable, "-m", "mlflow", "server"),
+            *python_module("mlflow", "server"),
+            *("--app-name", "hml-local"),  # runners.tracking.local_app: the token, the confinement
             *("--backend-store-uri", store),
             *("--default-artifact-root", artifact_root()),
             "--no-serve-artifacts",  # clients write the file store themselves, as the direct path does

@@ -98,12 +98,13 @@ def start_run(
     (``runners.tracking.local_server``), this is plain REST (``runners.tracking.rest``): the job does not
     wait for the mlflow import."""
     tags = _run_tags(spec, target, workdir, extra_tags)
-    served = local_server.served_uri(tracking_uri)
-    if rest.usable(served):
+    api = _rest(tracking_uri)
+    if api is not None:
         try:
-            return _start_run_rest(served, spec, experiment, params, tags, _experiment_location(tracking_uri))
+            location = _experiment_location(tracking_uri)
+            return _start_run_rest(api, tracking_uri, spec, experiment, params, tags, location)
         except rest.RestError as exc:  # no run was created
-            if served == tracking_uri or exc.code != rest.REFUSED:
+            if not local_server.is_local_store(tracking_uri) or exc.code != rest.REFUSED:
                 raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
             # the local server stopped since it answered: the store directly
     from mlflow.entities import Param
@@ -123,7 +124,17 @@ def start_run(
     return run_id, experiment_id
 
 
+def _rest(tracking_uri: str) -> rest.Rest | None:
+    """Plain REST to the server for ``tracking_uri`` (the embedded default's local server, with
+    its own token, while it answers), or None where mlflow's client is needed."""
+    served = local_server.served_uri(tracking_uri)
+    if not rest.usable(served):
+        return None
+    return rest.Rest(served, local_server.credentials() if served != tracking_uri else None)
+
+
 def _start_run_rest(
+    api: rest.Rest,
     tracking_uri: str,
     spec: dict[str, Any],
     experiment: str,
@@ -133,7 +144,6 @@ def _start_run_rest(
 ) -> tuple[str, str]:
     import yaml
 
-    api = rest.Rest(tracking_uri)
     experiment_id = api.experiment_id(experiment, artifact_location)  # RestError: nothing created yet
     run_id, artifact_uri = api.create_run(experiment_id, spec["name"], tags)
     try:
@@ -173,9 +183,9 @@ def _refused(tracking_uri: str, run_id: str, exc: Exception) -> NoReturn:
 def fail_run(tracking_uri: str, run_id: str, reason: str) -> None:
     """End a run FAILED that will never get a job; best effort (the server may be what failed)."""
     try:
-        served = local_server.served_uri(tracking_uri)
-        if rest.usable(served):
-            rest.Rest(served).fail(run_id, reason[:5000])
+        api = _rest(tracking_uri)
+        if api is not None:
+            api.fail(run_id, reason[:5000])
             return
         client = _client(tracking_uri)
         client.set_tag(run_id, "hml.reason", reason[:5000])
@@ -194,17 +204,22 @@ def finalize(
     cost_usd: float,
     log_path: Path,
     ended_at: float,
+    instance_cost_usd: float | None = None,
+    tags: dict[str, str] | None = None,
 ) -> None:
     """Close the run: log, exit code, reason, duration, cost, terminal status.
 
-    Over plain REST where run creation is (no mlflow import in the supervisor either)."""
-    tags = {"hml.reason": reason or status.lower()}
+    ``instance_cost_usd``: the instances' bill, launch to termination (cloud targets only);
+    ``tags``: what the attempts ran on (instance ids and types). Over plain REST where run
+    creation is (no mlflow import in the supervisor either)."""
+    tags = {**(tags or {}), "hml.reason": reason or status.lower()}
     if exit_code is not None:
         tags["hml.exit_code"] = str(exit_code)
     metrics = {"hml.duration_s": duration_s, "hml.cost_usd": cost_usd}
-    served = local_server.served_uri(tracking_uri)
-    if rest.usable(served):
-        api = rest.Rest(served)
+    if instance_cost_usd is not None:
+        metrics["hml.instance_cost_usd"] = instance_cost_usd
+    api = _rest(tracking_uri)
+    if api is not None:
         try:
             if log_path.exists():
                 log = log_path.read_bytes()

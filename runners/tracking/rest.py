@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from hmlkit.node.relay import CREDENTIALS
-from runners.tracking import local_server
 
 TIMEOUT_S = 15.0
 REFUSED = "CONNECTION_REFUSED"
@@ -48,31 +47,21 @@ def credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {k: environ[k] for k in CREDENTIALS if environ.get(k)}
 
 
-def credentials_for(tracking_uri: str) -> dict[str, str]:
-    """What a job's relay may present to the server of ``tracking_uri``: credentials go only to
-    the server they belong to, so the team server's never reach the embedded default's local
-    server (nor whoever holds its port after it stopped)."""
-    if local_server.is_local_store(tracking_uri):
-        # The one call site for the local server's own credential (issue 20, item 1: the local
-        # server requires a per-user token; sec-server's `local_server.credentials()` goes here).
-        return {}
-    return credentials()
-
-
 def usable(uri: str) -> bool:
     """Whether plain REST does for ``uri`` what mlflow's client would."""
     return uri.startswith(("http://", "https://")) and not any(os.environ.get(k) for k in _UNSUPPORTED_ENV)
 
 
 class Rest:
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, credentials: Mapping[str, str] | None = None) -> None:
+        """``credentials``: MLflow's ``MLFLOW_TRACKING_*`` variables for this server (default: this
+        process's environment, as mlflow's client reads them; the embedded default's local server
+        takes its own token, never the profile's server's credentials)."""
         self.base = uri.rstrip("/")
         self.headers = {"Content-Type": "application/json"}
-        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-        user, password = (
-            os.environ.get("MLFLOW_TRACKING_USERNAME"),
-            os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-        )
+        env = os.environ if credentials is None else credentials
+        token = env.get("MLFLOW_TRACKING_TOKEN")
+        user, password = env.get("MLFLOW_TRACKING_USERNAME"), env.get("MLFLOW_TRACKING_PASSWORD")
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
         elif user and password:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import BIN, MlflowServer, free_port, wait_http
+from tests.conftest import BIN, SERVER_ENV, MlflowServer, free_port, wait_http
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -139,7 +139,7 @@ def file_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "MLFLOW_ALLOW_FILE_STORE": "true"},
+            env={**SERVER_ENV, "MLFLOW_ALLOW_FILE_STORE": "true"},
         )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc=proc)

@@ -56,6 +56,20 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
+def test_errors_read_like_every_other_hml_command(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "hml"), "policy", "check", str(tmp_path), "--stack", "dev"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"hml: error: {tmp_path.resolve()}: no Pulumi.yaml here; give the directory of a Pulumi project "
+        "(e.g. stacks/platform)"
+    ]
+
+
 def test_malformed_stack_file_exits_2(tmp_path: Path) -> None:
     (tmp_path / "Pulumi.yaml").write_text("name: broken\nruntime: python\n")
     (tmp_path / "Pulumi.dev.yaml").write_text("config: [unclosed\n")

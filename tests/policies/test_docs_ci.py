@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,20 @@ def test_workflow_check_step_runs_as_written(tmp_path: Path) -> None:
     assert outputs.read_text().strip() == "exit=0"
     assert (tmp_path / "policy.md").read_text().startswith("## :white_check_mark:")
     assert (tmp_path / "p.sarif").is_file()
+
+
+def test_platform_guide_check_runs_where_its_step_1_leaves_you() -> None:
+    """docs/platform.md's offline check (step 3), as written, from the directory step 1 ``cd``s to."""
+    lines = [
+        line.split("#")[0].strip()
+        for block in re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "platform.md").read_text(), re.S)
+        for line in block.splitlines()
+    ]
+    where = next(line.removeprefix("cd ") for line in lines if line.startswith("cd "))
+    check = next(line for line in lines if line.startswith("hml policy check"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["bash", "-e", "-c", check], cwd=ROOT / where, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "PASS: hybridml-platform/onprem" in out.stdout

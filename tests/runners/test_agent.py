@@ -162,3 +162,22 @@ def test_off_switch_and_unsafe_directory(tmp_path, monkeypatch):
     out = hml("submit", str(job))
     assert out.returncode == 0 and "cold" in out.stdout
     assert "the agent is not used" in out.stderr and "0700" in out.stderr
+
+
+def test_an_agent_that_ends_at_start_is_reported_at_once(tmp_path, monkeypatch):
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    begun = time.monotonic()
+    out = hml("agent", "start", env={"HML_AGENT_IDLE_S": "soon"})
+    assert out.returncode == 2 and time.monotonic() - begun < 20, out.stderr
+    assert "the agent ended at start: hml agent: HML_AGENT_IDLE_S must be a number of seconds" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not _agent_state()["running"]
+
+
+def test_the_agent_is_an_isolated_interpreter(agent):
+    """``-I``: no working directory, script directory or PYTHON* variable can change its imports
+    (tests/security/test_isolation.py plants packages where a victim runs hml)."""
+    argv = Path(f"/proc/{agent}/cmdline").read_bytes().split(b"\0")
+    assert argv[1:4] == [b"-I", b"-m", b"runners.cli.agent"], argv

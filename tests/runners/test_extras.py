@@ -74,3 +74,29 @@ def test_every_command_without_extras(bare_hml, tmp_path):
         out = run(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert f"pip install '{extra}'" in out.stderr, (args, out.stderr)
+
+
+@pytest.mark.slow
+def test_the_agent_runs_without_extras(bare_hml, tmp_path):
+    """It preloads what is installed (paramiko only with the ``ssh`` extra), so the first
+    submit's agent serves the next one on the quick start's own install too."""
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    env = {**os.environ, "HML_HOME": str(tmp_path / "home"), "XDG_RUNTIME_DIR": str(runtime)}
+    for name in ("HML_CONFIG", "HML_AGENT"):
+        env.pop(name, None)
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"name": "bare", "run": "echo through-the-agent"}))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(bare_hml), *args], capture_output=True, text=True, env=env, timeout=300)
+
+    try:
+        started = run("agent", "start")
+        assert started.returncode == 0 and "agent: running, pid" in started.stdout, started.stderr
+        done = run("submit", str(job))
+        assert done.returncode == 0 and "through-the-agent" in done.stdout, done.stderr
+        assert "Traceback" not in (runtime / "hml" / "agent.log").read_text()
+        assert "running" in run("agent").stdout
+    finally:
+        run("agent", "stop")

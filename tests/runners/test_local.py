@@ -235,3 +235,29 @@ def test_status_shows_syncing_until_every_record_is_home(tmp_path):
         assert_every_step_once(server, run_id, 30)
     finally:
         server.stop()
+
+
+def test_the_placement_reason_says_why_earlier_targets_were_passed_over(tmp_path, mlflow_server):
+    """``--target auto``: the run's tag tells what the dry run tells, the skipped targets too."""
+    closed = free_port()  # nothing listens: the SSH target cannot be reached
+    far = {"kind": "ssh", "hosts": [{"address": "127.0.0.1", "port": closed, "user": "hml"}]}
+    profile = tmp_path / "hybridml.yaml"
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "tracking_uri": mlflow_server.url,
+                "placement": ["far", "here"],
+                "targets": {
+                    "far": {**far, "known_hosts": str(tmp_path / "known_hosts")},
+                    "here": {"kind": "local"},
+                },
+            }
+        )
+    )
+    job = write_job(tmp_path / "w", run="echo placed")
+    summary, out = submit_json(str(job), "--target", "auto", env={"HML_CONFIG": str(profile)})
+    assert out.returncode == 0 and summary["target"] == "here", out.stderr
+    reason = wait_finalized(mlflow_server.client(), summary["run_id"]).data.tags["hml.placement_reason"]
+    first, _, skipped = reason.partition("; not taken: ")
+    assert first == "the first in placement order with room now", reason
+    assert skipped.startswith("far: cannot run it: target 'far': ") and str(closed) in skipped, reason

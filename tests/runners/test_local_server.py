@@ -134,8 +134,9 @@ def test_ui_starts_and_stops_it(tmp_path, hml_home):
     assert state is not None and shown["url"] == local_server.url_of(state)
     assert shown["tracking_uri"] == f"sqlite:///{hml_home}/mlflow.db"
     assert local_server.healthy(shown["url"])
-    again = hml("ui", env=ON)  # the one running is reused
-    assert again.returncode == 0 and again.stdout.strip() == shown["url"]
+    again = hml("ui", env=ON)  # the one running is reused; text output: the browser's address
+    assert again.returncode == 0 and again.stdout.strip() == shown["browser_url"]
+    assert shown["browser_url"] == f"{shown['url']}/hml-login?token={local_server.token()}"
     assert local_server.read_state()["pid"] == state["pid"]
 
     stopped = hml("ui", "--stop", "-o", "json")

@@ -160,7 +160,7 @@ def test_set_values_edge_cases(tmp_path):
     assert spec.params["note"] == "a=b"
     spec, _ = load_job(write(tmp_path, VALID), ["note=[unclosed"])  # not YAML: kept as text
     assert spec.params["note"] == "[unclosed"
-    with pytest.raises(SpecError, match="job.yaml: params: Input should be a valid dictionary"):
+    with pytest.raises(SpecError, match="^--set params=3: params: Input should be a valid dictionary"):
         load_job(write(tmp_path, VALID), ["params=3"])
 
 

@@ -83,6 +83,24 @@ def test_trust_without_yes_and_no_answer_records_nothing(tmp_path, ssh_bed, mlfl
     assert not (tmp_path / "known_hosts").exists()
 
 
+def test_known_hosts_defaults_to_the_one_in_hml_home(tmp_path, ssh_bed, hml_home):
+    target = ssh_bed.target(tmp_path / "unused")
+    del target["known_hosts"]
+    profile = tmp_path / "hybridml.yaml"  # the embedded default's store: no tracking server needed
+    profile.write_text(yaml.safe_dump({"targets": {"onprem": target}}))
+    job = write_job(tmp_path / "w", run="true")
+    env = {"HML_CONFIG": str(profile)}
+    untrusted = hml("submit", str(job), "--target", "onprem", "--dry-run", env=env)
+    assert untrusted.returncode == 2 and "hml targets trust onprem" in untrusted.stderr
+    trusted = hml("targets", "trust", "onprem", "--yes", env=env)
+    assert trusted.returncode == 0, trusted.stderr
+    recorded = (hml_home / "known_hosts").read_text()
+    assert all(f"[{h.address}]:{h.port}" in recorded for h in ssh_bed.hosts), recorded
+    ready = hml("submit", str(job), "--target", "onprem", "--dry-run", env=env)
+    assert ready.returncode == 0, ready.stderr
+    assert not (tmp_path / "unused").exists()
+
+
 def test_changed_host_key_is_refused(tmp_path, ssh_bed, mlflow_server):
     profile = ssh_profile(tmp_path, ssh_bed, mlflow_server.url)
     host = ssh_bed.hosts[1]

@@ -3,8 +3,9 @@ tries to reach the victim's runs, files and credentials from the same machine.
 
 Why real users: what keeps one account from another is the kernel (file modes, peer
 credentials, ``/proc`` rules), and only a second uid exercises it. Each pytest worker has its
-own pair (``hmlv-<worker>``, ``hmla-<worker>``), made once with ``useradd`` and reused, so
-killing every process of a user after a test never touches another worker's test.
+own pair (``hmlv-<random>``, ``hmla-<random>``), made with ``useradd`` for the session and
+removed after it, so killing every process of a user after a test never touches another
+worker's (or another test session's) test.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +26,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def _worker() -> str:
-    return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
 def _reachable(path: Path) -> None:
@@ -39,16 +37,21 @@ def _reachable(path: Path) -> None:
             os.chmod(parent, mode | stat.S_IXOTH)
 
 
-def ensure_user(name: str) -> pwd.struct_passwd:
+@contextmanager
+def os_user(role: str) -> Iterator[pwd.struct_passwd]:
+    """A new OS user with a home and a bash login, removed (home and processes too) after."""
+    name = f"hml{role}-{uuid.uuid4().hex[:8]}"
+    subprocess.run(
+        ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", name],
+        check=True,
+        capture_output=True,
+    )
+    entry = pwd.getpwnam(name)
     try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--create-home", "--shell", "/bin/bash", "--user-group", name],
-            check=True,
-            capture_output=True,
-        )
-        return pwd.getpwnam(name)
+        yield entry
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", str(entry.pw_uid)], capture_output=True)
+        subprocess.run(["userdel", "--remove", name], capture_output=True)
 
 
 @dataclass
@@ -107,11 +110,10 @@ class User:
         subprocess.run(["pkill", "-KILL", "-u", str(self.uid)], capture_output=True)
 
 
-def _user(role: str) -> Iterator[User]:
+def _user(entry: pwd.struct_passwd) -> Iterator[User]:
     _reachable(Path(sys.executable).resolve().parent)
     _reachable(BIN)
     _reachable(ROOT)
-    entry = ensure_user(f"hml{role}-{_worker()}"[:32])
     work = Path(entry.pw_dir) / f"t-{uuid.uuid4().hex[:8]}"
     for d in (work, work / "run", work / "tmp"):
         d.mkdir(mode=0o700)
@@ -124,13 +126,25 @@ def _user(role: str) -> Iterator[User]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def victim_account() -> Iterator[pwd.struct_passwd]:
+    with os_user("v") as entry:
+        yield entry
+
+
+@pytest.fixture(scope="session")
+def attacker_account() -> Iterator[pwd.struct_passwd]:
+    with os_user("a") as entry:
+        yield entry
+
+
 @pytest.fixture
-def victim() -> Iterator[User]:
+def victim(victim_account: pwd.struct_passwd) -> Iterator[User]:
     """The user whose runs, files and credentials the attacker goes after."""
-    yield from _user("v")
+    yield from _user(victim_account)
 
 
 @pytest.fixture
-def attacker() -> Iterator[User]:
+def attacker(attacker_account: pwd.struct_passwd) -> Iterator[User]:
     """Another local account on the same machine, with a shell and the same tools."""
-    yield from _user("a")
+    yield from _user(attacker_account)
