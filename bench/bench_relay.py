@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from _common import report  # noqa: E402
 
 from tests.conftest import MlflowServer, free_port  # noqa: E402
-from tests.hmlkit.test_relay import DEAD, Relay  # noqa: E402
+from tests.hmlkit.test_relay import DEAD, TOKEN, Relay  # noqa: E402
 from tests.sshbed import SshBed, start_bed  # noqa: E402
 
 STEPS = 1000
@@ -62,17 +62,31 @@ print(json.dumps({"loop": loop, "home": time.perf_counter() - start}))
 """
 
 
-def run_loop(mode: str, tracking_uri: str | None, server: MlflowServer, steps: int) -> dict:
+def run_loop(mode: str, upstream: str | None, server: MlflowServer, steps: int, journal: Path) -> dict:
+    """One loop; ``upstream``: the server (direct), or, for the relay variants, the relay's
+    upstream: a relay of the run's own is started for it, as the job wrapper does per job."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    if tracking_uri:
+    relay = None
+    if upstream:
         client = server.client()
         run = client.create_run(client.create_experiment(f"bench-{mode}-{os.urandom(4).hex()}"))
-        env |= {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_RUN_ID": run.info.run_id}
-    out = subprocess.run([sys.executable, "-c", LOOP, mode, str(steps)], env=env, check=True,
-                         capture_output=True, text=True)  # fmt: skip
-    if tracking_uri:
+        if mode in RELAYED:
+            journal.mkdir(exist_ok=True)
+            relay = Relay(upstream, journal / os.urandom(4).hex(), run.info.run_id).start()
+        uri = relay.url if relay else upstream
+        env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run.info.run_id, "MLFLOW_TRACKING_TOKEN": TOKEN}
+    try:
+        out = subprocess.run([sys.executable, "-c", LOOP, mode, str(steps)], env=env, check=True,
+                             capture_output=True, text=True)  # fmt: skip
+    finally:
+        if relay:
+            relay.kill()
+    if upstream:
         assert len(server.client().get_metric_history(run.info.run_id, "lr")) == steps or "dead" in mode
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+RELAYED = ("relay", "dead", "forward")
 
 
 def runner_forward(bed: SshBed, server: MlflowServer, tmp_path: Path) -> tuple[str, Any]:
@@ -97,25 +111,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         server = MlflowServer(tmp_path / "mlflow", free_port()).start()
-        relay = Relay(server.url, tmp_path / "journal").start()
-        dead = Relay(DEAD, tmp_path / "journal-dead").start()
         bed = start_bed(tmp_path / "bed", 1)
         upstream, ssh = runner_forward(bed, server, tmp_path)
-        forwarded = Relay(upstream, tmp_path / "journal-fwd").start()
         try:
             variants = {
                 "none": ("(i) no logging", None),
                 "direct": ("(ii) direct, synchronous", server.url),
                 "async": ("(iii) MLflow async logging, until flushed", server.url),
-                "relay": ("(iv) through the relay, server up", relay.url),
-                "dead": ("(v) through the relay, server down (journaled)", dead.url),
-                "forward": ("(vi) through the relay, upstream over the runner's SSH", forwarded.url),
+                "relay": ("(iv) through the relay, server up", server.url),
+                "dead": ("(v) through the relay, server down (journaled)", DEAD),
+                "forward": ("(vi) through the relay, upstream over the runner's SSH", upstream),
             }
             times: dict[str, list[float]] = {mode: [] for mode in variants}
             async_loop: list[float] = []
             for _ in range(args.repeat):  # interleaved, so a noisy neighbour hurts every variant alike
                 for mode, (_, uri) in variants.items():
-                    result = run_loop(mode, uri, server, steps)
+                    result = run_loop(mode, uri, server, steps, tmp_path / "journals")
                     times[mode].append(result["home"])
                     if mode == "async":
                         async_loop.append(result["loop"])
@@ -131,9 +142,6 @@ def main() -> None:
             for mode, (name, _) in variants.items():
                 print(f"  {name:52} {(median[mode] - base) / steps * 1000:8.2f}")
         finally:
-            relay.kill()
-            dead.kill()
-            forwarded.kill()
             ssh.close()
             bed.stop()
             server.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from hmlkit.node.relay import CREDENTIALS
+
 WRAPPER = "job.sh"
 ENV_FILE = "env.sh"
 OUTPUT = "output.log"
@@ -24,6 +26,11 @@ RELAY_JOURNAL = "relay-journal"
 SYNCING = "syncing"
 RELAY_UPSTREAM = "HML_RELAY_UPSTREAM"
 """Where the relay sends writes when not to the tracking URI itself (tracking_via: runner)."""
+RELAY_CREDENTIALS = "HML_RELAY_CREDENTIALS"
+"""In ``env.sh`` only: the tracking server's credentials as ``NAME=VALUE`` shell words. The
+wrapper takes it out of the environment before anything starts and hands it to the relay on
+its stdin, so the job and its children never hold the server's credentials; the job holds
+only its own ``MLFLOW_TRACKING_TOKEN``, which its relay alone accepts."""
 
 
 RELAY_BOOT = (
@@ -37,7 +44,8 @@ RELAY_BOOT = (
 """``python3 -I -S -c RELAY_BOOT EXEC ARGS...``: listen and say the port (milliseconds), then load
 relay.py from EXEC (its bytecode cached there) and serve on that socket."""
 _PENDING = (
-    'import json,sys,urllib.request as u; print(json.load(u.urlopen(sys.argv[1], timeout=5))["pending"])'
+    "import json,os,sys,urllib.request as u; print(json.load(u.urlopen(u.Request(sys.argv[1], headers="
+    '{"Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]}), timeout=5))["pending"])'
 )
 _RELAY_FUNCTIONS = f"""# the job logs through a journaling relay (hmlkit/node/relay.py) beside it, so a
 # tracking server that is down or slow loses none of its metrics; the job's end waits until
@@ -47,9 +55,11 @@ relay_status() {{
 }}
 relay_start() {{
   case "$MLFLOW_TRACKING_URI" in http://*|https://*) ;; *) return 0 ;; esac
-  # the relay says its port before it loads (RELAY_BOOT): the job does not wait for that
+  # the relay says its port before it loads (RELAY_BOOT): the job does not wait for that; the
+  # server's credentials reach it on stdin only (never an argument, never the job's environment)
   python3 -I -S -c {shlex.quote(RELAY_BOOT)} "$EXEC" \\
     --upstream "${{{RELAY_UPSTREAM}:-$MLFLOW_TRACKING_URI}}" --journal "$EXEC/{RELAY_JOURNAL}" \\
+    --credentials-stdin --redact "$@" <<< "$RELAY_CREDENTIALS" \\
     > "$EXEC/relay.out" 2>> "$EXEC/relay.log" &
   RELAY_PID=$!
   for _ in $(seq 1000); do
@@ -60,8 +70,11 @@ relay_start() {{
   done
   if [ -z "$RELAY_PORT" ]; then
     echo "hml: no tracking relay (see $EXEC/relay.log); the job logs directly" >> "$EXEC/{OUTPUT}"
-    RELAY_PID=""; return 0
+    # without its relay the job presents the server's credentials itself, as MLflow's client does
+    [ -n "$RELAY_CREDENTIALS" ] && eval "export $RELAY_CREDENTIALS"
+    RELAY_PID=""; unset RELAY_CREDENTIALS; return 0
   fi
+  unset RELAY_CREDENTIALS
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
   # this node's CPU, memory and GPUs into the run, through the relay (hmlkit/node/sysmetrics.py)
   if [ -n "$MLFLOW_RUN_ID" ] && [ "${{TRACKING_SYSTEM_METRICS_S:-5}}" != 0 ]; then
@@ -111,12 +124,14 @@ def render(
     ``secret_names``: the variables of ``env.sh`` whose values never reach ``output.log``.
     """
     q_exec, q_work = shlex.quote(exec_dir), shlex.quote(workdir)
-    names = " ".join(shlex.quote(n) for n in sorted(secret_names))
+    # the server's credentials too: a job whose relay did not start holds them (relay_start)
+    names = " ".join(shlex.quote(n) for n in sorted({*secret_names, *CREDENTIALS}))
     wrapper = f"""#!/usr/bin/env bash
 # hybridml job wrapper for run {run_id}
 EXEC={q_exec}
 echo $$ > "$EXEC/{PID}"
 set -a; . "$EXEC/{ENV_FILE}"; set +a; rm -f "$EXEC/{ENV_FILE}"
+RELAY_CREDENTIALS="${{{RELAY_CREDENTIALS}-}}"; unset {RELAY_CREDENTIALS}  # the relay's alone: relay_start
 finish() {{ echo "$1" > "$EXEC/{EXIT_CODE}.tmp"; mv "$EXEC/{EXIT_CODE}.tmp" "$EXEC/{EXIT_CODE}"; exit "$1"; }}
 command -v python3 >/dev/null || {{ echo "hml: this host lacks python3" >> "$EXEC/{OUTPUT}"; finish 127; }}
 job() {{
@@ -128,7 +143,7 @@ job() {{
   bash "$EXEC/run.sh" < /dev/null
 }}
 {_RELAY_FUNCTIONS}
-relay_start
+relay_start {names}
 job 2>&1 | python3 -I -S "$EXEC/{REDACTOR}" {names} >> "$EXEC/{OUTPUT}"
 rc="${{PIPESTATUS[0]}}"
 relay_drain

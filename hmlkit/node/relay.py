@@ -7,6 +7,12 @@ a training loop never blocks on or dies of the tracking server. A background thr
 journal in order once the server is back; while a backlog exists, new writes queue behind it, so the
 server sees the writes in the order the job made them.
 
+It serves its own job only (``Access``): every request must carry the job's token, which the
+runner makes per attempt and the job's MLflow client sends from ``MLFLOW_TRACKING_TOKEN``; only
+the MLflow calls a job makes are forwarded, to the job's own runs and models; the server's real
+credentials arrive on stdin and are sent only to a loopback listener of this relay's own user
+(``foreign_listener``); and the job's secret values are replaced in what it logs.
+
 This file is copied to GPU hosts and run there with only ``python3``: standard library only, and
 nothing from this repository.
 
@@ -45,16 +51,21 @@ from __future__ import annotations
 import argparse
 import base64
 import fcntl
+import hmac
 import http.client
 import io
+import ipaddress
 import json
 import logging
 import os
+import re
 import select
+import shlex
 import shutil
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -62,7 +73,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 log = logging.getLogger("hml-relay")
 
@@ -307,6 +318,7 @@ class Upstream:
         self._auth = auth
         self._idle: list[tuple[float, http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
+        self._refused = ""
 
     def _take(self) -> tuple[http.client.HTTPConnection, bool]:
         with self._lock:
@@ -327,6 +339,14 @@ class Upstream:
             conn.connect()
         except OSError as exc:
             raise Unreached(f"{self._host}:{self._port}: {exc}") from exc
+        refusal = foreign_listener(conn.sock)
+        if refusal:  # checked once connected, before a byte of the request: no window to swap listeners
+            conn.close()
+            if refusal != self._refused:  # once per change: replay retries every few seconds
+                log.warning("%s", refusal)
+            self._refused = refusal
+            raise Unreached(refusal)
+        self._refused = ""
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a file body follows its headers
         return conn, False
 
@@ -371,6 +391,62 @@ class Upstream:
             self._give(conn)
         else:
             conn.close()
+
+
+_LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
+_PROC_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
+
+
+def _proc_address(field: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """An address from /proc/net/tcp(6): hex of the kernel's 32-bit words, each little-endian."""
+    hex_address, _, hex_port = field.partition(":")
+    raw = bytes.fromhex(hex_address)
+    ordered = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(ordered)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address, int(hex_port, 16)
+
+
+def foreign_listener(sock: socket.socket) -> str:
+    """Why not to send on ``sock`` ("" when nothing speaks against it): connected to a port on this
+    machine's loopback whose listening socket another user owns, or that nobody listens on any more.
+
+    A loopback port proves nothing about who serves it: once the tracking server (the embedded
+    default's, or the runner's SSH forward on a host) lets its port go, any local user may bind
+    it and would receive the job's writes with their credentials. The kernel lists every
+    socket's owner in /proc/net/tcp and tcp6; where those are missing (not Linux) the check
+    cannot be made and nothing is refused (docs/relay.md)."""
+    peer = sock.getpeername()
+    address = ipaddress.ip_address(peer[0].partition("%")[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if not address.is_loopback:
+        return ""
+    tables = [t for t in _PROC_TCP if os.path.exists(t)]
+    if not tables:
+        return ""
+    owners = set()
+    needle = f":{peer[1]:04X} "  # the port as the tables write it: most lines are skipped unparsed
+    for table in tables:
+        with open(table) as f:
+            next(f)  # the header
+            for line in f:
+                if needle not in line:
+                    continue
+                fields = line.split()
+                if len(fields) < 8 or fields[3] != _LISTEN:
+                    continue
+                local, port = _proc_address(fields[1])
+                if port == peer[1] and (local == address or local.is_unspecified):
+                    owners.add(int(fields[7]))
+    where = f"{peer[0]}:{peer[1]}"
+    if not owners:
+        return f"{where}: no listening socket of this machine serves it any more; not sending"
+    if owners != {os.getuid()}:
+        others = ", ".join(str(uid) for uid in sorted(owners - {os.getuid()}))
+        return f"{where} is served by another user (uid {others}), not the tracking server; not sending"
+    return ""
 
 
 def _metric_id(m: dict[str, Any]) -> tuple[Any, ...]:
@@ -575,6 +651,184 @@ def _ack(w: Write) -> dict[str, Any]:
     return {}
 
 
+_API = "/api/2.0/mlflow/"
+_MODEL = r"logged-models/(m-[0-9a-f]+)"
+_RUN_WRITES = (
+    r"runs/(update|log-metric|log-batch|log-parameter|set-tag|delete-tag|log-inputs|outputs|log-model)"
+)
+_ROUTES = tuple(
+    (method, re.compile(endpoint), kind)
+    for method, endpoint, kind in (
+        # what a job's MLflow client calls (mlflow.start_run, log_*, set_tag, log_artifact,
+        # <flavor>.log_model, download_artifacts, set_experiment, search_*): nothing else
+        ("GET", r"runs/get", "read"),
+        ("POST", r"runs/search", "read"),
+        ("POST", r"runs/create", "new-run"),
+        ("POST", _RUN_WRITES, "run"),
+        ("GET", r"metrics/get-history", "read"),
+        ("GET", r"experiments/(get|get-by-name|search)", "read"),
+        ("POST", r"experiments/(create|search)", "read"),
+        ("POST", r"logged-models", "new-model"),
+        ("POST", r"logged-models/search", "read"),
+        ("GET", _MODEL, "read"),
+        ("PATCH", _MODEL, "model"),
+        ("PATCH", _MODEL + r"/tags", "model"),
+        ("POST", _MODEL + r"/params", "model"),
+    )
+)
+REDACTED = "***"
+"""What a secret value becomes (as in redact_stream.py, the job's output filter)."""
+REDACTED_NAME = "REDACTED"
+"""What a secret in a param, tag or metric *name* becomes: MLflow refuses ``*`` in names."""
+MIN_SECRET_LEN = 4
+"""As in redact_stream.py: shorter values are too common to replace."""
+_SNIFF = 8192
+
+
+class Access:
+    """Whom the relay serves and what it lets through: the job's own token (``MLFLOW_TRACKING_TOKEN``
+    of the job's environment, made by the runner for this attempt), the MLflow paths a job's
+    client needs (``_ROUTES``), writes to the job's own runs and logged models only, and secret
+    values replaced in what the job logs before it is journaled or sent."""
+
+    def __init__(self, token: str, run_id: str, secrets: list[str]) -> None:
+        self._token = token.encode()
+        self.runs = {run_id} if run_id else set()  # ... and those the job creates through the relay
+        self.models: set[str] = set()
+        self.artifacts: set[str] = set()  # their artifact directories, as the server names them
+        values = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
+        self.secrets = sorted(values, key=len, reverse=True)  # a secret containing another goes whole
+
+    def admits(self, authorization: str | None) -> bool:
+        scheme, _, value = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token)
+
+    def route(self, method: str, path: str) -> tuple[str, str] | None:
+        """(kind, the id in the path) of an allowed request, None for everything else."""
+        if path == _ARTIFACTS.rstrip("/") or path.startswith(_ARTIFACTS):
+            return ("artifact", "") if method in ("GET", "PUT") else None
+        if not path.startswith(_API):
+            return None
+        endpoint = path[len(_API) :]
+        for allowed, pattern, kind in _ROUTES:
+            match = pattern.fullmatch(endpoint)
+            if match and allowed == method:
+                return kind, match.group(1) if kind == "model" else ""
+        return None
+
+    def refusal(self, kind: str, ident: str, w: Write) -> str:
+        """Why a routed request is not the job's own business ("" when it is)."""
+        if kind == "model" and ident not in self.models:
+            return f"logged model {ident} was not created by this job"
+        if kind == "run":
+            try:
+                body = w.json()
+                run_id = body.get("run_id") or body.get("run_uuid")
+            except (ValueError, AttributeError):
+                return ""  # not JSON: the server says what is wrong with it
+            if run_id not in self.runs:
+                return f"run {run_id} is not this job's"
+        if kind == "artifact":
+            query = parse_qs(urlsplit(w.target).query)
+            path = unquote(urlsplit(w.target).path)[len(_ARTIFACTS) :] or (query.get("path") or [""])[0]
+            parts = unquote(path).split("/")  # twice: a server that decodes again sees no ".." either
+            if ".." in parts or "." in parts:
+                return "artifact paths may not step out of their directory"
+            if not any(path == root or path.startswith(root + "/") for root in self.artifacts):
+                return "artifacts of other runs and models are not this job's"
+        return ""
+
+    def learn(self, kind: str, data: bytes) -> None:
+        """A run or logged model the job created is the job's own: it may log to it, and to its
+        artifact directory, which the server names in its answer (and in ``runs/get`` of the
+        job's own runs, which a client reads before it uploads)."""
+        try:
+            answer = json.loads(data)
+            if kind in ("new-run", "read-run"):
+                info = answer["run"]["info"]
+                if kind == "new-run":
+                    self.runs.add(info["run_id"])
+                elif info["run_id"] not in self.runs:
+                    return
+            else:
+                info = answer["model"]["info"]
+                self.models.add(info["model_id"])
+            root = urlsplit(info["artifact_uri"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return
+        if root.scheme == "mlflow-artifacts":  # served through the proxy: reached through this relay
+            self.artifacts.add(root.path.strip("/"))
+
+    def redact_body(self, w: Write) -> None:
+        """Secret values out of the names and values a write logs (params, tags, metric names,
+        run names); the JSON is decoded first, so escaping inside it hides nothing."""
+        if not self.secrets or not w.body:
+            return
+        try:
+            body = json.loads(w.body)
+        except ValueError:
+            return
+        if not isinstance(body, dict):
+            return
+        changed = self._redact_item(body)
+        for field in ("params", "tags", "metrics"):
+            items = body.get(field)
+            if isinstance(items, list):
+                found = [self._redact_item(item) for item in items if isinstance(item, dict)]
+                changed = any(found) or changed
+        if changed:
+            w.body = json.dumps(body).encode()
+
+    def _redact_item(self, item: dict[str, Any]) -> bool:
+        changed = False
+        for field, marker in (("key", REDACTED_NAME), ("value", REDACTED), ("run_name", REDACTED)):
+            value = item.get(field)
+            if isinstance(value, str):
+                clean = self._redact(value, marker)
+                if clean != value:
+                    item[field], changed = clean, True
+        return changed
+
+    def _redact(self, text: str, marker: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, marker)
+        return text
+
+    def redact_file(self, path: Path) -> None:
+        """Secret values out of a text artifact, rewritten in place (streamed: any size). Binary
+        files (a NUL or invalid UTF-8 in their first 8 KiB, as git decides) are left as they are:
+        a model's weights may contain any bytes, and replacing some would corrupt it."""
+        if not self.secrets:
+            return
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF)
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 3:  # not just a character cut by the sniff's end
+                return
+        if b"\0" in head:
+            return
+        secrets = [s.encode() for s in self.secrets]
+        keep = len(secrets[0]) - 1  # a secret cut by a chunk's end is completed by the next chunk
+        clean = path.with_name(path.name + ".redacted")
+        with open(path, "rb") as src, open(clean, "wb") as dst:
+            buf = b""
+            while chunk := src.read(1 << 20):
+                buf = _replace(buf + chunk, secrets)
+                cut = max(0, len(buf) - keep)
+                dst.write(buf[:cut])
+                buf = buf[cut:]
+            dst.write(_replace(buf, secrets))
+        os.replace(clean, path)
+
+
+def _replace(data: bytes, secrets: list[bytes]) -> bytes:
+    for secret in secrets:
+        data = data.replace(secret, REDACTED.encode())
+    return data
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in two writes; Nagle would hold the second
@@ -584,18 +838,28 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: one line per request would drown the job's own output."""
 
     def _handle(self) -> None:
+        access = self.server.access
+        if not access.admits(self.headers.get("Authorization")):  # the status too: it tells nothing to others
+            return self._refuse(401, "UNAUTHENTICATED", f"this relay serves one job; send its {TOKEN}")
         path = self.path.partition("?")[0]
         if path == STATUS_PATH:
             return self._answer(
                 200, {"Content-Type": "application/json"}, json.dumps(self.server.relay.status()).encode()
             )
+        route = access.route(self.command, path)
+        if route is None:
+            why = f"a job's relay does not forward {self.command} {path}"
+            return self._refuse(403, "PERMISSION_DENIED", why)
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             return self._answer(411, {}, b"the relay needs a Content-Length")
         length = int(self.headers.get("Content-Length") or 0)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _DROP}
         w = Write(self.command, self.path, headers)
+        refusal = access.refusal(*route, w)  # before the body: nothing is spooled for a refused upload
+        if refusal and route[0] != "run":
+            return self._refuse(403, "PERMISSION_DENIED", refusal)
         body = _Limited(self.rfile, length)
-        if self.command == "PUT" and path.startswith(_ARTIFACTS):
+        if self.command == "PUT":
             w.blob = self.server.relay.journal.spool_file()
             with open(w.blob, "wb") as f:
                 shutil.copyfileobj(body, f)
@@ -606,11 +870,46 @@ class _Handler(BaseHTTPRequestHandler):
                 w.blob.unlink()
             self.close_connection = True
             return None
+        if route[0] == "run" and (refusal := access.refusal(*route, w)):  # the run is named in the body
+            return self._refuse(403, "PERMISSION_DENIED", refusal)
+        if w.blob is not None:
+            access.redact_file(w.blob)
+        else:
+            access.redact_body(w)
         if is_write(self.command, path):
             return self._answer(*self.server.relay.write(w))
         if self.command == "GET" and w.endpoint == "runs/get":
-            return self._answer(*self.server.relay.get_run(w))
+            status, headers, data = self.server.relay.get_run(w)
+            if status == 200:
+                access.learn("read-run", data)
+            return self._answer(status, headers, data)
+        if route[0] in ("new-run", "new-model"):
+            return self._answer(*self._create(w, route[0]))
         self._forward(w)
+
+    def _create(self, w: Write, kind: str) -> tuple[int, dict[str, str], bytes]:
+        relay = self.server.relay
+        try:
+            status, headers, data = relay.upstream.send(w)
+        except (Unreached, Unanswered) as exc:
+            relay.last_error = str(exc)
+            return _unavailable(str(exc))
+        if status == 200:
+            self.server.access.learn(kind, data)
+        return status, headers, data
+
+    def _refuse(self, status: int, code: str, why: str) -> None:
+        if status == 403:  # the job's own request: its relay.log says what was not let through
+            log.warning("refused: %s", why)
+        body = json.dumps({"error_code": code, "message": f"hml relay: {why}"}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="hml relay"')
+        self.send_header("Connection", "close")  # its body, if any, is left unread
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _forward(self, w: Write) -> None:
         relay = self.server.relay
@@ -661,16 +960,34 @@ class _Limited:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     relay: Relay
+    access: Access
 
 
-def _auth_from_env() -> str | None:
-    """The upstream's credentials, the way MLflow's own client reads them."""
-    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
-        return f"Bearer {token}"
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+"""MLflow's own names for a tracking server's credentials."""
+TOKEN = "MLFLOW_TRACKING_TOKEN"
+"""In the job's environment: the job's token for its relay (MLflow's client sends it as a bearer)."""
+
+
+def auth_header(credentials: dict[str, str]) -> str | None:
+    """The upstream's ``Authorization``, from credentials by MLflow's names, as its client makes it."""
+    user, password = credentials.get("MLFLOW_TRACKING_USERNAME"), credentials.get("MLFLOW_TRACKING_PASSWORD")
     if user and password:
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    if token := credentials.get("MLFLOW_TRACKING_TOKEN"):
+        return f"Bearer {token}"
     return None
+
+
+def read_credentials(text: str) -> dict[str, str]:
+    """``NAME=VALUE`` shell words (the wrapper's ``HML_RELAY_CREDENTIALS``) by MLflow's names."""
+    found = {}
+    for word in shlex.split(text):
+        name, _, value = word.partition("=")
+        if name not in CREDENTIALS:
+            raise SystemExit(f"unknown credential {name!r} on stdin; expected {', '.join(CREDENTIALS)}")
+        found[name] = value
+    return found
 
 
 def main(argv: list[str] | None = None, listener: socket.socket | None = None) -> None:
@@ -685,17 +1002,35 @@ def main(argv: list[str] | None = None, listener: socket.socket | None = None) -
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=0, help="port to listen on; 0 picks a free one (printed)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the upstream")
+    parser.add_argument(
+        "--credentials-stdin",
+        action="store_true",
+        help="read the upstream's credentials from stdin (NAME=VALUE shell words, MLflow's names)",
+    )
+    parser.add_argument(
+        "--redact",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="environment variables whose values are replaced in what the job logs",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="hml-relay: %(message)s")
+    token = os.environ.get(TOKEN, "")
+    if len(token) < 16:
+        raise SystemExit(f"the relay serves one job: set {TOKEN} to that job's token (16 characters or more)")
+    credentials = read_credentials(sys.stdin.read()) if args.credentials_stdin else {}
+    secrets = [os.environ.get(name, "") for name in args.redact] + list(credentials.values())
+    access = Access(token, os.environ.get("MLFLOW_RUN_ID", ""), secrets)
 
-    relay = Relay(Upstream(args.upstream, args.timeout, _auth_from_env()), Journal(args.journal))
+    relay = Relay(Upstream(args.upstream, args.timeout, auth_header(credentials)), Journal(args.journal))
     if listener is None:
         server = _Server((args.host, args.port), _Handler)
     else:
         server = _Server(listener.getsockname(), _Handler, bind_and_activate=False)
         server.socket.close()
         server.socket = listener
-    server.relay = relay
+    server.relay, server.access = relay, access
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     relay.start()
     if listener is None:

@@ -8,7 +8,8 @@ Like the relay it is copied to hosts that have only ``python3``: standard librar
 Keys follow MLflow's own system metrics (``system/cpu_utilization_percentage``, ...), under
 ``system/node_<rank>/`` when the job has several nodes. GPUs are read with ``nvidia-smi`` where it
 exists. Settings come from the job's environment: ``TRACKING_SYSTEM_METRICS_S`` (seconds between
-samples, default 5; 0 turns it off), ``MLFLOW_TRACKING_URI`` (the relay), ``MLFLOW_RUN_ID``.
+samples, default 5; 0 turns it off), ``MLFLOW_TRACKING_URI`` (the relay), ``MLFLOW_TRACKING_TOKEN``
+(the job's token for it), ``MLFLOW_RUN_ID``.
 """
 
 from __future__ import annotations
@@ -67,12 +68,13 @@ def _gpus() -> dict[str, float]:
     return found
 
 
-def _post(uri: str, run_id: str, metrics: list[dict[str, object]]) -> None:
+def _post(uri: str, token: str, run_id: str, metrics: list[dict[str, object]]) -> None:
     body = json.dumps({"run_id": run_id, "metrics": metrics}).encode()
     request = urllib.request.Request(
         f"{uri.rstrip('/')}/api/2.0/mlflow/runs/log-batch",
         data=body,
-        headers={"Content-Type": "application/json"},
+        # the job's token: its relay serves no one else (hmlkit/node/relay.py)
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as answer:
@@ -82,6 +84,7 @@ def _post(uri: str, run_id: str, metrics: list[dict[str, object]]) -> None:
 def main() -> None:
     interval = float(os.environ.get("TRACKING_SYSTEM_METRICS_S") or 5)
     uri, run_id = os.environ["MLFLOW_TRACKING_URI"], os.environ["MLFLOW_RUN_ID"]
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
     several = int(os.environ.get("HML_NUM_NODES") or 1) > 1
     prefix = f"system/node_{os.environ.get('HML_NODE_RANK', '0')}/" if several else "system/"
     idle, total = _cpu_times()
@@ -98,7 +101,7 @@ def main() -> None:
             for k, v in values.items()
         ]
         try:
-            _post(uri, run_id, metrics)
+            _post(uri, token, run_id, metrics)
         except OSError:
             pass  # the relay journals when the server is away; this only misses when the relay is gone
         step += 1

@@ -4,19 +4,24 @@ A job never inherits the submitter's whole environment: another ``HML_SECRET_*``
 credentials or tokens in the shell that ran ``hml`` must not reach the job or its logs. It
 gets exactly: the host's login variables (the backend's: sshd's on a remote host, the
 ``HOST_LOGIN`` names on this machine), the ``FORWARDED`` names of the submitter's
-environment, the tracking server's credentials (as secrets: redacted like them), the job
-file's ``envs`` and ``secrets``, and hml's own ``HML_*`` and ``MLFLOW_*`` variables.
-docs/security.md lists the same.
+environment, the job file's ``envs`` and ``secrets``, and hml's own ``HML_*`` and ``MLFLOW_*``
+variables, among them ``MLFLOW_TRACKING_TOKEN``: the attempt's own token for its relay, never
+the tracking server's. The tracking server's credentials go to the relay alone
+(``relay_secrets``). docs/security.md lists the same.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from runners.tracking import local_server
+from hmlkit.node import jobscript
+from hmlkit.node.relay import TOKEN
+from runners.tracking import local_server, rest
 
 if TYPE_CHECKING:
     from runners.state.records import RunRecord
@@ -34,7 +39,6 @@ FORWARDED = (
     "no_proxy",
 )
 FORWARDED_PREFIXES = ("LC_",)
-TRACKING_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 def forwarded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -42,13 +46,29 @@ def forwarded(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {k: v for k, v in environ.items() if k in FORWARDED or k.startswith(FORWARDED_PREFIXES)}
 
 
+def relay_secrets(rec: RunRecord, env: Mapping[str, str]) -> dict[str, str]:
+    """For the job's ``env.sh`` (as secrets: redacted like them) when a relay will run (an HTTP
+    tracking URI): a fresh token per attempt, which the job's client sends its relay, and the
+    upstream credentials, which the wrapper hands the relay on its stdin and keeps out of the
+    job's environment (hmlkit/node/jobscript.py). Without a relay the job needs neither: its
+    store is a file or a database it reaches itself."""
+    if not env["MLFLOW_TRACKING_URI"].startswith(("http://", "https://")):
+        return {}
+    upstream = tracking_credentials(rec)
+    return {
+        TOKEN: secrets.token_urlsafe(32),
+        jobscript.RELAY_CREDENTIALS: " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(upstream.items())),
+    }
+
+
 def tracking_credentials(rec: RunRecord, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The credentials of the server the job logs to, and of no other: a local job on the embedded
-    default gets its local server's token (``local_server.credentials``), never the submitter's
-    credentials for some other server; a remote one there logs to no server."""
+    """The credentials of the server the job logs to, and of no other, for its relay alone
+    (``relay_secrets``): a local job on the embedded default gets its local server's token
+    (``local_server.credentials``), never the submitter's credentials for some other server; a
+    remote one there logs to no server."""
     if local_server.is_local_store(rec.tracking_uri):
         return local_server.credentials() if rec.target_config.get("kind") == "local" else {}
-    return {k: environ[k] for k in TRACKING_CREDENTIALS if environ.get(k)}
+    return rest.credentials(environ)
 
 
 def param_env_name(key: str) -> str:

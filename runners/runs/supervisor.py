@@ -22,13 +22,13 @@ from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usag
 from runners.data.inputs import Input
 from runners.data.inputs import load as load_inputs
 from runners.runs import telemetry
-from runners.runs.jobenv import job_env, tracking_credentials
+from runners.runs.jobenv import job_env, relay_secrets, tracking_credentials
 from runners.runs.secrets import Redactor, resolve
 from runners.spec import JobSpec
 from runners.state import record_files, records
 from runners.state.lock import lock
 from runners.state.records import RunRecord
-from runners.tracking import backlog, lineage, local_server, ownership
+from runners.tracking import backlog, lineage, local_server, ownership, rest
 
 LOST_AFTER_S = 30.0
 """How long a target may stay unreachable before the job counts as lost (host died)."""
@@ -82,13 +82,15 @@ class Supervisor:
     # -- lifecycle --------------------------------------------------------------
     def _launch(self) -> Handle:
         self.backend.check(self.spec)
-        secrets = {**tracking_credentials(self.rec), **resolve(self.rec.secrets, self.rec.vault)}
-        self.redact = Redactor(list(secrets.values()))
+        env = job_env(self.rec)
+        secrets = {**resolve(self.rec.secrets, self.rec.vault), **relay_secrets(self.rec, env)}
+        upstream = {**rest.credentials(), **tracking_credentials(self.rec)}  # for the runner's own notes
+        self.redact = Redactor([*secrets.values(), *upstream.values()])
         request = LaunchRequest(
             run_id=self.rec.run_id,
             spec=self.spec,
             workdir=Path(self.rec.workdir),
-            env=job_env(self.rec),
+            env=env,
             secrets=secrets,
             attempt=self.rec.attempt,
             state_dir=self.rec.dir,

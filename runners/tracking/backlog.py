@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from hmlkit.errors import TrackingError
 from hmlkit.node import jobscript
-from hmlkit.node.relay import Journal, Relay, Upstream, _auth_from_env
+from hmlkit.node.relay import Journal, Relay, Upstream, auth_header
 from runners.state.paths import run_dir
-from runners.tracking import local_server
+from runners.tracking import local_server, rest
 
 if TYPE_CHECKING:
     from runners.state.records import RunRecord
@@ -65,7 +65,7 @@ def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
         return Drained(0, 0)  # no relay ran, so no journal was left
     deadline = time.monotonic() + wait_s
     found = journals(run_dir)
-    auth = None
+    auth = None if local_server.is_local_store(uri) else auth_header(rest.credentials())
     if local_server.is_local_store(uri) and (waiting := sum(_waiting(root) for root in found)):
         try:
             uri = local_server.ensure(wait_s)
@@ -92,9 +92,9 @@ def _waiting(root: Path) -> int:
 
 
 def drain_journal(root: Path, uri: str, deadline: float, auth: str | None = None) -> Drained:
-    """Replay one journal directory to ``uri`` until ``deadline`` (a ``time.monotonic()``) and
-    remove it once empty; a journal whose relay still runs is left to that relay. ``auth``: the
-    ``Authorization`` to send (default: the credentials in the environment, as the relay's)."""
+    """Replay one journal directory to ``uri`` (``auth``: its ``Authorization``) until ``deadline``
+    (a ``time.monotonic()``) and remove it once empty; a journal whose relay still runs is left
+    to that relay."""
     try:
         journal = Journal(root)
     except SystemExit:  # its relay still runs: the wrapper is still waiting for it
@@ -102,7 +102,7 @@ def drain_journal(root: Path, uri: str, deadline: float, auth: str | None = None
     try:
         before = journal.pending
         if before:
-            relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, auth or _auth_from_env()), journal)
+            relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, auth), journal)
             relay.start()
             moved, seen = time.monotonic(), journal.pending
             while journal.pending and time.monotonic() < deadline:

@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from hmlkit.node.relay import CREDENTIALS
+
 TIMEOUT_S = 15.0
 REFUSED = "CONNECTION_REFUSED"
 """``RestError.code`` when nothing listened: the call did nothing on the server."""
@@ -38,6 +40,11 @@ class RestError(Exception):
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
+
+
+def credentials(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The tracking server's credentials in ``environ``, by MLflow's own names."""
+    return {k: environ[k] for k in CREDENTIALS if environ.get(k)}
 
 
 def usable(uri: str) -> bool:
