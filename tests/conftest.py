@@ -42,7 +42,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects and xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``server`` for a test that uses a server fixture; one ``xdist_group`` for the tests that
     share a bed of ``BEDS`` or a module-scoped fixture (a module's expensive setup, made once),
     merged where a test shares both, so that a bed is never built on two workers."""
@@ -67,6 +67,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item, its in keys.items():
         if its:
             item.add_marker(pytest.mark.xdist_group(root(its[0])))
+            if getattr(config.option, "loadgroup", False):  # an xdist worker: the group in the nodeid
+                _group_nodeid(item, root(its[0]))
+
+
+def _group_nodeid(item: pytest.Item, group: str) -> None:
+    """``nodeid@group``, which xdist's loadgroup scheduler reads. xdist 3.8 writes it to
+    ``item._nodeid``, which pytest 9.2 no longer reads (``nodeid`` is ``str(item._id)``), so
+    without this every test would be scheduled alone and a bed built on every worker."""
+    from _pytest.nodeid import coerce_node_id
+
+    item._id = coerce_node_id(f"{item.nodeid}@{group}")  # type: ignore[attr-defined]
 
 
 def _uses_module_fixture(item: pytest.Item) -> bool:
