@@ -208,24 +208,25 @@ def s3(moto_endpoint, monkeypatch):
     return boto3.client("s3")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """This worker's ``XDG_RUNTIME_DIR``: the warm agent that the tests' ``hml`` commands start
-    lives here, never in the developer's own; stopped at the end of the session."""
+    """This worker's ``XDG_RUNTIME_DIR``, set for the whole session (module and session fixtures
+    run ``hml`` too): the warm agent that the tests' ``hml`` commands start lives here, never in
+    the developer's own; stopped at the end of the session."""
     from runners.cli import agent_client
 
     path = tmp_path_factory.mktemp("xdg-runtime")
     path.chmod(0o700)
-    yield path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_RUNTIME_DIR", str(path))
+        yield path
         agent_client.stop()
 
 
 @pytest.fixture(autouse=True)
-def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime_dir: Path) -> Iterator[Path]:
+def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Each test gets its own runner state; no profile leaks in from the environment, and
-    neither the developer's warm agent nor their local tracking server is reached.
+    neither the developer's local tracking server nor their warm agent (``runtime_dir``) is reached.
 
     The embedded default's local tracking server is off unless a test turns it on
     (``HML_LOCAL_SERVER=1``): hundreds of servers would not fit the machine. One a test
@@ -234,7 +235,6 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime_dir: Path)
 
     home = tmp_path / "hml-home"
     monkeypatch.setenv("HML_HOME", str(home))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     monkeypatch.setenv("HML_LOCAL_SERVER", "0")
     monkeypatch.delenv("HML_CONFIG", raising=False)
     yield home
