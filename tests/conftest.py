@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects and xdist reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``server`` for a test that uses a server fixture; one ``xdist_group`` for the tests that
     share a bed of ``BEDS`` or a module-scoped fixture (a module's expensive setup, made once),
     merged where a test shares both, so that a bed is never built on two workers."""
@@ -70,6 +70,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item, its in keys.items():
         if its:
             item.add_marker(pytest.mark.xdist_group(root(its[0])))
+            if getattr(config.option, "loadgroup", False):  # an xdist worker: the group in the nodeid
+                _group_nodeid(item, root(its[0]))
+
+
+def _group_nodeid(item: pytest.Item, group: str) -> None:
+    """``nodeid@group``, which xdist's loadgroup scheduler reads. xdist 3.8 writes it to
+    ``item._nodeid``, which pytest 9.2 no longer reads (``nodeid`` is ``str(item._id)``), so
+    without this every test would be scheduled alone and a bed built on every worker."""
+    from _pytest.nodeid import coerce_node_id
+
+    item._id = coerce_node_id(f"{item.nodeid}@{group}")  # type: ignore[attr-defined]
 
 
 def _uses_module_fixture(item: pytest.Item) -> bool:
@@ -201,24 +212,25 @@ def s3(moto_endpoint, monkeypatch):
     return boto3.client("s3")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """This worker's ``XDG_RUNTIME_DIR``: the warm agent that the tests' ``hml`` commands start
-    lives here, never in the developer's own; stopped at the end of the session."""
+    """This worker's ``XDG_RUNTIME_DIR``, set for the whole session (module and session fixtures
+    run ``hml`` too): the warm agent that the tests' ``hml`` commands start lives here, never in
+    the developer's own; stopped at the end of the session."""
     from runners.cli import agent_client
 
     path = tmp_path_factory.mktemp("xdg-runtime")
     path.chmod(0o700)
-    yield path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("XDG_RUNTIME_DIR", str(path))
+        yield path
         agent_client.stop()
 
 
 @pytest.fixture(autouse=True)
-def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime_dir: Path) -> Iterator[Path]:
+def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Each test gets its own runner state; no profile leaks in from the environment, and
-    neither the developer's warm agent nor their local tracking server is reached.
+    neither the developer's local tracking server nor their warm agent (``runtime_dir``) is reached.
 
     The embedded default's local tracking server is off unless a test turns it on
     (``HML_LOCAL_SERVER=1``): hundreds of servers would not fit the machine. One a test
@@ -227,7 +239,6 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime_dir: Path)
 
     home = tmp_path / "hml-home"
     monkeypatch.setenv("HML_HOME", str(home))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime_dir))
     monkeypatch.setenv("HML_LOCAL_SERVER", "0")
     monkeypatch.delenv("HML_CONFIG", raising=False)
     yield home
