@@ -154,8 +154,8 @@ class Guard:
         location = await asyncio.to_thread(self._experiment_location, str(experiment))
         if location and not self.holds(location):
             return (
-                f"experiment {experiment} keeps its artifacts at {location!r}, outside this server's "
-                f"artifact root {self.root}: the local tracking server creates no run there; log "
+                f"the local tracking server creates no run there: experiment {experiment} keeps its "
+                f"artifacts at {location!r}, outside this server's artifact root {self.root}; log "
                 "the run to an experiment whose artifact location is under the root"
             )
         return ""
