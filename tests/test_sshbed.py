@@ -116,7 +116,11 @@ def test_detached_process_is_tracked_and_killed_with_the_host(bed: SshBed) -> No
         run(client, "nohup setsid sleep 300 >/dev/null 2>&1 & echo started")
     assert wait_for(lambda: len(h1.processes()) == 1), h1.processes()
     (pid,) = h1.processes()
-    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2] == [b"sleep", b"300"]
+
+    def command() -> list[bytes]:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:2]
+
+    assert wait_for(lambda: command() == [b"sleep", b"300"]), command()  # setsid execs sleep
     assert h2.processes() == []
     h1.kill()
     assert h1.processes() == [] and not h1.alive()

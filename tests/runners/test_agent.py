@@ -140,7 +140,7 @@ def test_the_agent_leaves_when_idle(tmp_path, monkeypatch):
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    monkeypatch.setenv("HML_AGENT_IDLE_S", "1")
+    monkeypatch.setenv("HML_AGENT_IDLE_S", "3")  # long enough for the next hml to see it on a loaded machine
     assert hml("agent", "start").returncode == 0
     socket = Path(_agent_state()["socket"])
     assert socket.exists()
