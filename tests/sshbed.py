@@ -22,6 +22,7 @@ import argparse
 import getpass
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ from tests.tier import refuse_in_fast_tier
 SSHD = Path("/usr/sbin/sshd")
 MARKER_VAR = "HML_TESTBED_HOST"
 STATE_FILE = "bed.json"
+STOCK_CONFIG = Path("/etc/ssh/sshd_config")
 INSTALL_HINT = "apt-get update && apt-get install -y openssh-server openssh-client"
 
 
@@ -137,6 +139,11 @@ class Host:
     """The sshd listener's pid while it runs (also kept in the CLI state file)."""
     netns: str = ""
     """The network namespace the host lives in (``start_bed(own_network=True)``), else ''."""
+    stock: bool = False
+    """Debian's own sshd settings (PAM on, the login shell's start-up files run), as users'
+    hosts are; else the fast bed's (PAM off, ``~/.bashrc`` skipped)."""
+    own_user: bool = False
+    """``user`` was made for this bed (``start_bed(login=...)``) and goes with it."""
     _proc: subprocess.Popen | None = field(repr=False, default=None, compare=False)
 
     @property
@@ -288,33 +295,39 @@ class Host:
         self.start()
 
     def write_config(self, authorized_keys: Path) -> None:
-        self.config.write_text(
-            "\n".join(
-                [
-                    f"ListenAddress {self.address}:{self.port}",
-                    f"HostKey {self.host_key}",
-                    f"PidFile {self.dir / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {authorized_keys}",
-                    "PermitRootLogin prohibit-password",
-                    "PubkeyAuthentication yes",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PrintMotd no",
-                    "Subsystem sftp internal-sftp",
-                    # SHLVL=1: bash then counts itself nested and skips ~/.bashrc, as a GPU host's
-                    # bare login would; this machine's root .bashrc runs `pyenv rehash`, whose lock
-                    # file a killed host leaves behind, stalling every later login for a minute
-                    f"SetEnv {MARKER_VAR}={self.marker} SHLVL=1",
-                    # Runners open many channels and connections at once; the defaults (10) are low.
-                    "MaxSessions 100",
-                    "MaxStartups 100",
-                    "LogLevel ERROR",
-                    "",
-                ]
-            )
-        )
+        """This host's sshd_config. Its own lines come first (sshd takes a keyword's first
+        value). A stock host then gets the distribution's own /etc/ssh/sshd_config unchanged
+        (PAM, default MaxSessions, keys in ``~/.ssh/authorized_keys``); the fast bed instead
+        turns PAM and the login shell's rc files off and raises the session limits."""
+        own = [
+            f"ListenAddress {self.address}:{self.port}",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.dir / 'sshd.pid'}",
+            "PasswordAuthentication no",
+            "LogLevel ERROR",
+        ]
+        if self.stock:
+            own.append(f"SetEnv {MARKER_VAR}={self.marker}")
+            rest = STOCK_CONFIG.read_text().splitlines()
+        else:
+            rest = [
+                f"AuthorizedKeysFile {authorized_keys}",
+                "PermitRootLogin prohibit-password",
+                "PubkeyAuthentication yes",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                "StrictModes no",
+                "PrintMotd no",
+                "Subsystem sftp internal-sftp",
+                # SHLVL=1: bash then counts itself nested and skips ~/.bashrc, as a GPU host's
+                # bare login would; this machine's root .bashrc runs `pyenv rehash`, whose lock
+                # file a killed host leaves behind, stalling every later login for a minute
+                f"SetEnv {MARKER_VAR}={self.marker} SHLVL=1",
+                # Runners open many channels and connections at once; the defaults (10) are low.
+                "MaxSessions 100",
+                "MaxStartups 100",
+            ]
+        self.config.write_text("\n".join([*own, *rest, ""]))
 
     def state(self) -> dict:
         return {
@@ -328,6 +341,8 @@ class Host:
             "dir": str(self.dir),
             "pid": self.pid,
             "netns": self.netns,
+            "stock": self.stock,
+            "own_user": self.own_user,
         }
 
     @classmethod
@@ -343,6 +358,8 @@ class Host:
             dir=Path(data["dir"]),
             pid=data["pid"],
             netns=data.get("netns", ""),
+            stock=data.get("stock", False),
+            own_user=data.get("own_user", False),
         )
 
 
@@ -352,6 +369,14 @@ class SshBed:
 
     root: Path
     hosts: list[Host]
+
+    @property
+    def shared_root(self) -> Path:
+        """The directory every host sees (a cluster's shared file system), writable by the
+        hosts' login user: in that user's home when the bed made one."""
+        host = self.hosts[0]
+        base = Path(pwd.getpwnam(host.user).pw_dir) if host.own_user else self.root
+        return base / "shared-root"
 
     def known_hosts_text(self) -> str:
         return "".join(h.host_key_line() + "\n" for h in self.hosts)
@@ -372,7 +397,7 @@ class SshBed:
                 for h in self.hosts
             ],
             "known_hosts": str(known_hosts),
-            "remote_root": str(self.root / "shared-root"),
+            "remote_root": str(self.shared_root),
             **extra,
         }
 
@@ -386,6 +411,9 @@ class SshBed:
                 errors.append(str(e))
             if host.netns:  # its veth pair goes with it
                 subprocess.run(["ip", "netns", "delete", host.netns], capture_output=True, timeout=30)
+        for user in {h.user for h in self.hosts if h.own_user}:
+            subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True, timeout=30)
+            subprocess.run(["userdel", "--remove", "--force", user], capture_output=True, timeout=30)
         if errors:
             raise RuntimeError("; ".join(errors))
 
@@ -412,11 +440,47 @@ def _own_network(name: str, subnet: int) -> str:
     return f"10.213.{subnet}.2"
 
 
-def start_bed(root: Path, n: int = 2, own_network: bool = False) -> SshBed:
+@dataclass(frozen=True)
+class Login:
+    """Hosts as users' hosts are (``start_bed(login=Login())``): an ordinary account made for
+    the bed with this login shell, the distribution's ``python3`` on its PATH, its key in
+    ``~/.ssh/authorized_keys``, and (``stock``) Debian's own sshd settings with PAM on.
+    The bed's default instead logs in as this machine's user with PAM off, for speed."""
+
+    shell: str = "/bin/bash"
+    stock: bool = True
+
+
+def _make_login_user(name: str, login: Login, public_key: Path) -> Path:
+    """An OS account ``name`` whose login is key-only; returns its home. Its password field is
+    ``*`` (no password, not locked: sshd refuses locked accounts when PAM is off)."""
+    if not Path(login.shell).exists():
+        raise RuntimeError(f"login shell {login.shell} is missing; install it with apt-get")
+    subprocess.run(
+        ["useradd", "--create-home", "--shell", login.shell, "--user-group", "--password", "*", name],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    entry = pwd.getpwnam(name)
+    home = Path(entry.pw_dir)
+    ssh_dir = home / ".ssh"
+    ssh_dir.mkdir(mode=0o700)
+    (ssh_dir / "authorized_keys").write_text(public_key.read_text())
+    (home / "shared-root").mkdir()
+    for path in (ssh_dir, ssh_dir / "authorized_keys", home / "shared-root"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    return home
+
+
+def start_bed(root: Path, n: int = 2, own_network: bool = False, login: Login | None = None) -> SshBed:
     """Generate keys and configs under ``root`` and start ``n`` sshd hosts on 127.0.0.2, .3, ...
 
     ``own_network``: each host lives in its own network namespace instead (``_own_network``),
-    reachable from here over SSH only, the way a GPU box on a closed network is."""
+    reachable from here over SSH only, the way a GPU box on a closed network is.
+    ``login``: the hosts' login user is a new ordinary account (``Login``), removed by
+    ``stop()``; each host's ``remote_root`` is then in that account's home."""
     refuse_in_fast_tier("an SSH bed")
     if not SSHD.exists():
         raise RuntimeError(f"{SSHD} is missing; install it: {INSTALL_HINT}")
@@ -431,7 +495,11 @@ def start_bed(root: Path, n: int = 2, own_network: bool = False) -> SshBed:
     shutil.copyfile(identity.with_name(identity.name + ".pub"), authorized)
     bed_id = uuid.uuid4().hex[:8]
     bed = SshBed(root=root, hosts=[])
+    user, home = getpass.getuser(), None
     try:
+        if login is not None:
+            user = f"hb{bed_id}"
+            home = _make_login_user(user, login, identity.with_name(identity.name + ".pub"))
         for i in range(1, n + 1):
             netns = f"hml-{bed_id}-h{i}" if own_network else ""
             subnet = int(bed_id[:4], 16) % 200 + i
@@ -441,14 +509,18 @@ def start_bed(root: Path, n: int = 2, own_network: bool = False) -> SshBed:
                 name=f"h{i}",
                 address=address,
                 port=22 if own_network else _free_port(address),  # a namespace has its own ports
-                user=getpass.getuser(),
+                user=user,
                 identity_file=identity,
-                remote_root=host_dir / "root",
+                remote_root=home / f"h{i}-root" if home else host_dir / "root",
                 marker=f"hml-bed-{bed_id}-h{i}",
                 dir=host_dir,
                 netns=netns,
+                stock=bool(login and login.stock),
+                own_user=home is not None,
             )
-            host.remote_root.mkdir(parents=True, exist_ok=True)
+            host_dir.mkdir(parents=True, exist_ok=True)
+            if home is None:
+                host.remote_root.mkdir(exist_ok=True)
             _keygen(host.host_key, f"h{i}-host")
             host.write_config(authorized)
             bed.hosts.append(host)
@@ -470,6 +542,17 @@ def ssh_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:
         bed.stop()
 
 
+@pytest.fixture(scope="session")
+def ssh_user_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:
+    """Two hosts as users' hosts are (``Login()``): stock Debian sshd with PAM on, an ordinary
+    login user with bash, the distribution's ``python3``; stopped, user removed, at the end."""
+    bed = start_bed(tmp_path_factory.mktemp("sshuserbed"), 2, login=Login())
+    try:
+        yield bed
+    finally:
+        bed.stop()
+
+
 def _load(directory: Path) -> SshBed:
     state = directory.resolve() / STATE_FILE
     if not state.exists():
@@ -477,12 +560,12 @@ def _load(directory: Path) -> SshBed:
     return SshBed(root=directory.resolve(), hosts=[Host.from_state(d) for d in json.loads(state.read_text())])
 
 
-def _up(directory: Path, n: int) -> None:
+def _up(directory: Path, n: int, login: Login | None) -> None:
     if (directory / STATE_FILE).exists() and any(h.alive() for h in _load(directory).hosts):
         raise SystemExit(
             f"a test bed already runs in {directory}; run: python -m tests.sshbed down --dir {directory}"
         )
-    bed = start_bed(directory, n)
+    bed = start_bed(directory, n, login=login)
     bed.save_state()
     known_hosts = bed.root / "known_hosts"
     known_hosts.write_text(bed.known_hosts_text())
@@ -518,13 +601,18 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start sshd hosts and print a hybridml.yaml profile for them")
     up.add_argument("--hosts", type=int, default=2)
+    up.add_argument(
+        "--login-shell",
+        metavar="SHELL",
+        help="log in as a new ordinary user with this shell, through stock sshd (PAM on)",
+    )
     up.add_argument("--dir", type=Path, required=True)
     down = sub.add_parser("down", help="stop the hosts started in --dir")
     down.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            _up(args.dir, args.hosts)
+            _up(args.dir, args.hosts, Login(shell=args.login_shell) if args.login_shell else None)
         else:
             _down(args.dir)
     except (RuntimeError, ValueError) as e:

@@ -7,6 +7,7 @@ and re-key hosts; each test leaves its host running again.
 
 from __future__ import annotations
 
+import pwd
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from tests.sshbed import Host, SshBed, start_bed
+from tests.sshbed import Host, Login, SshBed, start_bed
 
 pytestmark = pytest.mark.server  # starts its own SSH bed
 
@@ -188,3 +189,22 @@ def test_rotate_host_key_changes_fingerprint_and_old_key_is_refused(bed: SshBed)
     client.close()
     with connect(host) as fresh:
         assert run(fresh, "echo $HML_TESTBED_HOST") == host.marker
+
+
+def test_a_login_bed_is_a_users_host_and_goes_with_its_user(tmp_path: Path) -> None:
+    """``Login()``: an ordinary account through Debian's stock sshd (PAM on), the
+    distribution's python3 on its PATH, its rc files run; stop() removes the account."""
+    bed = start_bed(tmp_path, 1, login=Login())
+    host = bed.hosts[0]
+    try:
+        (Path(pwd.getpwnam(host.user).pw_dir) / ".bashrc").write_text("export HML_BED_RC=ran\n")
+        with connect(host) as client:
+            assert run(client, "id -u") != "0"
+            assert run(client, "command -v python3") == "/usr/bin/python3"
+            assert run(client, "echo $HML_BED_RC") == "ran"  # bash ran ~/.bashrc: no SHLVL trick
+        assert "UsePAM yes" in host.config.read_text()
+        assert bed.shared_root.owner() == host.user
+    finally:
+        bed.stop()
+    with pytest.raises(KeyError):
+        pwd.getpwnam(host.user)
