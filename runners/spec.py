@@ -25,6 +25,7 @@ from pydantic import (
 from hmlkit.errors import SpecError
 from hmlkit.validation import error_items, read_yaml, validate
 from runners.data.manifest import input_ref_problem
+from runners.training import ModelSpec, Trigger
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -139,6 +140,10 @@ class JobSpec(_Strict):
     max_runtime: float | None = Field(default=None, description="seconds, or '30m', '2h'")
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_cost_usd: Annotated[float, Field(ge=0)] | None = None
+    model: ModelSpec | None = None
+    """Register the logged model with its lineage and gate it against the champion (docs/models.md)."""
+    triggers: list[Trigger] = []
+    """What makes ``hml watch`` train it: new snapshot versions, a schedule (docs/models.md)."""
 
     @field_validator("max_runtime", mode="before")
     @classmethod

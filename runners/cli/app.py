@@ -13,6 +13,7 @@ import typer
 from hmlkit.clihelp import Command
 from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
+from runners.cli import model as model_cli
 from runners.cli.data import app as data_app
 from runners.state.paths import run_dir
 from runners.state.record_files import TERMINAL
@@ -28,6 +29,7 @@ targets_app = typer.Typer(help="List the profile's targets, or trust an SSH targ
 app.add_typer(targets_app, name="targets")
 app.add_typer(policy_app, name="policy")
 app.add_typer(data_app, name="data")
+app.add_typer(model_cli.app, name="model")  # and `hml watch`, `hml retrain`: continuous training
 agent_app = typer.Typer(
     help="The warm agent that runs hml commands without start-up cost (HML_AGENT=0 turns it off)."
 )
@@ -568,6 +570,10 @@ def targets_trust(
     if not recorded:
         raise HmlError("nothing recorded")
     print(f"recorded {len(recorded)} host key(s)")
+
+
+app.command(cls=Command)(model_cli.watch)  # registered last: `hml --help` lists them after the others
+app.command(cls=Command)(model_cli.retrain)
 
 
 def main() -> None:

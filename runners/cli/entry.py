@@ -15,7 +15,9 @@ from runners.cli import agent_client
 def main() -> None:
     os.umask(0o077)  # run records, logs and the embedded store are the user's alone
     argv = sys.argv[1:]
-    if argv[:1] != ["agent"]:  # `hml agent` manages the agent itself: never through it
+    # `hml agent` manages the agent itself; `hml watch` is a service its supervisor (systemd,
+    # Kubernetes) must be able to kill: neither goes through the agent
+    if argv[:1] not in (["agent"], ["watch"]):
         code = agent_client.run_command(argv)
         if code is not None:
             sys.exit(code)

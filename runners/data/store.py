@@ -128,6 +128,33 @@ class Store:
         )
         return url
 
+    def has(self, where: S3Prefix, obj: ObjectVersion) -> bool:
+        """Whether the store still holds exactly this object version (lifecycle rules delete them)."""
+        try:
+            self._call(
+                f"HeadObject {obj.key}",
+                self.s3.head_object,
+                Bucket=where.bucket,
+                Key=where.prefix + obj.key,
+                VersionId=obj.version_id,
+            )
+        except KeyError:
+            return False
+        return True
+
+    def lifecycle(self, bucket: str) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules (its retention plan, as S3 applies it); [] without any."""
+        try:
+            got = self._call(
+                "GetBucketLifecycleConfiguration",
+                self.s3.get_bucket_lifecycle_configuration,
+                "NoSuchLifecycleConfiguration",
+                Bucket=bucket,
+            )
+        except KeyError:
+            return []
+        return list(got.get("Rules", []))
+
     # -- manifests ----------------------------------------------------------------
     def versions(self, bucket: str, name: str) -> list[str]:
         prefix = f"{SNAPSHOTS}{name}/"

@@ -16,6 +16,7 @@ from runners.data.inputs import resolve as resolve_inputs
 from runners.data.inputs import save as save_inputs
 from runners.profile import load_profile, tracking_uri
 from runners.progress import step
+from runners.registry.lineage import submit_tags
 from runners.runs.jobenv import forwarded
 from runners.runs.secrets import Redactor, resolve
 from runners.runs.supervision import ensure_supervised, spawn
@@ -159,12 +160,18 @@ def _check_target(backend: Backend[Any], name: str, spec: JobSpec, workdir: Path
 
 
 def submit(
-    job_path: str, target: str | None, overrides: list[str], config: str | None, wait: bool = True
+    job_path: str,
+    target: str | None,
+    overrides: list[str],
+    config: str | None,
+    wait: bool = True,
+    extra_tags: dict[str, str] | None = None,
 ) -> RunRecord:
     """Validate everything, open the MLflow run, record it, and hand it to a supervisor.
 
     ``wait``: when the target has no room now, wait for it (else the run fails at once). A
     failure once the MLflow run exists ends it FAILED with the reason: no run is left RUNNING.
+    ``extra_tags``: more run tags (the watcher's claim key).
     """
     p = plan(job_path, target, overrides, config)
     run_id = None
@@ -177,6 +184,8 @@ def submit(
             "hml.placement": p.target,
             "hml.placement_reason": p.placement_reason,
             **lineage.tags(p.inputs),
+            **(submit_tags(p.workdir, p.target_config["kind"]) if p.spec.model else {}),
+            **(extra_tags or {}),
         }
         run_id, experiment_id = ownership.start_run(
             p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, tags

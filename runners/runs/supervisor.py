@@ -273,6 +273,33 @@ class Supervisor:
         except TrackingError as exc:
             self.say(f"models not tagged with their inputs: {exc}")
 
+    def _register(self, inputs: list[Input]) -> dict[str, str]:
+        """A job with a ``model:`` section that succeeded: its logged model registered with its
+        lineage, then gated against the champion; what happened, as run tags. The server being
+        down fails the finalize attempt (retried: both steps are idempotent); a run without a
+        model to register is said, not retried."""
+        model = self.spec.model
+        if model is None or self.rec.status != "FINISHED":
+            return {}
+        from hmlkit.profile import Profile
+        from runners.registry import gate
+        from runners.registry import lineage as model_lineage
+
+        try:
+            version, _ = model_lineage.register(self.rec.tracking_uri, self.rec.run_id, inputs, model)
+        except TrackingError:
+            raise
+        except HmlError as exc:
+            self.say(f"model not registered: {exc}")
+            return {"hml.model.reason": f"not registered: {exc}"[:5000]}
+        stores = Profile(stores={i.snapshot.store: i.store for i in inputs}, source="the run's inputs")
+        decision = gate.evaluate(self.rec.tracking_uri, stores, model.name, version, again=False)
+        self.say(f"model {model.name} version {version}: {decision.verdict} ({decision.reason})")
+        return {
+            "hml.model.version": f"{model.name}/{version}",
+            "hml.model.reason": f"{decision.verdict}: {decision.reason}"[:5000],
+        }
+
     def finalize(self) -> None:
         """Hand the end to the tracking server, retrying while it is down; the record keeps all."""
         self._out.close()
@@ -282,6 +309,7 @@ class Supervisor:
             try:
                 backlog.send_home(self.rec)
                 self._tag_models(inputs)
+                model_tags = self._register(inputs)
                 ownership.finalize(
                     self.rec.tracking_uri,
                     self.rec.run_id,
@@ -291,7 +319,7 @@ class Supervisor:
                     duration_s=(self.rec.ended_at or time.time()) - start,
                     cost_usd=self.rec.cost_usd,
                     instance_cost_usd=self.rec.instance_cost_usd,
-                    tags=self.rec.target_tags,
+                    tags={**self.rec.target_tags, **model_tags},
                     log_path=self.rec.log_path,
                     ended_at=self.rec.ended_at or time.time(),
                 )
