@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from runners.data.manifest import DATASET_NAME_PATTERN
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-METRIC_PATTERN = r"^[/\w.\- :]{1,250}$"
+METRIC_PATTERN = r"^[/\w.\- :]+$"
 _CRON_FIELDS = (
     ("minute", 0, 59),
     ("hour", 0, 23),
@@ -37,7 +37,7 @@ class ModelSpec(_Strict):
 
     name: Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
     """The registered model (created on first use)."""
-    metric: Annotated[str, Field(pattern=METRIC_PATTERN)]
+    metric: Annotated[str, Field(pattern=METRIC_PATTERN, max_length=250)]
     """A metric the job logs on its run; the gate compares the candidate's with the champion's."""
     direction: Literal["maximize", "minimize"] = "maximize"
     threshold: float | None = None
