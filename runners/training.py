@@ -107,8 +107,8 @@ def last_fire(expression: str, now: datetime, within: timedelta) -> datetime | N
     minutes, hours, days, months, weekdays = parse_cron(expression)
     fields = expression.split()
     both = fields[2] != "*" and fields[4] != "*"
-    t = now.replace(second=0, microsecond=0)
-    while now - t <= within:
+    start = t = now.replace(second=0, microsecond=0)
+    while start - t <= within:
         day_ok = t.day in days, (t.weekday() + 1) % 7 in weekdays
         if (
             t.minute in minutes

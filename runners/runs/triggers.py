@@ -154,6 +154,8 @@ class Claims:
 
     def mark(self, name: str, **tags: str) -> None:
         found = self.get(name)
+        if found is None:
+            raise TrackingError(f"tracking server {self.uri}: the claim {name} was deleted meanwhile")
         for key, value in tags.items():
             self._call(
                 f"marking {name}",
