@@ -73,7 +73,7 @@ def list_(
             ("MODEL", "CHAMPION", "METRIC"), [(r["name"], r["champion"] or "-", r["metric"]) for r in rows]
         )
         return
-    found = gate.versions(uri, model)
+    found = gate.versions(uri, _checked(model))
     if as_json:
         print(json.dumps(found))
         return
@@ -93,8 +93,23 @@ def list_(
     )
 
 
+def _checked(name: str) -> str:
+    """A model name as the job file allows it (so it can go into a registry search)."""
+    import re
+
+    from runners.training import MODEL_NAME_PATTERN
+
+    if not re.match(MODEL_NAME_PATTERN, name):
+        raise typer.BadParameter(
+            f"{name!r} is no model name: letters, digits, '.', '_' and '-' (hml model list shows them)",
+            param_hint="MODEL",
+        )
+    return name
+
+
 def _split(ref: str) -> tuple[str, str | None]:
     name, _, version = ref.partition("@")
+    _checked(name)
     if version and not version.isdigit():
         raise typer.BadParameter(
             f"{ref!r}: the version is a number, e.g. {name}@3", param_hint="MODEL[@VERSION]"
@@ -156,7 +171,7 @@ def rollback(ctx: typer.Context, model: ModelArg, output: OutputOpt = "text") ->
 
     as_json = _json(output)
     _, uri = _where(ctx)
-    was, now = gate.rollback(uri, model)
+    was, now = gate.rollback(uri, _checked(model))
     if as_json:
         print(json.dumps({"name": model, "from": was, "to": now}))
         return

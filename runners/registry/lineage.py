@@ -113,19 +113,19 @@ def _logged_model(client: Any, run: Any, model: ModelSpec) -> Any:
     )
 
 
-def register(tracking_uri: str, run_id: str, inputs: list[Input], model: ModelSpec) -> tuple[str, bool]:
+def register(tracking_uri: str, run_id: str, inputs: list[Input], model: ModelSpec) -> str:
     """Register the run's logged model as a new version of ``model.name`` with its lineage.
 
     Idempotent (the supervisor's finalize retries): a version of the run already there is
-    returned as it is. (version, whether it was made now); TrackingError for the server,
-    HmlError when the run has no model to register."""
+    returned as it is. Its version number; TrackingError for the server, HmlError when the run
+    has no model to register."""
     from mlflow.exceptions import MlflowException
 
     try:
         client = _client(tracking_uri)
         done = client.search_model_versions(f"name = '{model.name}' and run_id = '{run_id}'")
         if done:
-            return str(done[0].version), False
+            return str(done[0].version)
         run = client.get_run(run_id)
         logged = _logged_model(client, run, model)
         try:
@@ -144,4 +144,4 @@ def register(tracking_uri: str, run_id: str, inputs: list[Input], model: ModelSp
         raise
     except Exception as exc:  # mlflow raises many kinds
         raise TrackingError(f"tracking server {tracking_uri}: registering the model: {_short(exc)}") from exc
-    return str(made.version), True
+    return str(made.version)

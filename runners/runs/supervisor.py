@@ -281,24 +281,25 @@ class Supervisor:
         model = self.spec.model
         if model is None or self.rec.status != "FINISHED":
             return {}
+        from hmlkit.extras import MissingExtra
         from hmlkit.profile import Profile
         from runners.registry import gate
         from runners.registry import lineage as model_lineage
 
+        tags: dict[str, str] = {}
         try:
-            version, _ = model_lineage.register(self.rec.tracking_uri, self.rec.run_id, inputs, model)
+            version = model_lineage.register(self.rec.tracking_uri, self.rec.run_id, inputs, model)
+            tags["hml.model.version"] = f"{model.name}/{version}"
+            stores = Profile(stores={i.snapshot.store: i.store for i in inputs}, source="the run's inputs")
+            decision = gate.evaluate(self.rec.tracking_uri, stores, model.name, version, again=False)
         except TrackingError:
             raise
-        except HmlError as exc:
-            self.say(f"model not registered: {exc}")
-            return {"hml.model.reason": f"not registered: {exc}"[:5000]}
-        stores = Profile(stores={i.snapshot.store: i.store for i in inputs}, source="the run's inputs")
-        decision = gate.evaluate(self.rec.tracking_uri, stores, model.name, version, again=False)
+        except (HmlError, MissingExtra) as exc:  # said on the run; the run itself succeeded
+            what = "not gated" if tags else "not registered"
+            self.say(f"model {what}: {exc}")
+            return {**tags, "hml.model.reason": f"{what}: {exc}"[:5000]}
         self.say(f"model {model.name} version {version}: {decision.verdict} ({decision.reason})")
-        return {
-            "hml.model.version": f"{model.name}/{version}",
-            "hml.model.reason": f"{decision.verdict}: {decision.reason}"[:5000],
-        }
+        return {**tags, "hml.model.reason": f"{decision.verdict}: {decision.reason}"[:5000]}
 
     def finalize(self) -> None:
         """Hand the end to the tracking server, retrying while it is down; the record keeps all."""

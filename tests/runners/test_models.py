@@ -201,6 +201,23 @@ def test_a_version_whose_snapshot_objects_are_gone_is_refused(tmp_path, lake, ml
     assert _champion(mlflow_server, model) == "1"
 
 
+def test_a_job_logging_no_model_succeeds_saying_so(tmp_path, lake, mlflow_server):  # noqa: F811
+    _, _, profile = lake
+    model = f"none-{uuid.uuid4().hex[:8]}"
+    job = write_job(tmp_path, run="true", model={"name": model, "metric": "accuracy"})
+    summary, out = submit_json(str(job), "--target", "local", env={"HML_CONFIG": str(profile)})
+    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    assert out.returncode == 0 and run.info.status == "FINISHED", out.stderr
+    assert run.data.tags["hml.model.reason"].startswith(
+        f"not registered: run {summary['run_id']} logged no model"
+    )
+    assert len(run.data.tags["hml.workdir.digest"]) == 32
+    rc, _, err = _model(profile, "list", model)
+    assert rc == 2 and "no such registered model" in err, err
+    rc, _, err = _model(profile, "show", "bad'name")
+    assert rc == 2 and "no model name" in err, err
+
+
 def _runs_of(mlflow_server, dataset: str, version: str) -> list:
     from mlflow.entities import ViewType
 
