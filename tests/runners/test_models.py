@@ -25,6 +25,9 @@ from tests.runners.helpers import HML, hml, submit_json, wait_finalized, write_j
 from tests.runners.test_bad_input import assert_refused_without_debris, run_cli
 from tests.runners.test_data import data, lake  # noqa: F401  (a fixture)
 
+FINALIZE_S = 240.0
+"""How long a run may take to close: its supervisor registers and gates it first, on a loaded machine."""
+
 TRAIN = """
 import os, pathlib, time, mlflow
 score = float((pathlib.Path(os.environ["HML_INPUT_TRAIN"]) / "score.txt").read_text())
@@ -73,7 +76,7 @@ def _train(job: Path, profile: Path, ref: str, mlflow_server) -> dict:
         str(job), "--target", "local", "--set", f"inputs.train={ref}", env={"HML_CONFIG": str(profile)}
     )
     assert out.returncode == 0, out.stderr + hml("logs", summary["run_id"]).stdout
-    return wait_finalized(mlflow_server.client(), summary["run_id"]).data.tags
+    return wait_finalized(mlflow_server.client(), summary["run_id"], timeout=FINALIZE_S).data.tags
 
 
 def _model(profile: Path, *args: str) -> tuple[int, dict | list, str]:
@@ -206,7 +209,7 @@ def test_a_job_logging_no_model_succeeds_saying_so(tmp_path, lake, mlflow_server
     model = f"none-{uuid.uuid4().hex[:8]}"
     job = write_job(tmp_path, run="true", model={"name": model, "metric": "accuracy"})
     summary, out = submit_json(str(job), "--target", "local", env={"HML_CONFIG": str(profile)})
-    run = wait_finalized(mlflow_server.client(), summary["run_id"])
+    run = wait_finalized(mlflow_server.client(), summary["run_id"], timeout=FINALIZE_S)
     assert out.returncode == 0 and run.info.status == "FINISHED", out.stderr
     assert run.data.tags["hml.model.reason"].startswith(
         f"not registered: run {summary['run_id']} logged no model"
@@ -254,7 +257,7 @@ def _watcher(job: Path, profile: Path, log: Path) -> subprocess.Popen:
     )
 
 
-def _until(what: str, check, timeout: float = 90.0):  # noqa: ANN001, ANN202
+def _until(what: str, check, timeout: float = 180.0):  # noqa: ANN001, ANN202
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = check()
@@ -277,7 +280,7 @@ def test_two_watchers_racing_give_one_run(tmp_path, lake, mlflow_server):  # noq
     watchers = [_watcher(job, profile, tmp_path / f"watch-{i}.log") for i in range(2)]
     try:
         [run] = _until("a run on v1", lambda: _runs_of(mlflow_server, dataset, "v1"))
-        wait_finalized(mlflow_server.client(), run.info.run_id)
+        wait_finalized(mlflow_server.client(), run.info.run_id, timeout=FINALIZE_S)
         logs = _until(
             "both watchers saw v1 taken",
             lambda: all("trained already" in (tmp_path / f"watch-{i}.log").read_text() for i in range(2)),
@@ -309,10 +312,10 @@ def test_a_watcher_killed_mid_training_resumes_without_retraining(tmp_path, lake
             "the new watcher saw v1 taken", lambda: "trained already" in (tmp_path / "second.log").read_text()
         )
         go.touch()
-        wait_finalized(mlflow_server.client(), run.info.run_id)
+        wait_finalized(mlflow_server.client(), run.info.run_id, timeout=FINALIZE_S)
         _snapshot(lake, dataset, "0.90")  # it goes on watching
         [later] = _until("a run on v2", lambda: _runs_of(mlflow_server, dataset, "v2"))
-        wait_finalized(mlflow_server.client(), later.info.run_id)
+        wait_finalized(mlflow_server.client(), later.info.run_id, timeout=FINALIZE_S)
         time.sleep(1.5)  # a few more rounds
     finally:
         _stop(*[p for p in (first, second) if p is not None])
