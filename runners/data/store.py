@@ -138,7 +138,9 @@ class Store:
                 Key=where.prefix + obj.key,
                 VersionId=obj.version_id,
             )
-        except KeyError:
+        except KeyError as exc:
+            if exc.args[0] in ("AccessDenied", "403"):  # not knowing is not gone
+                raise BackendError(f"store {self.name!r}: not allowed to read {where.uri}{obj.key}") from None
             return False
         return True
 

@@ -130,9 +130,8 @@ def _judge(client: Any, profile: Profile, mv: Any) -> Decision:
     if current is None:
         return Decision(**base, verdict="promoted", reason="there was no champion")
     if theirs is None:
-        return Decision(
-            **base, verdict="promoted", reason=f"champion {held} has no {metric}: nothing to compare with"
-        )
+        why = f"champion {held}'s run has no {metric}: better cannot be told (log it there, or roll back)"
+        return Decision(**base, verdict="kept", reason=why)
     better = value > theirs + margin if maximize else value < theirs - margin
     how = f"{metric} {value:g} vs champion {held}'s {theirs:g} ({'higher' if maximize else 'lower'} is better"
     how += f", by more than {margin:g})" if margin else ")"

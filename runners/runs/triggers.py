@@ -108,12 +108,11 @@ def due(watched: Watched, profile: Profile, now: datetime, catch_up: timedelta) 
 
     found = []
     for trigger, input_name in watched.triggers:
-        if trigger.cron is not None:
-            fire = last_fire(trigger.cron, now, catch_up)
-            if fire is not None:
-                found.append(Due(f"cron {fire:%Y-%m-%dT%H:%MZ}", []))
+        if trigger.dataset is None:  # a cron trigger (Trigger holds one kind or the other)
+            at = last_fire(str(trigger.cron), now, catch_up)
+            if at is not None:
+                found.append(Due(f"cron {at:%Y-%m-%dT%H:%MZ}", []))
             continue
-        assert trigger.dataset is not None  # noqa: S101 - Trigger's validator: one kind or the other
         snap = store.find(profile, SnapshotRef(name=trigger.dataset), f"{watched.path}: triggers")
         ref = SnapshotRef(name=snap.name, version=snap.version)
         found.append(Due(snap.ref, [f"inputs.{input_name}={snap.ref}"], ref))
