@@ -137,6 +137,8 @@ def test_better_is_promoted_worse_is_kept_and_rollback_restores(tmp_path, lake, 
         ("2", True, "promoted"),
         ("1", False, "promoted"),
     ]
+    rc, listed, err = _model(profile, "list")
+    assert rc == 0 and {"name": model, "champion": "2", "metric": "accuracy"} in listed, err
     rc, shown, err = _model(profile, "show", model)
     assert rc == 0 and shown["version"] == "2" and shown["lineage"]["inputs"], err
 
@@ -365,3 +367,26 @@ def test_bad_triggers_and_model_sections_exit_2(tmp_path, hml_home, fields, word
     job = write_job(tmp_path, run="true", inputs={"train": "d@v1"}, **fields)
     rc, _, err = run_cli("watch", str(job), "--once")
     assert_refused_without_debris(rc, err, word, hml_home)
+
+
+def test_a_per_job_environment_digest_is_preferred_to_the_packages(mlflow_server):
+    from runners.registry.lineage import version_tags
+    from runners.training import ModelSpec
+
+    client = mlflow_server.client()
+    experiment = client.create_experiment(f"env-{uuid.uuid4().hex[:8]}")
+    tags = {"hml.job": "j", "hml.env.packages_digest": "p" * 64, "hml.workdir.digest": "w" * 32}
+    plain = client.create_run(experiment, tags=tags).info.run_id
+    locked = client.create_run(experiment, tags={**tags, "hml.env.digest": "lock-digest"}).info.run_id
+    model = ModelSpec(name="m", metric="accuracy", direction="minimize")
+
+    got = version_tags(client.get_run(locked), [], model)
+    assert (
+        got["hml.lineage.env_digest"] == "lock-digest" and got["hml.lineage.env_source"] == "hml.env.digest"
+    )
+    assert "hml.lineage.inputs" not in got and got["hml.gate.direction"] == "minimize"
+    fallback = version_tags(client.get_run(plain), [], model)
+    assert (
+        fallback["hml.lineage.env_digest"] == "p" * 64
+        and "local target" in fallback["hml.lineage.env_source"]
+    )
