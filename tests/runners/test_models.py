@@ -390,3 +390,26 @@ def test_a_per_job_environment_digest_is_preferred_to_the_packages(mlflow_server
         fallback["hml.lineage.env_digest"] == "p" * 64
         and "local target" in fallback["hml.lineage.env_source"]
     )
+
+
+def test_a_claim_whose_watcher_died_before_submitting_is_taken_over(tmp_path, lake, mlflow_server):  # noqa: F811
+    _, _, profile = lake
+    job, dataset, _, job_name = _setup(tmp_path, lake)
+    client = mlflow_server.client()
+    claim = f"hml-watch/{job_name}/{dataset}@v1"
+    client.create_experiment(claim, tags={"hml.watch.state": "claimed", "hml.watch.owner": "gone:1"})
+    env = {"HML_CONFIG": str(profile)}
+
+    fresh = client.get_experiment_by_name(claim).experiment_id
+    client.set_experiment_tag(fresh, "hml.watch.at", str(time.time()))
+    out = hml("retrain", str(job), "--on", dataset, "--target", "local", env=env)
+    assert out.returncode == 0 and f"{dataset}@v1: claimed by gone:1" in out.stdout, out.stderr
+    assert _runs_of(mlflow_server, dataset, "v1") == []
+
+    client.set_experiment_tag(fresh, "hml.watch.at", str(time.time() - 3600))  # its watcher died an hour ago
+    out = hml("retrain", str(job), "--on", dataset, "--target", "local", env=env)
+    assert out.returncode == 0 and f"{dataset}@v1: submitted run" in out.stdout, out.stderr
+    [run] = _runs_of(mlflow_server, dataset, "v1")
+    taken = client.get_experiment_by_name(f"{claim}#2").tags
+    assert taken["hml.watch.state"] == "submitted" and taken["hml.watch.run_id"] == run.info.run_id
+    assert run.data.tags["hml.watch.key"] == f"{claim}#2"
