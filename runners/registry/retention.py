@@ -2,8 +2,8 @@
 
 The retention plan becomes the buckets' lifecycle rules (``components.retention``); once they
 delete a pinned object version, the snapshot can no longer be fetched, so the model made from
-it can be neither retrained nor audited. The store itself is asked: each pinned version (and the
-manifest) with a HEAD, and the bucket's lifecycle rules, to say why in the refusal.
+it can be neither retrained nor audited. The store itself is asked: the manifest is read, each
+pinned version checked with a HEAD, and the bucket's lifecycle rules read, to say why in the refusal.
 """
 
 from __future__ import annotations
