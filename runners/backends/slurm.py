@@ -194,7 +194,7 @@ class SlurmBackend(Backend[SlurmHandle]):
         spec, login = request.spec, self.config.login
         root = self.pool.root(login)
         manifest = scan(request.workdir, self.nodes.max_workdir_bytes)
-        code_dir = stage(self.pool.client(login), manifest, request.workdir, root).code_dir
+        code_dir = stage(self.pool.client(login), manifest, request.workdir, root, login.python).code_dir
         attempt = f"{root}/runs/{request.run_id}/attempt-{request.attempt}"
         ranks = range(spec.num_nodes)
         dirs = " ".join(shlex.quote(f"{attempt}/node-{k}") for k in ranks)
@@ -211,6 +211,7 @@ class SlurmBackend(Backend[SlurmHandle]):
             "HML_NUM_NODES": str(spec.num_nodes),
             "HML_GPUS_PER_NODE": str(gpus),
             "HML_CODE_DIR": code_dir,
+            jobscript.PYTHON: login.python,
             **data.env,
         }
         files: dict[str, str] = {}
