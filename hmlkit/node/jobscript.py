@@ -37,7 +37,9 @@ only its own ``MLFLOW_TRACKING_TOKEN``, which its relay alone accepts."""
 
 RELAY_BOOT = (
     "import socket,sys\n"
-    "s=socket.create_server(('127.0.0.1',0))\n"
+    "s=socket.socket()\n"
+    "s.bind(('127.0.0.1',0))\n"
+    "s.listen(128)\n"
     "print('{\"port\": %d}' % s.getsockname()[1], flush=True)\n"
     "sys.path[0]=sys.argv[1]\n"
     "import relay\n"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hmlkit.errors import BackendError, HostKeyError
+from hmlkit.errors import BackendError, HostKeyError, UsageError
 from hmlkit.extras import require
 from hmlkit.ssh.shell import run, tar_feed, text_files, untar
 
@@ -171,11 +171,17 @@ def prepare_root(client: Any, host: SshHost, root: str) -> str:
     """Create the remote root's layout (code, blobs, runs) once; its absolute path.
 
     The one set-up of a host for hml: the runner before a job, the inventory at ``pulumi up``.
+    One the login cannot write is the user's to fix (UsageError, exit 2), not a host failure.
     """
     q = _q(root)
-    rc, out, err = run(client, f"mkdir -p {q}/code {q}/blobs {q}/runs && cd {q} && pwd")
+    rc, out, err = run(
+        client, f"mkdir -p {q}/code {q}/blobs {q}/runs && cd {q} && touch .hml-w && rm -f .hml-w && pwd"
+    )
     if rc != 0 or not out.strip():
-        raise BackendError(f"{host.label}: cannot prepare remote_root {root}: {err.strip()}")
+        raise UsageError(
+            f"{host.label}: remote_root {root} is not writable by {host.user} ({err.strip()[-200:]}); "
+            f"set remote_root to a directory {host.user} can write (a relative one is under its home)"
+        )
     return str(out).strip()
 
 

@@ -10,7 +10,7 @@ import shlex
 import time
 from typing import Any
 
-from hmlkit.errors import BackendError
+from hmlkit.errors import BackendError, HostFault
 from hmlkit.node.jobscript import FOLLOWER
 from hmlkit.ssh.shell import Prelude, never_started
 
@@ -36,6 +36,8 @@ class OutputStream:
         self.syncing = ""
         """Records the job's wrapper still waits to sync to the tracking server ('' when none)."""
         self._err = b""
+        self._said: list[str] = []
+        """What the follower printed besides its protocol (a traceback, when it dies)."""
         self._heard = time.monotonic()
         self._out_prelude, self._err_prelude = Prelude(), Prelude()
         """The login shell's own output before ``/bin/sh`` starts the follower is cut off."""
@@ -63,18 +65,18 @@ class OutputStream:
             elif word.startswith("SYNCING"):
                 self.syncing = word.removeprefix("SYNCING").strip()
             elif word not in (".", ""):
-                raise BackendError(f"{self.label}: the output follower failed: {word[:300]}")
+                self._said.append(word)  # a traceback's last line says most: kept for the end
         if self.end is None and (finished or chan.closed):
+            # an exit status came: the host is up and the follower died (an interpreter too old,
+            # a broken login), and waiting will not help; without one the connection was lost
+            fault = HostFault if finished else BackendError
             if not self._out_prelude.done:
-                raise BackendError(f"{self.label}: {never_started(self._out_prelude, self._err_prelude)}")
-            raise BackendError(
-                f"{self.label}: the output stream ended without the job's state"
-                + (
-                    f" (the follower said: {self._err.decode(errors='replace').strip()[-300:]})"
-                    if self._err
-                    else ""
-                )
+                raise fault(f"{self.label}: {never_started(self._out_prelude, self._err_prelude)}")
+            said = " | ".join([*self._said, self._err.decode("utf-8", errors="replace").strip()][-3:]).strip(
+                " |"
             )
+            status = f"exit status {chan.recv_exit_status()}" if finished else "connection lost"
+            raise fault(f"{self.label}: the output follower ended without the job's state ({said or status})")
         if self.end is None and time.monotonic() - self._heard > SILENT_AFTER_S:
             raise BackendError(f"{self.label}: no word from the host for {SILENT_AFTER_S:g} s")
         return b"".join(chunks)
