@@ -27,9 +27,10 @@ PYENV = Path.home() / ".pyenv" / "versions"
 
 
 def interpreters() -> dict[tuple[int, ...], str]:
-    """Every CPython this machine has (pyenv's versions, the distribution's), by version."""
+    """Every CPython this machine has (pyenv's versions, 2.7 among them, and the distribution's),
+    by version."""
     found = {}
-    for python in [*sorted(PYENV.glob("*/bin/python3")), Path("/usr/bin/python3")]:
+    for python in [*sorted(PYENV.glob("*/bin/python")), Path("/usr/bin/python3")]:
         out = subprocess.run(
             [str(python), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
             capture_output=True,
