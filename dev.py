@@ -32,6 +32,10 @@ APT_PACKAGES = [
     "slurmd",
     "slurm-client",
     "munge",
+    # login shells of users' hosts (tests/runners/test_hosts.py): hml must not depend on one
+    "tcsh",
+    "csh",
+    "zsh",
 ]
 NEEDED_TOOLS = ["ssh-keygen", "pgrep", "pkill", "flock", "git"]
 

@@ -9,6 +9,7 @@ HmlError                 anything the runner reports to a user without a traceba
 +-- BackendError         a target could not do what was asked (host down, API error)
 |   +-- HostKeyError     an SSH host key is unknown or changed (never auto-accepted)
 |   +-- NoCapacityError  nothing in the target fits the job right now
+|   +-- HostFault        a host answered, but hml's own program there died (waiting won't help)
 +-- TrackingError        the tracking server refused or could not be reached
 +-- NotReady             the tracking server or the target did not answer in time; nothing
                          was started (exit code 2: fix it and submit again)
@@ -54,6 +55,10 @@ class HostKeyError(BackendError):
 
 
 class NoCapacityError(BackendError):
+    pass
+
+
+class HostFault(BackendError):
     pass
 
 

@@ -11,8 +11,6 @@ reported and the runner streams them over SSH into the cache, then runs the plan
     python3 -I -S datafetch.py PLAN.json   ->   {"fetched_bytes": N, "missing": [...], "dirs": {...}}
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os
@@ -28,7 +26,7 @@ TIMEOUT_S = 30
 WORKERS = 8
 
 
-def _fetch(url: str, dest: str, sha256: str | None) -> int:
+def _fetch(url: str, dest: str, sha256: "str | None") -> int:
     tmp = f"{dest}.part.{os.getpid()}"
     h = hashlib.sha256()
     size = 0
@@ -45,7 +43,7 @@ def _fetch(url: str, dest: str, sha256: str | None) -> int:
     return size
 
 
-def _link_tree(cache: str, dest: str, objects: list[dict[str, Any]]) -> None:
+def _link_tree(cache: str, dest: str, objects: "list[dict[str, Any]]") -> None:
     tmp = f"{dest}.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -71,7 +69,7 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _fetch_all(cache: str, wanted: dict[str, dict[str, Any]]) -> tuple[int, list[str]]:
+def _fetch_all(cache: str, wanted: "dict[str, dict[str, Any]]") -> "tuple[int, list[str]]":
     """Fetch ``wanted`` (cache key -> object) in parallel; (bytes fetched, keys not fetched).
 
     A connection failure marks the store unreachable: what is left is reported, not retried
@@ -79,7 +77,7 @@ def _fetch_all(cache: str, wanted: dict[str, dict[str, Any]]) -> tuple[int, list
     """
     unreachable = threading.Event()
 
-    def one(obj: dict[str, Any]) -> int | None:
+    def one(obj: "dict[str, Any]") -> "int | None":
         if unreachable.is_set() or not obj.get("url"):
             return None
         try:
@@ -92,11 +90,11 @@ def _fetch_all(cache: str, wanted: dict[str, dict[str, Any]]) -> tuple[int, list
 
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         sizes = list(pool.map(one, wanted.values()))
-    missing = [key for key, size in zip(wanted, sizes, strict=True) if size is None]
+    missing = [key for key, size in zip(wanted, sizes) if size is None]  # noqa: B905  (strict= is 3.10+; map keeps the length)
     return sum(s for s in sizes if s is not None), missing
 
 
-def materialise(plan: dict[str, Any]) -> dict[str, Any]:
+def materialise(plan: "dict[str, Any]") -> "dict[str, Any]":
     root = plan["root"]
     cache = os.path.join(root, "data")
     os.makedirs(cache, exist_ok=True)
@@ -116,7 +114,7 @@ def materialise(plan: dict[str, Any]) -> dict[str, Any]:
     return {"fetched_bytes": fetched, "missing": missing, "dirs": dirs}
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> int:
     with open(argv[1]) as fh:
         plan = json.load(fh)
     os.unlink(argv[1])  # its URLs are read; they should not outlive the fetch on disk

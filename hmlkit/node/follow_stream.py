@@ -16,8 +16,6 @@ without asking again. One such channel per node replaces polling each node with 
 commands; the runner keeps the offset, so a new follower resumes where the last one stopped.
 """
 
-from __future__ import annotations
-
 import os
 import select
 import sys
@@ -46,7 +44,7 @@ def alive(exec_dir: str) -> bool:
     return True
 
 
-def end_state(exec_dir: str, watch_pid: bool) -> str | None:
+def end_state(exec_dir: str, watch_pid: bool) -> "str | None":
     """``EXIT <code>``, ``GONE``, or None while the job runs (exit code looked at first)."""
     exit_file = os.path.join(exec_dir, "exit_code")
     for _ in range(2):  # the wrapper writes its exit code, then ends: look again once it ended

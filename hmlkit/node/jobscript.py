@@ -24,6 +24,8 @@ RELAY = "relay.py"
 SYSMETRICS = "sysmetrics.py"
 RELAY_JOURNAL = "relay-journal"
 SYNCING = "syncing"
+PYTHON = "HML_PYTHON"
+"""The interpreter the wrapper runs hml's helpers with (default ``python3``)."""
 RELAY_UPSTREAM = "HML_RELAY_UPSTREAM"
 """Where the relay sends writes when not to the tracking URI itself (tracking_via: runner)."""
 RELAY_CREDENTIALS = "HML_RELAY_CREDENTIALS"
@@ -35,7 +37,9 @@ only its own ``MLFLOW_TRACKING_TOKEN``, which its relay alone accepts."""
 
 RELAY_BOOT = (
     "import socket,sys\n"
-    "s=socket.create_server(('127.0.0.1',0))\n"
+    "s=socket.socket()\n"
+    "s.bind(('127.0.0.1',0))\n"
+    "s.listen(128)\n"
     "print('{\"port\": %d}' % s.getsockname()[1], flush=True)\n"
     "sys.path[0]=sys.argv[1]\n"
     "import relay\n"
@@ -51,13 +55,13 @@ _RELAY_FUNCTIONS = f"""# the job logs through a journaling relay (hmlkit/node/re
 # tracking server that is down or slow loses none of its metrics; the job's end waits until
 # they are home (TRACKING_RELAY_DRAIN_S, default 3600, bounds the wait)
 relay_status() {{
-  python3 -I -S -c '{_PENDING}' "http://127.0.0.1:$RELAY_PORT/_relay/status" 2>/dev/null || echo unknown
+  "$PY" -I -S -c '{_PENDING}' "http://127.0.0.1:$RELAY_PORT/_relay/status" 2>/dev/null || echo unknown
 }}
 relay_start() {{
   case "$MLFLOW_TRACKING_URI" in http://*|https://*) ;; *) return 0 ;; esac
   # the relay says its port before it loads (RELAY_BOOT): the job does not wait for that; the
   # server's credentials reach it on stdin only (never an argument, never the job's environment)
-  python3 -I -S -c {shlex.quote(RELAY_BOOT)} "$EXEC" \\
+  "$PY" -I -S -c {shlex.quote(RELAY_BOOT)} "$EXEC" \\
     --upstream "${{{RELAY_UPSTREAM}:-$MLFLOW_TRACKING_URI}}" --journal "$EXEC/{RELAY_JOURNAL}" \\
     --credentials-stdin --redact "$@" <<< "$RELAY_CREDENTIALS" \\
     > "$EXEC/relay.out" 2>> "$EXEC/relay.log" &
@@ -78,7 +82,7 @@ relay_start() {{
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
   # this node's CPU, memory and GPUs into the run, through the relay (hmlkit/node/sysmetrics.py)
   if [ -n "$MLFLOW_RUN_ID" ] && [ "${{TRACKING_SYSTEM_METRICS_S:-5}}" != 0 ]; then
-    python3 -I -S "$EXEC/{SYSMETRICS}" 2>> "$EXEC/relay.log" & SAMPLER_PID=$!
+    "$PY" -I -S "$EXEC/{SYSMETRICS}" 2>> "$EXEC/relay.log" & SAMPLER_PID=$!
   fi
 }}
 relay_drain() {{  # the backlog's size goes to $EXEC/{SYNCING} too, for `hml status`
@@ -133,7 +137,8 @@ echo $$ > "$EXEC/{PID}"
 set -a; . "$EXEC/{ENV_FILE}"; set +a; rm -f "$EXEC/{ENV_FILE}"
 RELAY_CREDENTIALS="${{{RELAY_CREDENTIALS}-}}"; unset {RELAY_CREDENTIALS}  # the relay's alone: relay_start
 finish() {{ echo "$1" > "$EXEC/{EXIT_CODE}.tmp"; mv "$EXEC/{EXIT_CODE}.tmp" "$EXEC/{EXIT_CODE}"; exit "$1"; }}
-command -v python3 >/dev/null || {{ echo "hml: this host lacks python3" >> "$EXEC/{OUTPUT}"; finish 127; }}
+PY="${{{PYTHON}:-python3}}"  # the host's `python:` (hmlkit.ssh.hosts.SshHost) runs hml's helpers
+command -v "$PY" >/dev/null || {{ echo "hml: this host lacks $PY" >> "$EXEC/{OUTPUT}"; finish 127; }}
 job() {{
   cd {q_work} || {{ echo "hml: workdir {q_work} is missing"; return 127; }}
   if [ -f "$EXEC/setup.sh" ]; then
@@ -144,7 +149,7 @@ job() {{
 }}
 {_RELAY_FUNCTIONS}
 relay_start {names}
-job 2>&1 | python3 -I -S "$EXEC/{REDACTOR}" {names} >> "$EXEC/{OUTPUT}"
+job 2>&1 | "$PY" -I -S "$EXEC/{REDACTOR}" {names} >> "$EXEC/{OUTPUT}"
 rc="${{PIPESTATUS[0]}}"
 relay_drain
 finish "$rc"

@@ -16,8 +16,6 @@ lines are written at once; a line still being written is held back only as far a
 could be the start of a secret, and flushed after a short pause so progress bars stay live.
 """
 
-from __future__ import annotations
-
 import base64
 import json
 import os
@@ -32,7 +30,7 @@ REDACTED = b"***"
 PAUSE_S = 0.3
 
 
-def forms(value: str) -> set[bytes]:
+def forms(value: str) -> "set[bytes]":
     """The byte strings that betray ``value`` in output: itself, its JSON and ``repr`` escapes,
     and its base64 encodings (see the module's docstring)."""
     texts = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1], repr(value)[1:-1]}
@@ -50,19 +48,19 @@ def forms(value: str) -> set[bytes]:
     return {f for f in found if len(f) >= MIN_SECRET_LEN}
 
 
-def secrets_from(names: list[str], environ: dict[str, str] | os._Environ[str]) -> list[bytes]:
+def secrets_from(names: "list[str]", environ: "dict[str, str] | os._Environ[str]") -> "list[bytes]":
     values = {environ.get(name, "") for name in names}
     patterns = set().union(*(forms(v) for v in values if len(v) >= MIN_SECRET_LEN))
     return sorted(patterns, key=len, reverse=True)
 
 
-def redact(data: bytes, secrets: list[bytes]) -> bytes:
+def redact(data: bytes, secrets: "list[bytes]") -> bytes:
     for secret in secrets:  # longest first, so a secret containing another goes whole
         data = data.replace(secret, REDACTED)
     return data
 
 
-def held_back(data: bytes, secrets: list[bytes]) -> int:
+def held_back(data: bytes, secrets: "list[bytes]") -> int:
     """How many trailing bytes could be the first part of a secret still being printed."""
     keep = 0
     for secret in secrets:
@@ -73,7 +71,7 @@ def held_back(data: bytes, secrets: list[bytes]) -> int:
     return keep
 
 
-def pump(fd_in: int, fd_out: int, secrets: list[bytes]) -> None:
+def pump(fd_in: int, fd_out: int, secrets: "list[bytes]") -> None:
     buf = b""
     last_out = time.monotonic()
     while True:
@@ -94,7 +92,7 @@ def pump(fd_in: int, fd_out: int, secrets: list[bytes]) -> None:
         os.write(fd_out, redact(buf, secrets))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> int:
     # the job's process group gets cancel's TERM; this filter leaves only at end of input, so
     # whatever the job prints while it stops is still redacted and kept
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

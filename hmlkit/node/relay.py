@@ -46,8 +46,6 @@ replay cannot make a ghost run. Consecutive metric writes for one run are replay
 ``log-batch`` (at most ``_BATCH`` metrics), which drains a long outage's backlog in seconds.
 """
 
-from __future__ import annotations
-
 import argparse
 import base64
 import fcntl
@@ -64,13 +62,13 @@ import shlex
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -113,22 +111,33 @@ class Unanswered(Exception):
     """The request may have reached the server, but no answer came: it may have been applied."""
 
 
-@dataclass
 class Write:
-    method: str
-    target: str  # path and query, as the client sent them
-    headers: dict[str, str]
-    body: bytes = b""
-    blob: Path | None = None  # the body on disk instead, for artifact uploads
-    seq: int = 0
-    doubt: bool = False
+    """One write as the client sent it (a plain class: ``dataclasses`` needs Python 3.7)."""
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: "dict[str, str]",
+        body: bytes = b"",
+        blob: "Path | None" = None,
+        seq: int = 0,
+        doubt: bool = False,
+    ) -> None:
+        self.method = method
+        self.target = target  # path and query, as the client sent them
+        self.headers = headers
+        self.body = body
+        self.blob = blob  # the body on disk instead, for artifact uploads
+        self.seq = seq
+        self.doubt = doubt
 
     @property
     def endpoint(self) -> str:
         path = self.target.partition("?")[0]
         return next((path[len(root) :] for root in _API_ROOTS if path.startswith(root)), "")
 
-    def json(self) -> dict[str, Any]:
+    def json(self) -> "dict[str, Any]":
         loaded: dict[str, Any] = json.loads(self.body or b"{}")
         return loaded
 
@@ -230,7 +239,7 @@ class Journal:
             os.fsync(self._file.fileno())
             self.next_seq += 1
 
-    def peek(self, limit: int) -> list[Write]:
+    def peek(self, limit: int) -> "list[Write]":
         """Up to ``limit`` of the oldest pending writes, in order, without consuming them."""
         with self._lock:
             count = min(limit, self.pending)
@@ -247,7 +256,7 @@ class Journal:
             out.append(Write(r["method"], r["target"], r["headers"], body, blob, r["seq"], r["doubt"]))
         return out
 
-    def done(self, writes: list[Write]) -> None:
+    def done(self, writes: "list[Write]") -> None:
         """Marks the oldest pending writes acknowledged; only ever after the server's answer."""
         with self._lock:
             last = writes[-1].seq
@@ -264,8 +273,8 @@ class Journal:
                 for _ in writes:
                     self._read_at += len(f.readline())
             for w in writes:
-                if w.blob is not None:
-                    w.blob.unlink(missing_ok=True)
+                if w.blob is not None and w.blob.exists():  # unlink(missing_ok=) is 3.8+
+                    w.blob.unlink()
             if self.pending == 0:
                 self._reset()
 
@@ -275,7 +284,7 @@ class Journal:
         os.fsync(self._file.fileno())
         self._read_at = 0
 
-    def reject(self, writes: list[Write], status: int, answer: bytes) -> None:
+    def reject(self, writes: "list[Write]", status: int, answer: bytes) -> None:
         with self._lock, open(self.root / "rejected.jsonl", "ab") as f:
             for w in writes:
                 entry = {
@@ -307,7 +316,7 @@ class Journal:
 class Upstream:
     """The tracking server, over a small pool of keep-alive connections."""
 
-    def __init__(self, url: str, timeout: float, auth: str | None) -> None:
+    def __init__(self, url: str, timeout: float, auth: "str | None") -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SystemExit(f"--upstream must be an http(s) URL such as http://127.0.0.1:5000, not {url!r}")
@@ -320,7 +329,7 @@ class Upstream:
         self._lock = threading.Lock()
         self._refused = ""
 
-    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self) -> "tuple[http.client.HTTPConnection, bool]":
         with self._lock:
             while self._idle:
                 since, conn = self._idle.pop()
@@ -356,7 +365,7 @@ class Upstream:
 
     def open(
         self, write: Write, retry: bool = False
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    ) -> "tuple[http.client.HTTPConnection, http.client.HTTPResponse]":
         """Sends ``write``; ``retry`` (reads only) tries again on a fresh connection if a kept one died."""
         conn, reused = self._take()
         headers = dict(write.headers)
@@ -376,7 +385,7 @@ class Upstream:
                 return self.open(write)
             raise Unanswered(f"{self._host}:{self._port}: {exc or type(exc).__name__}") from exc
 
-    def send(self, write: Write, retry: bool = False) -> tuple[int, dict[str, str], bytes]:
+    def send(self, write: Write, retry: bool = False) -> "tuple[int, dict[str, str], bytes]":
         conn, resp = self.open(write, retry)
         try:
             data = resp.read()
@@ -397,7 +406,7 @@ _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 _PROC_TCP = ("/proc/net/tcp", "/proc/net/tcp6")
 
 
-def _proc_address(field: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+def _proc_address(field: str) -> "tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]":
     """An address from /proc/net/tcp(6): hex of the kernel's 32-bit words, each little-endian."""
     hex_address, _, hex_port = field.partition(":")
     raw = bytes.fromhex(hex_address)
@@ -449,11 +458,11 @@ def foreign_listener(sock: socket.socket) -> str:
     return ""
 
 
-def _metric_id(m: dict[str, Any]) -> tuple[Any, ...]:
+def _metric_id(m: "dict[str, Any]") -> "tuple[Any, ...]":
     return m["key"], int(m.get("step", 0)), int(m["timestamp"]), repr(float(m["value"]))
 
 
-def _as_metrics(w: Write) -> tuple[str, list[dict[str, Any]]] | None:
+def _as_metrics(w: Write) -> "tuple[str, list[dict[str, Any]]] | None":
     """(run_id, metrics) if ``w`` carries well-formed metrics only, which replay may merge into one
     log-batch; anything else is sent as the client sent it, and the server judges it."""
     try:
@@ -491,14 +500,14 @@ class Relay:
         self._wake.set()
         self._thread.join(timeout=30)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> "dict[str, Any]":
         return {
             "pending": self.journal.pending,
             "rejected": self.journal.rejected(),
             "last_error": self.last_error,
         }
 
-    def write(self, w: Write) -> tuple[int, dict[str, str], bytes]:
+    def write(self, w: Write) -> "tuple[int, dict[str, str], bytes]":
         with self._order:
             if self.journal.pending == 0:
                 try:
@@ -518,7 +527,7 @@ class Relay:
         self._wake.set()
         return 200, {"Content-Type": "application/json"}, json.dumps(_ack(w)).encode()
 
-    def get_run(self, w: Write) -> tuple[int, dict[str, str], bytes]:
+    def get_run(self, w: Write) -> "tuple[int, dict[str, str], bytes]":
         """Falls back on the run's last good answer while the server is away: a job reads its run at
         start and again to learn where its artifacts go, and an outage must not stall it there."""
         query = parse_qs(urlsplit(w.target).query)
@@ -533,7 +542,8 @@ class Relay:
         except (Unreached, Unanswered) as exc:
             self.last_error = str(exc)
         if run_id in self._runs:
-            return 200, *self._runs[run_id]
+            headers, data = self._runs[run_id]
+            return 200, headers, data
         return _unavailable(self.last_error)
 
     def _replay(self) -> None:
@@ -575,7 +585,7 @@ class Relay:
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
-    def _deliver(self, unit: Write, in_doubt: bool) -> tuple[int, dict[str, str], bytes]:
+    def _deliver(self, unit: Write, in_doubt: bool) -> "tuple[int, dict[str, str], bytes]":
         if not in_doubt or unit.endpoint != "runs/log-batch":
             return self.upstream.send(unit)
         try:
@@ -595,7 +605,7 @@ class Relay:
             return 200, {}, b"{}"
         return self.upstream.send(Write(unit.method, unit.target, unit.headers, json.dumps(body).encode()))
 
-    def _history(self, unit: Write, run_id: str, key: str) -> set[tuple[Any, ...]]:
+    def _history(self, unit: Write, run_id: str, key: str) -> "set[tuple[Any, ...]]":
         root = unit.target[: unit.target.index("/mlflow/") + len("/mlflow/")]
         seen: set[tuple[Any, ...]] = set()
         token = ""
@@ -614,7 +624,7 @@ class Relay:
                 return seen
 
 
-def _merge(pending: list[Write]) -> tuple[Write, list[Write]]:
+def _merge(pending: "list[Write]") -> "tuple[Write, list[Write]]":
     """The next unit to send, and the journal records it covers: metrics-only writes for one run
     are merged into one log-batch, anything else goes alone."""
     first = pending[0]
@@ -634,7 +644,7 @@ def _merge(pending: list[Write]) -> tuple[Write, list[Write]]:
     return Write("POST", root + "runs/log-batch", first.headers, body, seq=first.seq), covered
 
 
-def _unavailable(why: str) -> tuple[int, dict[str, str], bytes]:
+def _unavailable(why: str) -> "tuple[int, dict[str, str], bytes]":
     body = {
         "error_code": "TEMPORARILY_UNAVAILABLE",
         "message": f"hml relay: tracking server unavailable: {why}",
@@ -642,7 +652,7 @@ def _unavailable(why: str) -> tuple[int, dict[str, str], bytes]:
     return 503, {"Content-Type": "application/json"}, json.dumps(body).encode()
 
 
-def _ack(w: Write) -> dict[str, Any]:
+def _ack(w: Write) -> "dict[str, Any]":
     """The answer MLflow's client expects from a write the server has not seen yet."""
     if w.endpoint == "runs/update":
         req = w.json()
@@ -691,7 +701,7 @@ class Access:
     client needs (``_ROUTES``), writes to the job's own runs and logged models only, and secret
     values replaced in what the job logs before it is journaled or sent."""
 
-    def __init__(self, token: str, run_id: str, secrets: list[str]) -> None:
+    def __init__(self, token: str, run_id: str, secrets: "list[str]") -> None:
         self._token = token.encode()
         self.runs = {run_id} if run_id else set()  # ... and those the job creates through the relay
         self.models: set[str] = set()
@@ -699,11 +709,11 @@ class Access:
         values = {s for s in secrets if len(s) >= MIN_SECRET_LEN}
         self.secrets = sorted(values, key=len, reverse=True)  # a secret containing another goes whole
 
-    def admits(self, authorization: str | None) -> bool:
+    def admits(self, authorization: "str | None") -> bool:
         scheme, _, value = (authorization or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token)
 
-    def route(self, method: str, path: str) -> tuple[str, str] | None:
+    def route(self, method: str, path: str) -> "tuple[str, str] | None":
         """(kind, the id in the path) of an allowed request, None for everything else."""
         if path == _ARTIFACTS.rstrip("/") or path.startswith(_ARTIFACTS):
             return ("artifact", "") if method in ("GET", "PUT") else None
@@ -779,7 +789,7 @@ class Access:
         if changed:
             w.body = json.dumps(body).encode()
 
-    def _redact_item(self, item: dict[str, Any]) -> bool:
+    def _redact_item(self, item: "dict[str, Any]") -> bool:
         changed = False
         for field, marker in (("key", REDACTED_NAME), ("value", REDACTED), ("run_name", REDACTED)):
             value = item.get(field)
@@ -814,7 +824,7 @@ class Access:
         clean = path.with_name(path.name + ".redacted")
         with open(path, "rb") as src, open(clean, "wb") as dst:
             buf = b""
-            while chunk := src.read(1 << 20):
+            for chunk in iter(lambda: src.read(1 << 20), b""):
                 buf = _replace(buf + chunk, secrets)
                 cut = max(0, len(buf) - keep)
                 dst.write(buf[:cut])
@@ -823,7 +833,7 @@ class Access:
         os.replace(clean, path)
 
 
-def _replace(data: bytes, secrets: list[bytes]) -> bytes:
+def _replace(data: bytes, secrets: "list[bytes]") -> bytes:
     for secret in secrets:
         data = data.replace(secret, REDACTED.encode())
     return data
@@ -832,7 +842,7 @@ def _replace(data: bytes, secrets: list[bytes]) -> bytes:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out in two writes; Nagle would hold the second
-    server: _Server
+    server: "_Server"
 
     def log_message(self, format: str, *args: object) -> None:
         """Quiet: one line per request would drown the job's own output."""
@@ -870,7 +880,8 @@ class _Handler(BaseHTTPRequestHandler):
                 w.blob.unlink()
             self.close_connection = True
             return None
-        if route[0] == "run" and (refusal := access.refusal(*route, w)):  # the run is named in the body
+        refusal = access.refusal(*route, w) if route[0] == "run" else ""  # the run is named in the body
+        if refusal:
             return self._refuse(403, "PERMISSION_DENIED", refusal)
         if w.blob is not None:
             access.redact_file(w.blob)
@@ -887,7 +898,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(*self._create(w, route[0]))
         self._forward(w)
 
-    def _create(self, w: Write, kind: str) -> tuple[int, dict[str, str], bytes]:
+    def _create(self, w: Write, kind: str) -> "tuple[int, dict[str, str], bytes]":
         relay = self.server.relay
         try:
             status, headers, data = relay.upstream.send(w)
@@ -932,7 +943,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             relay.upstream.release(conn, resp)
 
-    def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def _answer(self, status: int, headers: "dict[str, str]", body: bytes) -> None:
         self.send_response(status)
         for k, v in headers.items():
             if k.lower() not in _DROP:
@@ -957,7 +968,7 @@ class _Limited:
         return data
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(socketserver.ThreadingMixIn, HTTPServer):  # http.server's ThreadingHTTPServer is 3.7+
     daemon_threads = True
     relay: Relay
     access: Access
@@ -969,17 +980,18 @@ TOKEN = "MLFLOW_TRACKING_TOKEN"
 """In the job's environment: the job's token for its relay (MLflow's client sends it as a bearer)."""
 
 
-def auth_header(credentials: dict[str, str]) -> str | None:
+def auth_header(credentials: "dict[str, str]") -> "str | None":
     """The upstream's ``Authorization``, from credentials by MLflow's names, as its client makes it."""
     user, password = credentials.get("MLFLOW_TRACKING_USERNAME"), credentials.get("MLFLOW_TRACKING_PASSWORD")
     if user and password:
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    if token := credentials.get("MLFLOW_TRACKING_TOKEN"):
+    token = credentials.get("MLFLOW_TRACKING_TOKEN")
+    if token:
         return f"Bearer {token}"
     return None
 
 
-def read_credentials(text: str) -> dict[str, str]:
+def read_credentials(text: str) -> "dict[str, str]":
     """``NAME=VALUE`` shell words (the wrapper's ``HML_RELAY_CREDENTIALS``) by MLflow's names."""
     found = {}
     for word in shlex.split(text):
@@ -990,7 +1002,7 @@ def read_credentials(text: str) -> dict[str, str]:
     return found
 
 
-def main(argv: list[str] | None = None, listener: socket.socket | None = None) -> None:
+def main(argv: "list[str] | None" = None, listener: "socket.socket | None" = None) -> None:
     """``listener``: a socket already listening (``hmlkit.node.jobscript.RELAY_BOOT``: the job's
     wrapper learns the port before this module's imports, and connections wait in the
     socket's backlog until it serves)."""

@@ -12,8 +12,6 @@ samples, default 5; 0 turns it off), ``MLFLOW_TRACKING_URI`` (the relay), ``MLFL
 (the job's token for it), ``MLFLOW_RUN_ID``.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -22,14 +20,14 @@ import time
 import urllib.request
 
 
-def _cpu_times() -> tuple[int, int]:
+def _cpu_times() -> "tuple[int, int]":
     """(idle, total) jiffies of all CPUs since boot."""
     with open("/proc/stat") as f:
         fields = [int(x) for x in f.readline().split()[1:]]
     return fields[3] + fields[4], sum(fields[:8])
 
 
-def _memory() -> dict[str, float]:
+def _memory() -> "dict[str, float]":
     info = {}
     with open("/proc/meminfo") as f:
         for line in f:
@@ -42,15 +40,16 @@ def _memory() -> dict[str, float]:
     }
 
 
-def _gpus() -> dict[str, float]:
+def _gpus() -> "dict[str, float]":
     if not shutil.which("nvidia-smi"):
         return {}
     query = "index,utilization.gpu,memory.used,memory.total"
     try:
-        out = subprocess.run(
+        out = subprocess.run(  # noqa: UP022  (capture_output= and text= are 3.7+: hosts may have 3.6)
             ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            universal_newlines=True,  # noqa: UP021
             timeout=10,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
@@ -68,7 +67,7 @@ def _gpus() -> dict[str, float]:
     return found
 
 
-def _post(uri: str, token: str, run_id: str, metrics: list[dict[str, object]]) -> None:
+def _post(uri: str, token: str, run_id: str, metrics: "list[dict[str, object]]") -> None:
     body = json.dumps({"run_id": run_id, "metrics": metrics}).encode()
     request = urllib.request.Request(
         f"{uri.rstrip('/')}/api/2.0/mlflow/runs/log-batch",

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hmlkit.errors import BackendError, HostKeyError
+from hmlkit.errors import BackendError, HostKeyError, UsageError
 from hmlkit.extras import require
+from hmlkit.ssh.shell import run, tar_feed, text_files, untar
 
 if TYPE_CHECKING:
     import paramiko
@@ -35,6 +36,9 @@ class SshHost(BaseModel):
     labels: dict[str, str] = {}
     remote_root: str | None = None
     """This host's own remote root, overriding the target's."""
+    python: str = Field(default="python3", pattern=r"^(/[A-Za-z0-9_.+/-]+|[A-Za-z0-9_.+-]+)$")
+    """The interpreter hml's host-side helpers run with (3.6 or newer): a command on the login's
+    PATH or an absolute path, for hosts whose ``python3`` is missing or too old."""
 
     @property
     def label(self) -> str:
@@ -119,27 +123,6 @@ def connect(
     return client
 
 
-def run(
-    client: Any, command: str, timeout: float = 60.0, text: bool = True, stdin: str | None = None
-) -> tuple[int, Any, str]:
-    """Run ``command`` on the host; (exit status, stdout, stderr). Raises BackendError on I/O loss.
-
-    stdout is bytes when ``text`` is false (job output is cut at byte offsets); ``stdin``: what
-    the command reads, then end of file.
-    """
-    try:
-        given, stdout, stderr = client.exec_command(command, timeout=timeout)
-        if stdin is not None:
-            given.write(stdin)
-            given.channel.shutdown_write()
-        raw = stdout.read()
-        err = stderr.read().decode("utf-8", errors="replace")
-        out = raw.decode("utf-8", errors="replace") if text else raw
-        return stdout.channel.recv_exit_status(), out, err
-    except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike on a lost host
-        raise BackendError(f"command failed on the host: {str(exc) or type(exc).__name__}") from None
-
-
 def scan_key(host: SshHost, timeout: float = 10.0) -> Any:
     """The host's key as offered now, without authenticating (for ``hml targets trust``)."""
     paramiko = _paramiko()
@@ -176,27 +159,29 @@ def trust(
 
 
 def write_files(client: Any, directory: str, files: dict[str, str]) -> None:
-    """Write ``files`` (names relative to ``directory``) over SFTP, each made 0600 before a byte
-    lands in it: ``env.sh`` carries the job's secrets."""
-    sftp = client.open_sftp()
-    try:
-        for name, text in files.items():
-            with sftp.open(f"{directory}/{name}", "w") as fh:
-                fh.chmod(0o600)
-                fh.write(text)
-    finally:
-        sftp.close()
+    """Write ``files`` (names relative to ``directory``), each 0600 from its first byte:
+    ``env.sh`` carries the job's secrets. Through ``/bin/sh`` and tar, not SFTP (hmlkit/ssh/shell.py)."""
+    feed = tar_feed(text_files(files))
+    rc, _, err = run(client, f"umask 077 && {untar(_q(directory))}", stdin=feed)
+    if rc != 0:
+        raise BackendError(f"cannot write files in {directory}: {err.strip()[-300:]}")
 
 
 def prepare_root(client: Any, host: SshHost, root: str) -> str:
     """Create the remote root's layout (code, blobs, runs) once; its absolute path.
 
     The one set-up of a host for hml: the runner before a job, the inventory at ``pulumi up``.
+    One the login cannot write is the user's to fix (UsageError, exit 2), not a host failure.
     """
     q = _q(root)
-    rc, out, err = run(client, f"mkdir -p {q}/code {q}/blobs {q}/runs && cd {q} && pwd")
+    rc, out, err = run(
+        client, f"mkdir -p {q}/code {q}/blobs {q}/runs && cd {q} && touch .hml-w && rm -f .hml-w && pwd"
+    )
     if rc != 0 or not out.strip():
-        raise BackendError(f"{host.label}: cannot prepare remote_root {root}: {err.strip()}")
+        raise UsageError(
+            f"{host.label}: remote_root {root} is not writable by {host.user} ({err.strip()[-200:]}); "
+            f"set remote_root to a directory {host.user} can write (a relative one is under its home)"
+        )
     return str(out).strip()
 
 

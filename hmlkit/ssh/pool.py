@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from hmlkit.errors import BackendError
+from hmlkit.ssh import shell
 from hmlkit.ssh.forward import open_forward
-from hmlkit.ssh.hosts import SshHost, connect, prepare_root, run
+from hmlkit.ssh.hosts import SshHost, connect, prepare_root
+from hmlkit.ssh.shell import Feed, run
 from hmlkit.ssh.stream import OutputStream
 
 
@@ -55,7 +57,7 @@ class HostPool:
         return client
 
     def exec(
-        self, host: SshHost, command: str, timeout: float = 30.0, text: bool = True, stdin: str | None = None
+        self, host: SshHost, command: str, timeout: float = 30.0, text: bool = True, stdin: Feed | None = None
     ) -> tuple[int, Any, str]:
         """Run ``command``; (exit status, stdout, stderr). A lost connection is dropped and raised."""
         client = self.client(host)
@@ -80,13 +82,14 @@ class HostPool:
         return port
 
     def stream(self, host: SshHost, command: str, timeout: float = 15.0) -> OutputStream:
-        """Start ``command`` on its own channel of the host's connection and leave it running."""
+        """Start ``command`` (under ``/bin/sh``, hmlkit/ssh/shell.py) on its own channel of the
+        host's connection and leave it running."""
         client = self.client(host)
         with self._lock:
             self.commands += 1
         try:
             channel = client.get_transport().open_session(timeout=timeout)
-            channel.exec_command(command)
+            channel.exec_command(shell.command(command))
         except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike on a lost host
             self._drop(host, client)
             raise BackendError(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import shlex
 
+from hmlkit.ssh.shell import untar
+
 _CLAIM_FREE = """
 free() {  # is GPU claim file $1 free (absent, or its job is over)?
   [ -f "$1" ] || return 0
   o=$(cat "$1" 2>/dev/null)
   [ -f "$o/exit_code" ] && return 0
-  [ -s "$o/pid" ] && kill -0 -- -"$(cat "$o/pid")" 2>/dev/null && return 1
+  [ -s "$o/pid" ] && kill -0 -"$(cat "$o/pid")" 2>/dev/null && return 1
   return 0
 }
 total() {  # configured GPU count, else what nvidia-smi sees
@@ -35,22 +37,16 @@ echo "TOTAL $t FREE $f"
 """
 
 
-_UNPACK = (
-    "import json,os,sys\n"
-    "for n,t in json.load(sys.stdin).items():\n open(os.path.join(sys.argv[1],n),'w').write(t)"
-)
-
-
 def launch(root: str, exec_dir: str, want: int, gpus: int | None) -> str:
-    """Write the job's files, sent on stdin as JSON ``{name: text}`` (private: the environment
-    holds secrets), claim ``want`` GPUs and start the wrapper detached, all in one command (one
-    round trip) and the claim under the host's lock.
+    """Write the job's files, sent on stdin as a tar stream (hmlkit.ssh.shell.tar_feed; private:
+    the environment holds secrets), claim ``want`` GPUs and start the wrapper detached, all in
+    one command (one round trip) and the claim under the host's lock.
 
     Prints ``STARTED <devices>`` or ``NOCAPACITY <free>``.
     """
     return f"""set -u; umask 077
 ROOT={shlex.quote(root)}; EXEC={shlex.quote(exec_dir)}; WANT={want}; GPUS={"" if gpus is None else gpus}
-python3 -I -S -c {shlex.quote(_UNPACK)} "$EXEC" || {{ echo "cannot write the files in $EXEC" >&2; exit 1; }}
+{untar('"$EXEC"')} || {{ echo "cannot write the files in $EXEC" >&2; exit 1; }}
 {_CLAIM_FREE}
 mkdir -p "$ROOT/gpus"
 exec 9>"$ROOT/gpus/.lock"; flock 9
@@ -77,9 +73,9 @@ def kill(exec_dir: str) -> str:
     e = shlex.quote(exec_dir)
     return f"""p=$(cat {e}/pid 2>/dev/null) || exit 0
 [ -n "$p" ] || exit 0
-kill -TERM -- -"$p" 2>/dev/null; pkill -TERM -s "$p" 2>/dev/null
-for _ in $(seq 50); do kill -0 -- -"$p" 2>/dev/null || pgrep -s "$p" >/dev/null || exit 0; sleep 0.1; done
-kill -KILL -- -"$p" 2>/dev/null; pkill -KILL -s "$p" 2>/dev/null; exit 0
+kill -TERM -"$p" 2>/dev/null; pkill -TERM -s "$p" 2>/dev/null
+for _ in $(seq 50); do kill -0 -"$p" 2>/dev/null || pgrep -s "$p" >/dev/null || exit 0; sleep 0.1; done
+kill -KILL -"$p" 2>/dev/null; pkill -KILL -s "$p" 2>/dev/null; exit 0
 """
 
 

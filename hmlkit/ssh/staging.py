@@ -12,12 +12,14 @@ import io
 import json
 import os
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hmlkit.errors import BackendError, UsageError
 from hmlkit.extras import require
+from hmlkit.ssh.shell import Member, run, tar_feed, untar
 
 IGNORE_FILES = (".gitignore", ".hmlignore")
 ALWAYS_IGNORED = [".git/", "__pycache__/", ".hybridml/", ".checkpoints/", ".venv/"]
@@ -98,54 +100,52 @@ class StageResult:
     bytes_sent: int
 
 
-def stage(client: Any, manifest: Manifest, workdir: Path, root: str) -> StageResult:
-    """Make ``<root>/code/<hash>/`` exist on the host, sending only the blobs it lacks."""
-    from hmlkit.ssh.hosts import run
+def stage(client: Any, manifest: Manifest, workdir: Path, root: str, python: str = "python3") -> StageResult:
+    """Make ``<root>/code/<hash>/`` exist on the host, sending only the blobs it lacks.
 
+    Three commands at most: is the tree there, which blobs are missing, then one tar stream of
+    those blobs and the manifest, unpacked and assembled by the same command (no SFTP: a banner
+    printed by the login's start-up files breaks it, hmlkit/ssh/shell.py).
+    """
     code_dir = f"{root}/code/{manifest.tree_hash}"
     q_root, q_code = shlex.quote(root), shlex.quote(code_dir)
     rc, out, err = run(client, f"test -f {q_code}/.hml-complete && echo present || echo absent")
     if rc == 0 and out.strip() == "present":
         return StageResult(code_dir, 0, 0)
     wanted = sorted({e.sha256 for e in manifest.entries})
-    listing = "\n".join(wanted) + "\n"
     check = (
         f"mkdir -p {q_root}/blobs && cd {q_root}/blobs && "
         'while read -r h; do [ -n "$h" ] && [ ! -f "$h" ] && echo "$h"; done; true'
     )
-    missing = set(_run_with_input(client, check, listing).split())
-    sent_files = sent_bytes = 0
-    sftp = client.open_sftp()
-    try:
-        for entry in manifest.entries:
-            if entry.sha256 in missing:
-                tmp = f"{root}/blobs/.{entry.sha256}.part"
-                sftp.put(str(workdir / entry.path), tmp)
-                sftp.posix_rename(tmp, f"{root}/blobs/{entry.sha256}")
-                missing.discard(entry.sha256)
-                sent_files += 1
-                sent_bytes += entry.size
-        lines = [json.dumps([e.sha256, f"{e.mode:o}", e.path]) for e in manifest.entries]
-        sftp.putfo(
-            io.BytesIO(("\n".join(lines) + "\n").encode()), f"{root}/blobs/.manifest-{manifest.tree_hash}"
-        )
-    finally:
-        sftp.close()
-    assemble = (
-        f'set -e; tmp={q_code}.tmp.$$; rm -rf "$tmp"; mkdir -p "$tmp"; '
-        f'python3 -I -S -c {shlex.quote(_ASSEMBLE)} {q_root} "$tmp" {shlex.quote(manifest.tree_hash)}; '
-        f'touch "$tmp/.hml-complete"; rm -rf {q_code}; mv "$tmp" {q_code}'
-    )
-    rc, _, err = run(client, assemble, timeout=300)
+    _, out, err = run(client, check, timeout=120, stdin="\n".join(wanted) + "\n")
+    missing = set(out.split())
+    sending = {e.sha256: e for e in manifest.entries if e.sha256 in missing}
+    lines = "".join(json.dumps([e.sha256, f"{e.mode:o}", e.path]) + "\n" for e in manifest.entries).encode()
+
+    def members() -> Iterator[Member]:
+        for entry in sending.values():
+            with open(workdir / entry.path, "rb") as fh:
+                yield entry.sha256, 0o644, entry.size, fh
+        yield "manifest", 0o600, len(lines), io.BytesIO(lines)
+
+    assemble = f"""set -e; cd {q_root}/blobs
+in=$(mktemp -d .in.XXXXXX); trap 'rm -rf "$in"' EXIT
+{untar('"$in"')}; mv "$in/manifest" "$in/.manifest"
+for f in "$in"/*; do if [ -f "$f" ]; then mv -f "$f" .; fi; done
+tmp={q_code}.tmp.$$; rm -rf "$tmp"; mkdir -p "$tmp"
+{shlex.quote(python)} -I -S -c {shlex.quote(_ASSEMBLE)} {q_root} "$tmp" "$in/.manifest"
+touch "$tmp/.hml-complete"; rm -rf {q_code}; mv "$tmp" {q_code}
+"""
+    rc, _, err = run(client, assemble, timeout=300, stdin=tar_feed(members()))
     if rc != 0:
         raise BackendError(f"assembling {code_dir} failed: {err.strip()[-300:]}")
-    return StageResult(code_dir, sent_files, sent_bytes)
+    return StageResult(code_dir, len(sending), sum(e.size for e in sending.values()))
 
 
 _ASSEMBLE = """
 import json, os, shutil, sys
-root, dst, tree = sys.argv[1:4]
-with open(os.path.join(root, "blobs", ".manifest-" + tree)) as fh:
+root, dst, manifest = sys.argv[1:4]
+with open(manifest) as fh:
     for line in fh:
         sha, mode, rel = json.loads(line)
         out = os.path.join(dst, rel)
@@ -153,13 +153,3 @@ with open(os.path.join(root, "blobs", ".manifest-" + tree)) as fh:
         shutil.copyfile(os.path.join(root, "blobs", sha), out)
         os.chmod(out, int(mode, 8))
 """
-
-
-def _run_with_input(client: Any, command: str, data: str) -> str:
-    try:
-        stdin, stdout, _ = client.exec_command(command, timeout=120)
-        stdin.write(data)
-        stdin.channel.shutdown_write()
-        return str(stdout.read().decode())
-    except Exception as exc:  # paramiko: socket, SSH and EOF errors on a lost host
-        raise BackendError(f"staging failed: {str(exc) or type(exc).__name__}") from None

@@ -10,17 +10,20 @@ import shlex
 import time
 from typing import Any
 
-from hmlkit.errors import BackendError
+from hmlkit.errors import BackendError, HostFault
 from hmlkit.node.jobscript import FOLLOWER
+from hmlkit.ssh.shell import Prelude, never_started
 
 SILENT_AFTER_S = 15.0
 """No heartbeat for this long: the host is hung or cut off, as a timed-out command was."""
 
 
-def command(exec_dir: str, offset: int, watch_pid: bool = True) -> str:
+def command(exec_dir: str, offset: int, watch_pid: bool = True, python: str = "python3") -> str:
     """``watch_pid``: the job's processes run on this host, so one that vanished ends the stream."""
     e = shlex.quote(exec_dir)
-    return f"exec python3 -I -S {e}/{FOLLOWER} {e} {offset}{'' if watch_pid else ' --exit-only'}"
+    return (
+        f"exec {shlex.quote(python)} -I -S {e}/{FOLLOWER} {e} {offset}{'' if watch_pid else ' --exit-only'}"
+    )
 
 
 class OutputStream:
@@ -33,18 +36,25 @@ class OutputStream:
         self.syncing = ""
         """Records the job's wrapper still waits to sync to the tracking server ('' when none)."""
         self._err = b""
+        self._said: list[str] = []
+        """What the follower printed besides its protocol (a traceback, when it dies)."""
         self._heard = time.monotonic()
+        self._out_prelude, self._err_prelude = Prelude(), Prelude()
+        """The login shell's own output before ``/bin/sh`` starts the follower is cut off."""
 
     def read(self) -> bytes:
         """What arrived since the last read; raises BackendError once the channel is lost."""
         chan = self.channel
         finished = chan.exit_status_ready()  # looked at first: data before the exit is all here then
         chunks = []
+        heard = False
         while chan.recv_ready():
-            chunks.append(chan.recv(1 << 16))
+            heard = True
+            chunks.append(self._out_prelude.feed(chan.recv(1 << 16)))
         while chan.recv_stderr_ready():
-            self._err += chan.recv_stderr(1 << 12)
-        if chunks or self._err:
+            heard = True
+            self._err += self._err_prelude.feed(chan.recv_stderr(1 << 12))
+        if heard:
             self._heard = time.monotonic()
         lines = self._err.split(b"\n")
         self._err = lines.pop()
@@ -55,9 +65,18 @@ class OutputStream:
             elif word.startswith("SYNCING"):
                 self.syncing = word.removeprefix("SYNCING").strip()
             elif word not in (".", ""):
-                raise BackendError(f"{self.label}: the output follower failed: {word[:300]}")
+                self._said.append(word)  # a traceback's last line says most: kept for the end
         if self.end is None and (finished or chan.closed):
-            raise BackendError(f"{self.label}: the output stream ended without the job's state")
+            # an exit status came: the host is up and the follower died (an interpreter too old,
+            # a broken login), and waiting will not help; without one the connection was lost
+            fault = HostFault if finished else BackendError
+            if not self._out_prelude.done:
+                raise fault(f"{self.label}: {never_started(self._out_prelude, self._err_prelude)}")
+            said = " | ".join([*self._said, self._err.decode("utf-8", errors="replace").strip()][-3:]).strip(
+                " |"
+            )
+            status = f"exit status {chan.recv_exit_status()}" if finished else "connection lost"
+            raise fault(f"{self.label}: the output follower ended without the job's state ({said or status})")
         if self.end is None and time.monotonic() - self._heard > SILENT_AFTER_S:
             raise BackendError(f"{self.label}: no word from the host for {SILENT_AFTER_S:g} s")
         return b"".join(chunks)

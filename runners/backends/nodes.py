@@ -10,7 +10,6 @@ attempt here, and the job finds its checkpoint in its workdir as before.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import shlex
@@ -24,6 +23,7 @@ from hmlkit.profile import ShellTarget, TrackingVia
 from hmlkit.ssh import scripts
 from hmlkit.ssh.hosts import SshHost
 from hmlkit.ssh.pool import HostPool
+from hmlkit.ssh.shell import tar_feed, text_files
 from hmlkit.ssh.stream import OutputStream
 from hmlkit.ssh.stream import command as follow_command
 from runners.backends.base import Handle, JobState, LaunchRequest
@@ -149,7 +149,7 @@ class NodeRunner:
 
         root = self.pool.root(host)
         client = self.pool.client(host)
-        staged = stage(client, manifest, request.workdir, root)
+        staged = stage(client, manifest, request.workdir, root, host.python)
         exec_dir = f"{root}/runs/{request.run_id}/attempt-{request.attempt}/node-{rank}"
         self.pool.exec(host, f"umask 077 && mkdir -p {shlex.quote(exec_dir)}")  # private to the login
         node = Node(host=host, rank=rank, root=root, exec_dir=exec_dir, bytes_staged=staged.bytes_sent)
@@ -167,6 +167,7 @@ class NodeRunner:
             "NODE_RANK": str(rank),
             "HML_NODE_RANK": str(rank),
             "HML_CODE_DIR": staged.code_dir,
+            jobscript.PYTHON: host.python,
             **data.env,
             **self._tracking_upstream(node, request.env.get("MLFLOW_TRACKING_URI", "")),
         }
@@ -174,7 +175,7 @@ class NodeRunner:
         rc, out, err = self.pool.exec(
             host,
             scripts.launch(root, exec_dir, request.spec.resources.gpus, host.gpus),
-            stdin=json.dumps(files),
+            stdin=tar_feed(text_files(files)),
         )
         if out.startswith("NOCAPACITY"):
             raise NoCapacityError(f"{host.label}: its GPUs were taken meanwhile ({out.strip()})")
@@ -206,7 +207,7 @@ class NodeRunner:
         """The node's follower channel, (re)opened at the node's read position."""
         stream = self._streams.get(_key(node))
         if stream is None:
-            command = follow_command(node.exec_dir, node.cursor, self.pids_on_host)
+            command = follow_command(node.exec_dir, node.cursor, self.pids_on_host, node.host.python)
             stream = self._streams[_key(node)] = self.pool.stream(node.host, command)
         return stream
 

@@ -24,6 +24,7 @@ from typing import Any
 from hmlkit.errors import BackendError, UsageError
 from hmlkit.node import jobscript
 from hmlkit.profile import SlurmTarget
+from hmlkit.ssh import preflight
 from hmlkit.ssh.hosts import trust, write_files
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
@@ -158,11 +159,19 @@ class SlurmBackend(Backend[SlurmHandle]):
         return opts
 
     def preflight(self, spec: JobSpec, workdir: Path) -> None:
-        """Host key verified, workdir size, and Slurm's own verdict on the request
-        (``sbatch --test-only``): a job the cluster can never run is refused before a run exists."""
+        """Host key verified, workdir size, what the login node lacks (hmlkit/ssh/preflight.py:
+        the compute nodes share its file system and, as a rule, its software), and Slurm's own
+        verdict on the request (``sbatch --test-only``): a job the cluster can never run is
+        refused before a run exists."""
         from hmlkit.ssh.staging import scan
 
         scan(workdir, self.nodes.max_workdir_bytes)
+        login = self.config.login
+        root = self.pool.root(login)  # one the login cannot write is refused here (UsageError)
+        _, report, _ = self.pool.exec(login, f"ROOT={shlex.quote(root)}\n{preflight.script(login.python)}")
+        lacks = preflight.problems(login, root, report, 0)  # GPUs: the compute nodes', Slurm's to judge
+        if lacks:
+            raise UsageError(f"target {self.name!r} cannot run jobs: {'; '.join(lacks)}")
         rc, said, _ = self._test_only(spec)
         if rc != 0 and any(s in said for s in _UNREACHABLE):
             raise BackendError(f"the Slurm controller does not answer: {said}")
@@ -194,7 +203,7 @@ class SlurmBackend(Backend[SlurmHandle]):
         spec, login = request.spec, self.config.login
         root = self.pool.root(login)
         manifest = scan(request.workdir, self.nodes.max_workdir_bytes)
-        code_dir = stage(self.pool.client(login), manifest, request.workdir, root).code_dir
+        code_dir = stage(self.pool.client(login), manifest, request.workdir, root, login.python).code_dir
         attempt = f"{root}/runs/{request.run_id}/attempt-{request.attempt}"
         ranks = range(spec.num_nodes)
         dirs = " ".join(shlex.quote(f"{attempt}/node-{k}") for k in ranks)
@@ -211,6 +220,7 @@ class SlurmBackend(Backend[SlurmHandle]):
             "HML_NUM_NODES": str(spec.num_nodes),
             "HML_GPUS_PER_NODE": str(gpus),
             "HML_CODE_DIR": code_dir,
+            jobscript.PYTHON: login.python,
             **data.env,
         }
         files: dict[str, str] = {}

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hmlkit.errors import BackendError, HostKeyError, NoCapacityError, UsageError
+from hmlkit.errors import BackendError, HmlError, HostKeyError, NoCapacityError, UsageError
 from hmlkit.profile import SshTarget
-from hmlkit.ssh import scripts
+from hmlkit.ssh import preflight, scripts
 from hmlkit.ssh.hosts import SshHost, trust
 from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
@@ -40,20 +40,28 @@ class SshBackend(Backend[NodesHandle]):
     def commands_sent(self) -> int:
         return self.pool.commands
 
-    def _gpus(self, host: SshHost) -> tuple[int, int] | BackendError:
-        """The host's (total, free) GPUs by the claims, or why it could not be asked."""
+    def _gpus(self, host: SshHost, want: int = 0) -> tuple[int, int] | HmlError:
+        """The host's (total, free) GPUs by the claims; else why it could not be asked
+        (BackendError) or what it lacks for a job of ``want`` GPUs (UsageError, hmlkit/ssh/preflight.py)."""
         try:
-            rc, out, _ = self.pool.exec(host, scripts.probe(self.pool.root(host), host.gpus))
-        except BackendError as exc:
+            root = self.pool.root(host)
+            rc, out, _ = self.pool.exec(host, scripts.probe(root, host.gpus) + preflight.script(host.python))
+        except (BackendError, UsageError) as exc:
             return exc
-        total, free = (int(x) for x in out.split()[1::2]) if rc == 0 and out.startswith("TOTAL") else (0, 0)
+        lacks = preflight.problems(host, root, out, want)
+        if lacks:
+            return UsageError("; ".join(lacks))
+        first = out.splitlines()[0] if out.strip() else ""
+        total, free = (
+            (int(x) for x in first.split()[1::2]) if rc == 0 and first.startswith("TOTAL") else (0, 0)
+        )
         return total, free
 
     def _placement(self, nodes: int, gpus: int) -> list[SshHost]:
         fits, notes = [], []
         for host in self.config.hosts:
-            found = self._gpus(host)
-            if isinstance(found, BackendError):
+            found = self._gpus(host, gpus)
+            if isinstance(found, HmlError):
                 notes.append(str(found))
             elif found[1] >= gpus:
                 fits.append((found[1], host))
@@ -68,8 +76,9 @@ class SshBackend(Backend[NodesHandle]):
         return [host for _, host in fits[:nodes]]
 
     def preflight(self, spec: JobSpec, workdir: Path) -> None:
-        """Host keys verified, hosts reached (all at once: one time-out, not one per host), and a
-        job no host could ever hold refused with what the hosts have."""
+        """Host keys verified, hosts reached (all at once: one time-out, not one per host), each
+        host's lacks found (hmlkit/ssh/preflight.py), and a job no host could ever hold refused
+        with what the hosts have and what they lack."""
         from concurrent.futures import ThreadPoolExecutor
 
         from hmlkit.ssh.staging import scan
@@ -81,26 +90,32 @@ class SshBackend(Backend[NodesHandle]):
                 f"target {self.name!r} can never run this job: num_nodes is {spec.num_nodes}, "
                 f"it has {len(hosts)} host(s)"
             )
+        want = spec.resources.gpus
         with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as pool:
-            found = list(pool.map(self._gpus, hosts))
+            found = list(pool.map(lambda h: self._gpus(h, want), hosts))
         keys = [f for f in found if isinstance(f, HostKeyError)]
         if keys:
             raise keys[0]  # an unknown or changed host key goes to the user, never around it
-        totals = [f if isinstance(f, BackendError) else f[0] for f in found]
-        unreachable = [str(t) for t in totals if isinstance(t, BackendError)]
+        lacking = [str(f) for f in found if isinstance(f, UsageError)]
+        unreachable = [str(f) for f in found if isinstance(f, BackendError)]
         if len(unreachable) == len(hosts):
             raise BackendError(f"no host reachable: {'; '.join(unreachable)}")
-        want = spec.resources.gpus
         # an unreachable host counts as able when its configured count allows it
         able = [
             h
-            for h, t in zip(hosts, totals, strict=True)
-            if (t >= want if isinstance(t, int) else h.gpus is None or h.gpus >= want)
+            for h, f in zip(hosts, found, strict=True)
+            if not isinstance(f, UsageError)
+            and (f[0] >= want if isinstance(f, tuple) else h.gpus is None or h.gpus >= want)
         ]
+        if len(able) < spec.num_nodes and lacking:
+            raise UsageError(
+                f"target {self.name!r} cannot run this job: it needs {spec.num_nodes} host(s), "
+                f"{len(able)} can; {'; '.join(lacking)}"
+            )
         if len(able) < spec.num_nodes:
             have = ", ".join(
-                f"{h.label}: {t if isinstance(t, int) else 'unreachable'}"
-                for h, t in zip(hosts, totals, strict=True)
+                f"{h.label}: {f[0] if isinstance(f, tuple) else 'unreachable'}"
+                for h, f in zip(hosts, found, strict=True)
             )
             raise UsageError(
                 f"target {self.name!r} can never run this job: it needs {spec.num_nodes} host(s) "

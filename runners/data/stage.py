@@ -2,7 +2,7 @@
 
 The plan is built here (presigned URLs need the runner's credentials); the host side is
 ``hmlkit.node.datafetch``, shipped as it is. A host that cannot reach the store gets the missing
-objects streamed by the runner over SFTP (read from the store, written into the host's cache,
+objects streamed by the runner over SSH (read from the store, written into the host's cache,
 hashed on the way), then the plan runs again and only links.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,7 +107,8 @@ def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Inp
         files = {"datafetch.py": script, "inputs-plan.json": json.dumps(plan(inputs, root, urls_for))}
         write_files(client, scratch, files)
         q = shlex.quote(scratch)
-        rc, out, err = pool.exec(host, f"python3 -I -S {q}/datafetch.py {q}/inputs-plan.json", timeout=3600)
+        py = shlex.quote(host.python)
+        rc, out, err = pool.exec(host, f"{py} -I -S {q}/datafetch.py {q}/inputs-plan.json", timeout=3600)
         if rc != 0:
             raise BackendError(f"{host.label}: staging the inputs failed: {(err or out).strip()[-300:]}")
         done = json.loads(out.strip().splitlines()[-1])
@@ -122,27 +124,36 @@ def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Inp
 
 
 def _stream(client: Any, root: str, inputs: list[Input], missing: set[str]) -> int:
-    """Copy the ``missing`` cache keys from the store into the host's cache over SFTP."""
+    """Copy the ``missing`` cache keys from the store into the host's cache: one tar stream
+    (hmlkit.ssh.shell.tar_feed), each object hashed as it passes; one that does not match its
+    snapshot breaks the stream off, and the host keeps nothing of it."""
+    from hmlkit.ssh.shell import Member, run, tar_feed, untar
+
     sent = 0
-    sftp = client.open_sftp()
-    try:
+
+    def members() -> Iterator[Member]:
+        nonlocal sent
         for inp in inputs:
             store = Store(inp.snapshot.store, inp.store)
             for obj in inp.snapshot.objects:
                 if obj.cache_key not in missing:
                     continue
                 missing.discard(obj.cache_key)
-                tmp = f"{root}/data/.{obj.cache_key}.part"
                 body = _Hashing(store.open(inp.snapshot.where, obj))
-                sftp.putfo(body, tmp, file_size=obj.size, confirm=True)
+                yield obj.cache_key, 0o444, obj.size, body
                 if obj.sha256 and body.sha.hexdigest() != obj.sha256:
-                    sftp.remove(tmp)
                     raise BackendError(f"{obj.key}: the store returned other bytes than the snapshot's")
-                sftp.chmod(tmp, 0o444)
-                sftp.posix_rename(tmp, f"{root}/data/{obj.cache_key}")
                 sent += obj.size
-    finally:
-        sftp.close()
+
+    data = shlex.quote(f"{root}/data")
+    script = f"""set -e; mkdir -p {data}; cd {data}
+in=$(mktemp -d .in.XXXXXX); trap 'rm -rf "$in"' EXIT
+{untar('"$in"')}
+for f in "$in"/*; do if [ -f "$f" ]; then chmod 444 "$f"; mv -f "$f" .; fi; done
+"""
+    rc, _, err = run(client, script, timeout=3600, stdin=tar_feed(members()))
+    if rc != 0:
+        raise BackendError(f"streaming inputs to the host failed: {err.strip()[-300:]}")
     return sent
 
 

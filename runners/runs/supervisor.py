@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from hmlkit.errors import BackendError, HmlError, NoCapacityError, TrackingError
+from hmlkit.errors import BackendError, HmlError, HostFault, NoCapacityError, TrackingError
 from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.data.inputs import Input
@@ -167,6 +167,12 @@ class Supervisor:
                 if state.running:
                     self._running(state, time.time() - polled)
                 polled = time.time()
+            except HostFault as exc:  # the host answers; hml's program there died: no use waiting
+                try:
+                    self.backend.cancel(handle)
+                except BackendError as cancel_exc:
+                    self.note(f"could not stop every node: {cancel_exc}")
+                return None, JobState(running=False, detail=str(exc))
             except BackendError as exc:
                 unreachable_since = unreachable_since or time.time()
                 if time.time() - unreachable_since > LOST_AFTER_S:
