@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from hmlkit.errors import SpecError
+from hmlkit.profile import TEAM_PATTERN
 from hmlkit.validation import error_items, read_yaml, validate
 from runners.data.manifest import input_ref_problem
 
@@ -139,6 +140,10 @@ class JobSpec(_Strict):
     max_runtime: float | None = Field(default=None, description="seconds, or '30m', '2h'")
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_cost_usd: Annotated[float, Field(ge=0)] | None = None
+    team: Annotated[str, Field(pattern=TEAM_PATTERN)] | None = None
+    """Whose budget the run spends (the profile's ``budgets``); unset: the target's telemetry team."""
+    sweep: dict[str, Any] | None = None
+    """``hml sweep``'s search (runners/sweeps/config.py validates it); ``hml submit`` runs the job once."""
 
     @field_validator("max_runtime", mode="before")
     @classmethod
