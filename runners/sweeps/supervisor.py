@@ -27,8 +27,9 @@ from hmlkit.errors import HmlError, TrackingError
 from hmlkit.extras import require
 from runners.backends.base import Usage
 from runners.runs.budget import BudgetExceeded
-from runners.runs.submit import Plan, submit
+from runners.runs.submit import AUTO, Plan, submit
 from runners.runs.supervision import ensure_supervised
+from runners.runs.supervisor import CAPACITY_WAIT as WAITING
 from runners.state import record_files
 from runners.state.lock import lock
 from runners.sweeps.config import Choice, Int, SweepConfig, override
@@ -185,6 +186,18 @@ class SweepSupervisor:
             return
         self.failures = 0
         self.note(f"trial {number} {params} -> run {run.run_id[:8]} on {run.target!r}")
+
+    def _launching(self) -> bool:
+        """With ``--target auto``, a trial submitted but not yet started holds no capacity, so
+        the next submit would see the first target free and queue behind it: the next trial
+        waits until the last one started or is waiting for room, and then spills."""
+        if self.rec.target != AUTO:
+            return False
+        for t in self._trials("RUNNING"):
+            run = self._run(t)
+            if run and run.get("status") == "PENDING" and run.get("reason") != WAITING:
+                return True
+        return False
 
     def _writable(self, trial: Any) -> Any:
         """The trial as one whose attributes and reports go to the storage (a frozen one's do not)."""
@@ -363,7 +376,7 @@ class SweepSupervisor:
                 self._stop(f"max_cost_usd reached ({self._spend():.2f} of {limit:g} USD)")
                 self._cancel_live()
             while not self.stopping and len(self._trials("RUNNING")) < self.cfg.parallel:
-                if len(self._trials()) >= self._limit():
+                if len(self._trials()) >= self._limit() or self._launching():
                     break
                 self._submit(self.study.ask(self.distributions))
             self._save()
