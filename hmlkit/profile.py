@@ -57,7 +57,7 @@ class TeamBudget(_Strict):
     fire at ``alert_at`` (shares of ``monthly_usd``)."""
 
     monthly_usd: float = Field(gt=0)
-    alert_at: list[Annotated[float, Field(gt=0, le=1)]] = [0.5, 0.8]
+    alert_at: list[Annotated[float, Field(gt=0, le=10)]] = [0.5, 0.8]
 
 
 class TargetConfig(_Strict):

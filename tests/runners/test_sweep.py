@@ -221,7 +221,9 @@ PRICED = {"local": {"kind": "local", "gpu_hour_usd": 36.0}}
 
 def priced(tmp_path: Path, uri: str, fake_gpu: dict[str, str], **extra) -> dict[str, str]:
     path = tmp_path / "hybridml.yaml"
-    path.write_text(yaml.safe_dump({"tracking_uri": uri, "targets": PRICED, **extra}))
+    path.write_text(
+        yaml.safe_dump({"tracking_uri": uri, "targets": PRICED, **extra})
+    )  # extra may replace targets
     return {"HML_CONFIG": str(path), **fake_gpu}
 
 
@@ -249,7 +251,11 @@ def test_the_sweep_budget_starts_no_trial_that_could_pass_it(tmp_path, mlflow_se
 def test_a_team_budget_refuses_with_the_numbers_and_hml_budget_shows_the_spend(
     tmp_path, mlflow_server, hml_home, fake_gpu
 ):
-    env = priced(tmp_path, mlflow_server.url, fake_gpu, budgets={"ml": {"monthly_usd": 2.5}})
+    textfile = tmp_path / "textfile" / "hml.prom"
+    local = {**PRICED["local"], "telemetry": {"team": "ops", "prometheus_textfile": str(textfile)}}
+    env = priced(
+        tmp_path, mlflow_server.url, fake_gpu, budgets={"ml": {"monthly_usd": 2.5}}, targets={"local": local}
+    )
     job = quad_job(tmp_path / "w", resources={"gpus": 1}, max_runtime=100, team="ml")
     (tmp_path / "w" / "hold").touch()
     first, out = submit_json(str(job), "--detach", env=env)
@@ -277,6 +283,9 @@ def test_a_team_budget_refuses_with_the_numbers_and_hml_budget_shows_the_spend(
     assert ended["running_usd"] == 0 and 0 < ended["ended_usd"] < 0.5, table  # their actual cost
     text = hml("budget", env=env).stdout
     assert "ml" in text and "$2.50" in text
+    # telemetry publishes the spend under the run's team (not the target's), for the team's alarms
+    published = textfile.read_text()
+    assert f'hybridml_cost_usd_total{{team="ml"}} {ended["ended_usd"]:g}' in published, published
 
 
 def test_two_submits_racing_for_the_last_dollars_pass_at_most_one(
