@@ -164,6 +164,7 @@ class SweepSupervisor:
             trial.set_user_attr(RUN_ID, run_id)
 
         self.worst = None
+        began = time.perf_counter()
         try:
             run = submit(
                 self.rec.job_path,
@@ -185,7 +186,10 @@ class SweepSupervisor:
                 self._stop(f"{self.failures} trials in a row could not be submitted; the last: {exc}")
             return
         self.failures = 0
-        self.note(f"trial {number} {params} -> run {run.run_id[:8]} on {run.target!r}")
+        took = time.perf_counter() - began  # bench/bench_sweep.py reads it: dispatch cost per trial
+        self.note(
+            f"trial {number} {params} -> run {run.run_id[:8]} on {run.target!r} (submitted in {took:.3f} s)"
+        )
 
     def _launching(self) -> bool:
         """With ``--target auto``, a trial submitted but not yet started holds no capacity, so
