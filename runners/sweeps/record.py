@@ -43,6 +43,9 @@ class SweepRecord(BaseModel):
     ended_at: float | None = None
     cost_usd: float = 0.0
     """What the trials cost so far (ended: their bill; running: their time so far)."""
+    stopping: str = ""
+    """Why no more trials start (the sweep's budget, a cancel); empty while they may. Kept
+    here so a restarted supervisor does not try again what was refused."""
     supervisor_pid: int | None = None
     finalized: bool = False
     trials: list[dict[str, Any]] = []

@@ -69,8 +69,7 @@ class SweepSupervisor:
             load_if_exists=True,
         )
         self.distributions = self._distributions()
-        self.stopping = ""
-        """Why no more trials start (the sweep's budget, a cancel); empty while they may."""
+        self.stopping = rec.stopping
         self.failures = 0
         self.checked: dict[int, float] = {}
         self.worst: float | None = None
@@ -160,8 +159,8 @@ class SweepSupervisor:
         tags = {"mlflow.parentRunId": self.rec.run_id, "hml.sweep": self.rec.run_id, "hml.trial": str(number)}
 
         def on_run(run_id: str) -> None:
+            trial.set_user_attr(RUN_ID, run_id)  # first: a restart finds the run by it
             trial.set_user_attr(WORST, self.worst or 0.0)
-            trial.set_user_attr(RUN_ID, run_id)
 
         self.worst = None
         began = time.perf_counter()
@@ -191,6 +190,15 @@ class SweepSupervisor:
             f"trial {number} {params} -> run {run.run_id[:8]} on {run.target!r} (submitted in {took:.3f} s)"
         )
 
+    def _occupied(self) -> int:
+        """Live trials that hold or wait for capacity: one whose run ended frees its place while
+        its end is still being sent to the tracking server."""
+        held = 0
+        for t in self._trials("RUNNING"):
+            run = self._run(t)
+            held += run is None or run.get("status") not in record_files.TERMINAL
+        return held
+
     def _launching(self) -> bool:
         """With ``--target auto``, a trial submitted but not yet started holds no capacity, so
         the next submit would see the first target free and queue behind it: the next trial
@@ -214,7 +222,8 @@ class SweepSupervisor:
 
     def _stop(self, why: str) -> None:
         if not self.stopping:
-            self.stopping = why
+            self.stopping = self.rec.stopping = why
+            self.rec.save()
             self.note(f"no more trials: {why}")
 
     def _run(self, trial: Any) -> dict[str, Any] | None:
@@ -379,7 +388,7 @@ class SweepSupervisor:
             if limit is not None and not cancelled and self._spend() > limit:
                 self._stop(f"max_cost_usd reached ({self._spend():.2f} of {limit:g} USD)")
                 self._cancel_live()
-            while not self.stopping and len(self._trials("RUNNING")) < self.cfg.parallel:
+            while not self.stopping and self._occupied() < self.cfg.parallel:
                 if len(self._trials()) >= self._limit() or self._launching():
                     break
                 self._submit(self.study.ask(self.distributions))
