@@ -26,6 +26,7 @@ from typing import Any, TextIO
 from hmlkit.errors import HmlError, TrackingError
 from hmlkit.extras import require
 from runners.backends.base import Usage
+from runners.runs import supervision
 from runners.runs.budget import BudgetExceeded
 from runners.runs.submit import AUTO, Plan, submit
 from runners.runs.supervision import ensure_supervised
@@ -454,6 +455,10 @@ def main(sweep_id: str) -> int:
         if rec.terminal:
             sup.finalize()
             return 0
+        # trials' supervisors run here, in threads, as in the warm agent's workers: each gets the
+        # submit's open backend (hosts reached) and no interpreter to start, so trials launch
+        # sooner; killed with this process, each is restarted by the next look (RECHECK_S)
+        supervision.supervise_here()
         try:
             sup.run()
         except Exception as exc:  # a bug must still end the sweep, never leave it RUNNING
@@ -465,6 +470,7 @@ def main(sweep_id: str) -> int:
             sup._end("FAILED")
     finally:
         held.close()
+    supervision.wait()
     return 0
 
 
