@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -29,7 +29,7 @@ def budget(
         row["ended_usd" if s.status in TERMINAL else "running_usd"] += s.usd
         row["runs"] += 1
     teams = sorted({t for t, _ in rows} | set(profile.budgets))
-    table = []
+    table: list[dict[str, Any]] = []
     for team in teams:
         limit = profile.budgets[team].monthly_usd if team in profile.budgets else None
         spent = sum(r["ended_usd"] + r["running_usd"] for (t, _), r in rows.items() if t == team)
@@ -55,19 +55,19 @@ def budget(
     shown = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("TEAM", "TARGET", "RUNS", "ENDED", "RUNNING (WORST)", "SPENT", "BUDGET", "USED"):
         shown.add_column(column, justify="left" if column in ("TEAM", "TARGET") else "right")
-    for row in table:
-        if row["target"] == "(all)":
-            limit = row["monthly_usd"]
-            used = f"{row['used']:.0%}" if row["used"] is not None else ""
+    for line in table:
+        if line["target"] == "(all)":
+            limit = line["monthly_usd"]
+            used = f"{line['used']:.0%}" if line["used"] is not None else ""
             budget_ = f"${limit:.2f}" if limit else "-"
-            shown.add_row(row["team"], "(all)", "", "", "", f"${row['spent_usd']:.2f}", budget_, used)
+            shown.add_row(line["team"], "(all)", "", "", "", f"${line['spent_usd']:.2f}", budget_, used)
         else:
             shown.add_row(
-                row["team"],
-                row["target"],
-                str(int(row["runs"])),
-                f"${row['ended_usd']:.2f}",
-                f"${row['running_usd']:.2f}",
+                line["team"],
+                line["target"],
+                str(int(line["runs"])),
+                f"${line['ended_usd']:.2f}",
+                f"${line['running_usd']:.2f}",
                 "",
                 "",
                 "",

@@ -16,13 +16,13 @@ from pydantic import BaseModel, Field
 
 from runners.state import record_files
 from runners.state.paths import run_dir
-from runners.state.record_files import SWEEP, TERMINAL
+from runners.state.record_files import TERMINAL
 
 STUDY = "study.db"
 
 
 class SweepRecord(BaseModel):
-    kind: Literal["sweep"] = SWEEP
+    kind: Literal["sweep"] = "sweep"  # record_files.SWEEP
     run_id: str
     """The parent MLflow run's id: the sweep's id."""
     job: str
