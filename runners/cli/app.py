@@ -399,8 +399,9 @@ def list_(
         when = r.get("started_at") or r.get("submitted_at", 0)
         started = datetime.fromtimestamp(when).strftime("%m-%d %H:%M")
         cost = f"${r.get('cost_usd', 0.0):.2f}"
+        job = f"{r['job']} (sweep)" if is_sweep(r) else r["job"]
         table.add_row(
-            r["run_id"][:8], r["job"], r["target"], r.get("status", "PENDING"), started, _duration(r), cost
+            r["run_id"][:8], job, r["target"], r.get("status", "PENDING"), started, _duration(r), cost
         )
     Console().print(table)
 

@@ -133,6 +133,7 @@ def test_a_sweep_finds_the_known_optimum_with_a_parent_run_and_a_child_per_trial
 
     listed = json.loads(hml("list", "-o", "json", env=env).stdout)
     assert sweep_id in [r["run_id"] for r in listed]  # the sweep is listed beside its trials
+    assert f"{sweep_id[:8]} quad (sweep)" in " ".join(hml("list", env=env).stdout.split())
     logs = hml("logs", sweep_id, env=env).stdout
     assert f"best so far: trial {best['number']}" in logs and "sweep FINISHED" in logs
 
