@@ -246,7 +246,15 @@ class Platform:
             default_target=self.config.default_target,
             vault=vault,
             stores=stores,
+            budgets=self._budgets(),
         )
+
+    def _budgets(self) -> dict[str, dict[str, Any]]:
+        """The stack's budget as the runner's team budget: every submit of the team is checked
+        against it (runners/runs/budget.py), alerting at the same shares as the provisioned alarms."""
+        budget = self.config.budget
+        alert_at = [p / 100 for p in budget.thresholds_percent]
+        return {self.tags.team: {"monthly_usd": budget.monthly_usd, "alert_at": alert_at}}
 
     def _telemetry(self, platform: str) -> dict[str, Any]:
         """Run ends go to the monitors of the target's own platform, under the org's team."""

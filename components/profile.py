@@ -77,6 +77,7 @@ def runner_profile(
     default_target: str | None = None,
     vault: dict[str, str] | None = None,
     stores: dict[str, dict[str, Any]] | None = None,
+    budgets: dict[str, dict[str, Any]] | None = None,
 ) -> pulumi.Output[dict[str, Any]]:
     """The profile, with every nested Output resolved; ``local`` is always a target."""
     profile: dict[str, Any] = {
@@ -87,6 +88,8 @@ def runner_profile(
         profile["stores"] = stores
     if default_target:
         profile["default_target"] = default_target
+    if budgets:
+        profile["budgets"] = budgets
     if vault:
         profile["vault"] = vault
     return pulumi.Output.from_input(profile)

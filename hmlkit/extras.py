@@ -1,7 +1,7 @@
 """The one place optional dependencies are loaded, so a missing one is an install hint.
 
 ``pip install hybridml`` gives the runner for the local target; each extra adds what its
-features import (``ssh``: paramiko, ``aws``: boto3, ``infra``: pulumi, ``train``: torch).
+features import (``ssh``: paramiko, ``aws``: boto3, ``infra``: pulumi, ``train``: torch, ``sweep``: optuna).
 A command that needs a module the user did not install says which extra brings it and
 exits 2, instead of ending in a ``ModuleNotFoundError`` traceback.
 """
@@ -25,6 +25,7 @@ EXTRA_OF = {
     "torch": "train",
     "sklearn": "train",
     "matplotlib": "train",
+    "optuna": "sweep",
 }
 
 

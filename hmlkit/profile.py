@@ -18,6 +18,7 @@ from hmlkit.validation import format_errors
 
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 STORE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$"
+TEAM_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Strict(BaseModel):
@@ -43,11 +44,20 @@ class Telemetry(_Strict):
     monitors components/monitoring.py provisions: CloudWatch on AWS, a node_exporter textfile
     on-prem."""
 
-    team: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    team: str = Field(default="default", pattern=TEAM_PATTERN)
     """Whose GPU seconds and spend these are (the budget's team tag)."""
     cloudwatch: CloudWatchTelemetry | None = None
     prometheus_textfile: str | None = Field(default=None, pattern=r"\.prom$")
     """A ``*.prom`` file in node_exporter's ``--collector.textfile.directory``."""
+
+
+class TeamBudget(_Strict):
+    """A team's monthly spend limit across every target (runners/runs/budget.py): a submit
+    whose worst case would pass it is refused; telemetry's team spend feeds the alarms that
+    fire at ``alert_at`` (shares of ``monthly_usd``)."""
+
+    monthly_usd: float = Field(gt=0)
+    alert_at: list[Annotated[float, Field(gt=0, le=10)]] = [0.5, 0.8]
 
 
 class TargetConfig(_Strict):
@@ -215,6 +225,9 @@ class Profile(BaseModel):
     local_server: bool = True
     """Without ``tracking_uri``: ``hml submit`` may start a local tracking server on loopback for
     the embedded default's store and keep it warm (runners/tracking/local_server.py, docs/security.md)."""
+    budgets: dict[Annotated[str, Field(pattern=TEAM_PATTERN)], TeamBudget] = {}
+    """Each team's monthly limit, by the team a run names (its job's ``team``, else its
+    target's ``telemetry.team``): the stacks export their budget config here."""
     source: str = Field(default="embedded default", exclude=True)
 
     def target(self, name: str) -> TargetConfig:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from hmlkit.errors import SpecError
+from hmlkit.profile import TEAM_PATTERN
 from hmlkit.validation import error_items, read_yaml, validate
 from runners.data.manifest import input_ref_problem
 from runners.training import ModelSpec, Trigger
@@ -144,6 +145,10 @@ class JobSpec(_Strict):
     """Register the logged model with its lineage and gate it against the champion (docs/models.md)."""
     triggers: list[Trigger] = []
     """What makes ``hml watch`` train it: new snapshot versions, a schedule (docs/models.md)."""
+    team: Annotated[str, Field(pattern=TEAM_PATTERN)] | None = None
+    """Whose budget the run spends (the profile's ``budgets``); unset: the target's telemetry team."""
+    sweep: dict[str, Any] | None = None
+    """``hml sweep``'s search (runners/sweeps/config.py validates it); ``hml submit`` runs the job once."""
 
     @field_validator("max_runtime", mode="before")
     @classmethod

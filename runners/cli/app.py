@@ -14,9 +14,12 @@ from hmlkit.clihelp import Command
 from hmlkit.errors import HmlError
 from policies.cli import app as policy_app
 from runners.cli import model as model_cli
+from runners.cli import sweep as sweep_cli
+from runners.cli.budget import app as budget_app
 from runners.cli.data import app as data_app
+from runners.cli.sweep import app as sweep_app
 from runners.state.paths import run_dir
-from runners.state.record_files import TERMINAL
+from runners.state.record_files import TERMINAL, is_sweep
 
 app = typer.Typer(
     name="hml",
@@ -30,6 +33,8 @@ app.add_typer(targets_app, name="targets")
 app.add_typer(policy_app, name="policy")
 app.add_typer(data_app, name="data")
 app.add_typer(model_cli.app, name="model")  # and `hml watch`, `hml retrain`: continuous training
+app.add_typer(sweep_app)  # hml sweep; status, logs, cancel and list know sweeps (runners/cli/sweep.py)
+app.add_typer(budget_app)  # hml budget
 agent_app = typer.Typer(
     help="The warm agent that runs hml commands without start-up cost (HML_AGENT=0 turns it off)."
 )
@@ -165,11 +170,16 @@ def submit(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check job, profile, tracking server and target; run nothing")
     ] = False,
+    team: Annotated[
+        str | None, typer.Option("--team", metavar="TEAM", help="Whose budget the run spends (job's team:)")
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Submit a job; stream its output and wait unless --detach. Exit 0 success, 1 failure, 2 bad input."""
     from runners.runs.submit import follow, plan
     from runners.runs.submit import submit as do_submit
+
+    set_ = [*(set_ or []), *([f"team={team}"] if team else [])]
 
     if dry_run:
         try:
@@ -229,6 +239,9 @@ def status(
     from runners.tracking import backlog
 
     record = record_files.read(run)
+    if is_sweep(record):
+        sweep_cli.ensure(record)
+        return sweep_cli.show(record, output.value)
     ensure_supervised(record["run_id"], record.get("finalized", False))
     if said := backlog.catch_up(record):  # a journal left behind by a job finalized earlier
         print(f"hml: {said}", file=sys.stderr)
@@ -240,10 +253,15 @@ def logs(
     run: RunArg,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the run ends")] = False,
 ) -> None:
-    """Print a run's output (redacted), from any shell."""
+    """Print a run's output (redacted), from any shell; a sweep's: its trials as they go."""
     from runners.runs.submit import follow
+    from runners.state import record_files
 
-    follow(run, keep_following=follow_)
+    record = record_files.read(run)
+    if is_sweep(record):
+        sweep_cli.follow(record, keep_following=follow_)
+        return
+    follow(record["run_id"], keep_following=follow_)
 
 
 @app.command(cls=Command)
@@ -258,6 +276,8 @@ def cancel(
     from runners.state import record_files
 
     record = record_files.read(run)
+    if is_sweep(record):
+        return sweep_cli.cancel(record, output.value)
     run_id = record["run_id"]
     if record.get("status") in TERMINAL:  # what was asked holds: exit 0, but say nothing was done
         print(f"hml: run {run_id} already {record['status']}; nothing to cancel", file=sys.stderr)
@@ -381,8 +401,9 @@ def list_(
         when = r.get("started_at") or r.get("submitted_at", 0)
         started = datetime.fromtimestamp(when).strftime("%m-%d %H:%M")
         cost = f"${r.get('cost_usd', 0.0):.2f}"
+        job = f"{r['job']} (sweep)" if is_sweep(r) else r["job"]
         table.add_row(
-            r["run_id"][:8], r["job"], r["target"], r.get("status", "PENDING"), started, _duration(r), cost
+            r["run_id"][:8], job, r["target"], r.get("status", "PENDING"), started, _duration(r), cost
         )
     Console().print(table)
 

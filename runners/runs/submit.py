@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
+from hmlkit.profile import TeamBudget
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
 from runners.data.inputs import Input, far_bytes
@@ -17,6 +20,7 @@ from runners.data.inputs import save as save_inputs
 from runners.profile import load_profile, tracking_uri
 from runners.progress import step
 from runners.registry.lineage import submit_tags
+from runners.runs import budget
 from runners.runs.jobenv import forwarded
 from runners.runs.secrets import Redactor, resolve
 from runners.runs.supervision import ensure_supervised, spawn
@@ -50,6 +54,15 @@ class Plan:
     """The chosen target's backend, still open (its hosts reached): the supervisor's, or close it."""
     local_server: bool = True
     """The profile's ``local_server``: submit may start the embedded default's tracking server."""
+    team: str = "default"
+    """Whose budget the run spends: the job's ``team``, else the target's telemetry team."""
+    budget: TeamBudget | None = None
+    """That team's budget in the profile, if it has one."""
+
+    @property
+    def worst_case_usd(self) -> float | None:
+        """Price x nodes x max_runtime on the chosen target; None: no bound (no max_runtime)."""
+        return budget.worst_case_usd(self.spec, budget.hourly_usd(self.spec, self.target_config, self.launch))
 
     @property
     def placement_reason(self) -> str:
@@ -126,6 +139,7 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         placement[chosen[0]] += "; every target is busy: the first that can run it waits for room"
     name, launch, backend = chosen
     _close([b for b in able if b is not chosen])
+    team = spec.team or profile.target(name).telemetry.team
     return Plan(
         spec,
         workdir,
@@ -140,6 +154,8 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         transfer,
         backend,
         profile.local_server,
+        team,
+        profile.budgets.get(team),
     )
 
 
@@ -159,19 +175,27 @@ def _check_target(backend: Backend[Any], name: str, spec: JobSpec, workdir: Path
             raise NotReady(f"target {name!r}: {exc}") from None
 
 
+Gate = Callable[["Plan"], None]
+"""A caller's own admission check (a sweep's budget), run with the team's under the budget lock."""
+
+
 def submit(
     job_path: str,
     target: str | None,
     overrides: list[str],
     config: str | None,
     wait: bool = True,
-    extra_tags: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    gate: Gate | None = None,
+    on_run: Callable[[str], None] | None = None,
 ) -> RunRecord:
     """Validate everything, open the MLflow run, record it, and hand it to a supervisor.
 
     ``wait``: when the target has no room now, wait for it (else the run fails at once). A
     failure once the MLflow run exists ends it FAILED with the reason: no run is left RUNNING.
-    ``extra_tags``: more run tags (the watcher's claim key).
+    ``tags``: more MLflow run tags (a sweep's trial, the watcher's claim key); ``on_run``: told
+    the run id as soon as the MLflow run exists, before anything else can fail (a sweep keeps
+    it with its trial).
     """
     p = plan(job_path, target, overrides, config)
     run_id = None
@@ -180,16 +204,25 @@ def submit(
             print(f"hml: gc: {line}", file=sys.stderr)
         spec_dict = p.public()
         params = {k: str(v) for k, v in spec_dict["params"].items()}
-        tags = {
+        worst = p.worst_case_usd
+        run_tags = {
             "hml.placement": p.target,
             "hml.placement_reason": p.placement_reason,
+            "hml.team": p.team,
+            **({"hml.projected_usd": f"{worst:.6f}"} if worst is not None else {}),
             **lineage.tags(p.inputs),
             **(submit_tags(p.workdir, p.target_config["kind"]) if p.spec.model else {}),
-            **(extra_tags or {}),
+            **(tags or {}),
         }
-        run_id, experiment_id = ownership.start_run(
-            p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, tags
-        )
+        with budget.lock() if p.budget or gate else nullcontext():  # no budget: no waiting
+            budget.admit(p.tracking_uri, p.team, p.budget, p.spec, worst)
+            if gate is not None:
+                gate(p)
+            run_id, experiment_id = ownership.start_run(
+                p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, run_tags
+            )
+        if on_run is not None:
+            on_run(run_id)
         record = RunRecord(
             run_id=run_id,
             job=p.spec.name,

@@ -55,9 +55,16 @@ def spawn(run_id: str, backend: Any = None) -> None:
         return
     if backend is not None:
         backend.close()
+    spawn_process("runners.runs.supervisor", run_id)
+
+
+def spawn_process(module: str, run_id: str) -> None:
+    """``python -m module run_id`` in its own session, writing to the run's supervisor.log: it
+    outlives the command that started it (a run's supervisor, a sweep's)."""
+    path = run_dir(run_id) / "supervisor.log"
     log = open(path, "ab")  # noqa: SIM115
     subprocess.Popen(
-        python_module("runners.runs.supervisor", run_id),
+        python_module(module, run_id),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -34,6 +34,8 @@ LOST_AFTER_S = 30.0
 """How long a target may stay unreachable before the job counts as lost (host died)."""
 FINALIZE_TRIES = 30
 CAPACITY_RETRY_S = 5.0
+CAPACITY_WAIT = "waiting for capacity"
+"""A run's reason while no target has room for it (it is PENDING, not launching)."""
 MIN_POLL_GAP_S = 0.02
 """A job that writes without pause is read in batches, not once per packet."""
 
@@ -233,9 +235,9 @@ class Supervisor:
                 if not self.rec.wait_for_capacity:
                     self._end("FAILED", None, f"no capacity: {exc}")
                     break
-                if self.rec.reason != "waiting for capacity":
+                if self.rec.reason != CAPACITY_WAIT:
                     self.note(f"waiting for capacity: {exc}")
-                    self.rec.reason = "waiting for capacity"
+                    self.rec.reason = CAPACITY_WAIT
                     self.rec.save()
                 time.sleep(CAPACITY_RETRY_S)
                 continue

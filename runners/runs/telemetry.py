@@ -56,7 +56,7 @@ class RunEnd:
 
 def publish(rec: RunRecord, telemetry: Telemetry) -> list[str]:
     """Publish the run's end where ``telemetry`` says; the problems met (empty: all sent)."""
-    end = RunEnd.of(rec, telemetry.team)
+    end = RunEnd.of(rec, rec.spec.get("team") or telemetry.team)  # the team whose budget it spent
     problems = []
     if telemetry.cloudwatch is not None:
         try:

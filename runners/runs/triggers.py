@@ -253,7 +253,7 @@ def submitter(job_path: str, target: str | None, config: str | None) -> Submit:
     def run(overrides: list[str], tags: dict[str, str]) -> str:
         from runners.runs.submit import submit
 
-        return submit(job_path, target, overrides, config, wait=True, extra_tags=tags).run_id
+        return submit(job_path, target, overrides, config, wait=True, tags=tags).run_id
 
     return run
 

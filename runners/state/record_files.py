@@ -7,6 +7,7 @@ building the pydantic model (``runners.state.records``), so from a new shell the
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,12 @@ from runners.state.paths import run_dir, runs_dir
 
 RECORD = "record.json"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+SWEEP = "sweep"
+"""A record's ``kind`` when it is a sweep's (runners/sweeps/record.py), not a run's."""
+
+
+def is_sweep(record: dict[str, Any]) -> bool:
+    return record.get("kind") == SWEEP
 
 
 def find(run_id: str) -> Path:
@@ -43,6 +50,14 @@ def _shown(ids: list[str], most: int = 10) -> str:
 def read(run_id: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(find(run_id).read_text())
     return data
+
+
+def write(directory: Path, text: str) -> None:
+    """Replace the record in ``directory`` atomically: a reader sees the old one or the new."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".record.{os.getpid()}.tmp"
+    tmp.write_text(text)
+    os.replace(tmp, directory / RECORD)
 
 
 def read_all() -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ and still knows the run when the tracking server is down (it reads the JSON alon
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -71,10 +70,7 @@ class RunRecord(BaseModel):
         return self.dir / "output.log"
 
     def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".record.{os.getpid()}.tmp"
-        tmp.write_text(self.model_dump_json(indent=1))
-        os.replace(tmp, self.dir / "record.json")
+        record_files.write(self.dir, self.model_dump_json(indent=1))
 
 
 def load(run_id: str) -> RunRecord:

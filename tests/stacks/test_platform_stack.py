@@ -79,6 +79,11 @@ def test_runner_profile_is_the_runners_schema_and_yaml(evaluated, stack):
     assert yaml.safe_load(json.dumps(profile)) == profile  # `--json > hybridml.yaml` works
     assert profile["targets"]["local"] == {"kind": "local"}
     assert profile["tracking_uri"].startswith("https://")
+    config = load_stack_config(PROJECT, stack).values["platform:budget"]  # the team's budget, exported
+    shares = [p / 100 for p in config.get("thresholds_percent", [50, 80, 100])]
+    assert profile["budgets"] == {
+        _org(stack)["team"]: {"monthly_usd": config["monthly_usd"], "alert_at": shares}
+    }
 
 
 def test_aws_target_points_at_the_stacks_own_resources(evaluated):
