@@ -175,8 +175,9 @@ def test_onprem_hosts_are_registered_and_listed_for_the_runner():
             "identity_file": "~/.ssh/id_ed25519",
             "gpus": 4,
             "labels": {"rack": "a"},
+            "python": "python3",
         },
-        {"address": "10.0.0.6", "port": 2222, "user": "hml", "labels": {}},
+        {"address": "10.0.0.6", "port": 2222, "user": "hml", "labels": {}, "python": "python3"},
     ]
 
 

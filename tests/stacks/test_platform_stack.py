@@ -126,6 +126,7 @@ def test_onprem_target_lists_the_registered_hosts(evaluated):
         "identity_file": "~/.ssh/id_ed25519",
         "gpus": 4,
         "labels": {"rack": "a"},
+        "python": "python3",
     }
     assert (target["known_hosts"], target["remote_root"], target["gpu_hour_usd"]) == (
         "~/.hybridml/known_hosts",
