@@ -25,6 +25,7 @@ from pydantic import (
 from hmlkit.errors import SpecError
 from hmlkit.validation import error_items, read_yaml, validate
 from runners.data.manifest import input_ref_problem
+from runners.envs.model import Environment
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
@@ -139,6 +140,8 @@ class JobSpec(_Strict):
     max_runtime: float | None = Field(default=None, description="seconds, or '30m', '2h'")
     retries: Annotated[int, Field(ge=0, le=10)] = 0
     max_cost_usd: Annotated[float, Field(ge=0)] | None = None
+    environment: Environment | None = None
+    """The job's Python packages, locked at submit and built once per host (runners/envs)."""
 
     @field_validator("max_runtime", mode="before")
     @classmethod
