@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hmlkit.errors import BackendError
-from hmlkit.extras import require
+from hmlkit.extras import MissingExtra, require
 from hmlkit.node.venv import READY
 from runners.envs.lock import digest_of, python_of
 
@@ -55,8 +55,12 @@ def pip_zip() -> Path:
 
 
 def place_pip(envs: Path) -> None:
-    """This machine is the host (the local target): its envs directory gets the zip by a link."""
-    made = pip_zip()
+    """This machine is the host (the local target): its envs directory gets the zip by a link.
+    A runner without pip has none to give: the job's venv then sees the runner's own packages."""
+    try:
+        made = pip_zip()
+    except MissingExtra:
+        return
     tools = envs / "tools"
     tools.mkdir(parents=True, exist_ok=True)
     if not (tools / made.name).exists():
