@@ -227,3 +227,26 @@ def test_a_host_without_the_index_gets_the_wheels_over_ssh(tmp_path, index):
         assert [p.name for p in wheels.glob("*.whl")] == ["iniconfig-2.0.0-py3-none-any.whl"]
     finally:
         bed.stop()
+
+
+def test_slurm_builds_the_lock_once_on_the_shared_file_system(tmp_path, ssh_bed, slurm_bed, index):
+    """Two nodes of one Slurm job start at once on the cluster's shared ``remote_root``: one
+    builds the lock, the other waits for it and installs nothing; both run in it."""
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_bed.known_hosts_text())
+    target = slurm_bed.target(ssh_bed.hosts[0], known)
+    target["remote_root"] = str(slurm_bed.root / f"shared-{time.time_ns()}")  # nothing built there yet
+    profile = tmp_path / "hybridml.yaml"
+    profile.write_text(yaml.safe_dump({"targets": {"cluster": target}}))
+    env = {"HML_CONFIG": str(profile), "UV_DEFAULT_INDEX": index}
+    job = write_job(
+        tmp_path / "w", environment={"packages": ["iniconfig==1.1.1"]}, run=SHOW_VERSION, num_nodes=2
+    )
+    run, out = submit_json(str(job), "--target", "cluster", env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    log = _log(run["run_id"])
+    assert log.count("building it on this host") == 1, log
+    reports = _reports(log)
+    assert len(reports) == 2 and reports[0]["digest"] == reports[1]["digest"], log
+    assert [r["built_s"] > 0 for r in reports].count(True) == 1  # the other waited, then used it
+    assert log.count("iniconfig 1.1.1 ") == 2
