@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.awsbed import wait_gone
 from tests.conftest import free_port, wait_http
 from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_status, write_job
 from tests.sshbed import Login, start_bed
@@ -250,3 +251,34 @@ def test_slurm_builds_the_lock_once_on_the_shared_file_system(tmp_path, ssh_bed,
     assert len(reports) == 2 and reports[0]["digest"] == reports[1]["digest"], log
     assert [r["built_s"] > 0 for r in reports].count(True) == 1  # the other waited, then used it
     assert log.count("iniconfig 1.1.1 ") == 2
+
+
+def test_the_same_lock_gives_the_same_freeze_on_local_ssh_slurm_and_aws(
+    tmp_path, index, ssh_user_bed, ssh_bed, slurm_bed, aws_bed, mlflow_server
+):
+    """One lock, four targets: the laptop (over the runner's own venv, which has another
+    iniconfig), a PEP 668 host as a login user, a Slurm cluster, an EC2 instance (moto)."""
+    known = tmp_path / "known_hosts"
+    known.write_text(ssh_user_bed.known_hosts_text() + ssh_bed.known_hosts_text())
+    targets = {
+        "local": {"kind": "local"},
+        "onprem": ssh_user_bed.target(known),
+        "cluster": slurm_bed.target(ssh_bed.hosts[0], known),
+        "cloud": aws_bed.target(),
+    }
+    profile = tmp_path / "hybridml.yaml"
+    profile.write_text(yaml.safe_dump({"tracking_uri": mlflow_server.url, "targets": targets}))
+    env = {"HML_CONFIG": str(profile), "UV_DEFAULT_INDEX": index}
+    freeze = "pip freeze | grep -i '^iniconfig=='"
+    job = write_job(tmp_path / "w", environment={"packages": ["iniconfig==1.1.1"]}, run=freeze)
+    seen, first = {}, None
+    for target in targets:
+        again = ["--env-of", first] if first else []
+        run, out = submit_json(str(job), "--target", target, *again, env=env, timeout=600)
+        assert out.returncode == 0, f"{target}: {out.stderr}"
+        first = first or run["run_id"]
+        seen[target] = [ln for ln in _log(run["run_id"]).splitlines() if ln.lower().startswith("iniconfig==")]
+        digest = wait_finalized(mlflow_server.client(), run["run_id"]).data.tags["hml.env.digest"]
+        seen[target].append(digest)
+    assert len({tuple(v) for v in seen.values()}) == 1 and seen["local"][0] == "iniconfig==1.1.1", seen
+    assert wait_gone(aws_bed) == []
