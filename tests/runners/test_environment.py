@@ -151,10 +151,14 @@ def test_a_locked_environment_is_built_once_per_host_and_recorded(
     assert "iniconfig==1.1.1" in lock and "--hash=sha256:" in lock and f"--index-url {index}" in lock
     host_env = ssh_user_bed.hosts[0].remote_root / "envs" / warm["digest"]
     assert (host_env / "requirements.lock").read_text() == lock
-    shown = json.loads(hml("env", "show", second["run_id"][:8], "-o", "json", env=env).stdout)
-    assert (
-        shown["digest"] == warm["digest"] and shown["lock"] == lock and shown["seen_python"] == warm["python"]
-    )
+    elsewhere = {**env, "HML_HOME": str(tmp_path / "another-machine")}  # no record there: MLflow's
+    for run, where in ((second["run_id"][:8], env), (second["run_id"], elsewhere)):
+        shown = json.loads(hml("env", "show", run, "-o", "json", env=where).stdout)
+        assert (shown["digest"], shown["lock"], shown["seen_python"]) == (
+            warm["digest"],
+            lock,
+            warm["python"],
+        )
     # the same environment again, from a job file that has none: the old run's lock, no resolution
     bare = write_job(tmp_path / "bare", run=SHOW_VERSION)
     again, out = submit_json(str(bare), "--target", "onprem", "--env-of", second["run_id"][:8], env=env)
