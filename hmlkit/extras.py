@@ -14,6 +14,8 @@ from types import ModuleType
 EXTRA_OF = {
     "paramiko": "ssh",
     "pathspec": "ssh",
+    "pip": "ssh",
+    "uv": "env",
     "boto3": "aws",
     "botocore": "aws",
     "pulumi": "infra",

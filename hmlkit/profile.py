@@ -90,6 +90,10 @@ class ShellTarget(TargetConfig):
     """How job inputs reach the hosts: ``store`` (each host reads presigned URLs itself), ``ssh``
     (the runner streams the bytes over SSH: hosts that cannot reach the store), or ``auto``
     (the store, falling back to SSH when a host cannot reach it)."""
+    env_via: Literal["auto", "index", "ssh"] = "auto"
+    """How the wheels of a job's ``environment:`` reach hosts that have not built it yet:
+    ``index`` (each host's pip reads the lock's index), ``ssh`` (the runner sends them: hosts
+    without an index), or ``auto`` (the index, else SSH when a host's probe cannot reach it)."""
 
     @field_validator("remote_root")
     @classmethod

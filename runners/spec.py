@@ -26,6 +26,7 @@ from hmlkit.errors import SpecError
 from hmlkit.profile import TEAM_PATTERN
 from hmlkit.validation import error_items, read_yaml, validate
 from runners.data.manifest import input_ref_problem
+from runners.envs.model import Environment
 from runners.training import ModelSpec, Trigger
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
@@ -149,6 +150,8 @@ class JobSpec(_Strict):
     """Whose budget the run spends (the profile's ``budgets``); unset: the target's telemetry team."""
     sweep: dict[str, Any] | None = None
     """``hml sweep``'s search (runners/sweeps/config.py validates it); ``hml submit`` runs the job once."""
+    environment: Environment | None = None
+    """The job's Python packages, locked at submit and built once per host (runners/envs)."""
 
     @field_validator("max_runtime", mode="before")
     @classmethod

@@ -22,6 +22,10 @@ REDACTOR = "redact.py"
 FOLLOWER = "follow.py"
 RELAY = "relay.py"
 SYSMETRICS = "sysmetrics.py"
+VENV = "venv.py"
+LOCK = "env.lock"
+ENVS = "$HOME/.cache/hybridml/envs"
+"""Where a host keeps its built environments when the target names no place (``<remote_root>/envs``)."""
 RELAY_JOURNAL = "relay-journal"
 SYNCING = "syncing"
 PYTHON = "HML_PYTHON"
@@ -121,13 +125,26 @@ def env_lines(env: dict[str, str]) -> str:
 
 
 def render(
-    exec_dir: str, workdir: str, setup: str | None, run: str, run_id: str, secret_names: list[str]
+    exec_dir: str,
+    workdir: str,
+    setup: str | None,
+    run: str,
+    run_id: str,
+    secret_names: list[str],
+    lock: str | None = None,
+    python: str | None = None,
+    envs: str = ENVS,
 ) -> dict[str, str]:
     """Files to place in ``exec_dir`` (besides ``env.sh``, written 0600 by the backend).
 
     ``secret_names``: the variables of ``env.sh`` whose values never reach ``output.log``.
+    ``lock``: the job's locked environment (``venv.py``), built into ``envs`` on the host, by
+    ``python`` (``python3.12``; default ``python3``). Every job runs in a venv of its own.
     """
     q_exec, q_work = shlex.quote(exec_dir), shlex.quote(workdir)
+    py = shlex.quote(python or "python3")
+    q_envs = f'"{ENVS}"' if envs == ENVS else shlex.quote(envs)
+    q_lock = f' "$EXEC/{LOCK}"' if lock else ""
     # the server's credentials too: a job whose relay did not start holds them (relay_start)
     names = " ".join(shlex.quote(n) for n in sorted({*secret_names, *CREDENTIALS}))
     wrapper = f"""#!/usr/bin/env bash
@@ -141,6 +158,10 @@ PY="${{{PYTHON}:-python3}}"  # the host's `python:` (hmlkit.ssh.hosts.SshHost) r
 command -v "$PY" >/dev/null || {{ echo "hml: this host lacks $PY" >> "$EXEC/{OUTPUT}"; finish 127; }}
 job() {{
   cd {q_work} || {{ echo "hml: workdir {q_work} is missing"; return 127; }}
+  # the job's own Python environment (hmlkit/node/venv.py): `python` and `pip` are the venv's
+  command -v {py} >/dev/null || {{ echo "hml: this host lacks {py} (environment.python)"; return 127; }}
+  {py} -I -S "$EXEC/{VENV}" "$EXEC" {q_envs}{q_lock} < /dev/null || return $?
+  . "$EXEC/venv.sh"
   if [ -f "$EXEC/setup.sh" ]; then
     bash -e "$EXEC/setup.sh" < /dev/null; rc=$?
     if [ "$rc" -ne 0 ]; then echo "hml: setup failed with exit code $rc"; return "$rc"; fi
@@ -160,8 +181,11 @@ finish "$rc"
         FOLLOWER: Path(__file__).with_name("follow_stream.py").read_text(),
         RELAY: Path(__file__).with_name("relay.py").read_text(),
         SYSMETRICS: Path(__file__).with_name("sysmetrics.py").read_text(),
+        VENV: Path(__file__).with_name("venv.py").read_text(),
         "run.sh": run.rstrip() + "\n",
     }
+    if lock:
+        files[LOCK] = lock
     if setup:
         files["setup.sh"] = setup.rstrip() + "\n"
     return files

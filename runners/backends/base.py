@@ -58,6 +58,9 @@ class LaunchRequest:
     """A directory of this run on the submitting machine, for backend scratch files."""
     inputs: tuple[Input, ...] = ()
     """The job's datasets, resolved at submit: staged on every node before the job starts."""
+    environment: str | None = None
+    """The job's locked environment (``runners.envs.lock``), resolved at submit: every host
+    builds exactly this (once) and runs the job in it."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from hmlkit.node import jobscript
 from hmlkit.profile import LocalTarget
 from runners.backends.base import HOST_LOGIN, Backend, Feature, Handle, JobState, LaunchRequest, Usage
 from runners.data.stage import stage_here
+from runners.envs import ship
+from runners.envs.lock import python_of
 from runners.spec import JobSpec
 from runners.state.paths import home
 
@@ -86,6 +88,8 @@ class LocalBackend(Backend[LocalHandle]):
                 raise NoCapacityError(f"the job asks for {gpus} GPU(s); this machine has {have}")
         exec_dir = request.state_dir / f"attempt-{request.attempt}"
         exec_dir.mkdir(parents=True, exist_ok=True)
+        envs = home() / "envs"
+        ship.place_pip(envs)
         files = jobscript.render(
             str(exec_dir),
             str(request.workdir),
@@ -93,6 +97,9 @@ class LocalBackend(Backend[LocalHandle]):
             request.spec.run,
             request.run_id,
             list(request.secrets),
+            request.environment,
+            python_of(request.environment or ""),
+            str(envs),
         )
         for name, text in files.items():
             (exec_dir / name).write_text(text)

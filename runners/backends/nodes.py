@@ -28,6 +28,8 @@ from hmlkit.ssh.stream import OutputStream
 from hmlkit.ssh.stream import command as follow_command
 from runners.backends.base import Handle, JobState, LaunchRequest
 from runners.data.stage import Via, stage_remote
+from runners.envs import ship
+from runners.envs.lock import python_of
 from runners.state.paths import home
 
 _PY_SCRIPT = re.compile(r"^\s*(\S*python3?(?:\.\d+)?)\s+(?!-)(\S+\.py)(.*)$")
@@ -94,6 +96,7 @@ class NodeRunner:
         data_via: Via = "auto",
         tracking_via: TrackingVia = "direct",
         pids_on_host: bool = True,
+        env_via: ship.EnvVia = "auto",
     ) -> None:
         """``pids_on_host``: the job runs on the hosts reached (not on a scheduler's compute nodes),
         so a node whose processes vanished without an exit code is seen as gone."""
@@ -102,6 +105,7 @@ class NodeRunner:
         self.data_via = data_via
         self.tracking_via = tracking_via
         self.pids_on_host = pids_on_host
+        self.env_via = env_via
         self._streams: dict[str, OutputStream] = {}
         self._unread: dict[str, bytes] = {}
         """Bytes a poll took from a node's channel that read_output has not handed on yet."""
@@ -157,9 +161,18 @@ class NodeRunner:
         data = stage_remote(self.pool, host, root, exec_dir, list(request.inputs), self.data_via)
         node.data_bytes = data.fetched_bytes + data.streamed_bytes
         node.data_streamed = data.streamed_bytes
+        shipped = ship.stage(self.pool, host, root, request.environment, self.env_via)
         run_text = torchrun_line(request.spec.run, distributed)
         files = jobscript.render(
-            exec_dir, staged.code_dir, request.spec.setup, run_text, request.run_id, list(request.secrets)
+            exec_dir,
+            staged.code_dir,
+            request.spec.setup,
+            run_text,
+            request.run_id,
+            list(request.secrets),
+            request.environment,
+            python_of(request.environment or ""),
+            f"{root}/envs",
         )
         env = {
             **request.env,
@@ -169,6 +182,7 @@ class NodeRunner:
             "HML_CODE_DIR": staged.code_dir,
             jobscript.PYTHON: host.python,
             **data.env,
+            **shipped.env,
             **self._tracking_upstream(node, request.env.get("MLFLOW_TRACKING_URI", "")),
         }
         files[jobscript.ENV_FILE] = jobscript.env_lines({**env, **request.secrets})

@@ -30,6 +30,8 @@ from hmlkit.ssh.pool import HostPool
 from runners.backends.base import Backend, JobState, LaunchRequest, Usage
 from runners.backends.nodes import Node, NodeRunner, NodesHandle, known_hosts, torchrun_line
 from runners.data.stage import stage_remote
+from runners.envs import ship
+from runners.envs.lock import python_of
 from runners.spec import JobSpec, memory_mib
 from runners.state.paths import runner_id
 
@@ -210,6 +212,7 @@ class SlurmBackend(Backend[SlurmHandle]):
         self.pool.exec(login, f"umask 077 && mkdir -p {dirs}")  # private to the login's user
         # once, on the login node: the cache under remote_root is on the nodes' shared file system
         data = stage_remote(self.pool, login, root, attempt, list(request.inputs), self.config.data_via)
+        shipped = ship.stage(self.pool, login, root, request.environment, self.config.env_via)
         gpus = spec.resources.gpus
         run_text = torchrun_line(spec.run, spec.num_nodes > 1 or gpus > 1)
         env = {
@@ -222,11 +225,20 @@ class SlurmBackend(Backend[SlurmHandle]):
             "HML_CODE_DIR": code_dir,
             jobscript.PYTHON: login.python,
             **data.env,
+            **shipped.env,
         }
         files: dict[str, str] = {}
         for k in ranks:
             node_files = jobscript.render(
-                f"{attempt}/node-{k}", code_dir, spec.setup, run_text, request.run_id, list(request.secrets)
+                f"{attempt}/node-{k}",
+                code_dir,
+                spec.setup,
+                run_text,
+                request.run_id,
+                list(request.secrets),
+                request.environment,
+                python_of(request.environment or ""),
+                f"{root}/envs",  # on the shared file system: built once for the whole cluster
             )
             node_files[jobscript.ENV_FILE] = jobscript.env_lines(env)
             files |= {f"node-{k}/{name}": text for name, text in node_files.items()}

@@ -31,7 +31,11 @@ class SshBackend(Backend[NodesHandle]):
         super().__init__(name, config)
         self.pool = HostPool(known_hosts(config), config.connect_timeout, name, config.remote_root)
         self.nodes = NodeRunner(
-            self.pool, int(config.max_workdir_mb * 1e6), config.data_via, config.tracking_via
+            self.pool,
+            int(config.max_workdir_mb * 1e6),
+            config.data_via,
+            config.tracking_via,
+            env_via=config.env_via,
         )
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from runners.cli import model as model_cli
 from runners.cli import sweep as sweep_cli
 from runners.cli.budget import app as budget_app
 from runners.cli.data import app as data_app
+from runners.cli.env import app as env_app
 from runners.cli.sweep import app as sweep_app
 from runners.state.paths import run_dir
 from runners.state.record_files import TERMINAL, is_sweep
@@ -35,6 +36,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_cli.app, name="model")  # and `hml watch`, `hml retrain`: continuous training
 app.add_typer(sweep_app)  # hml sweep; status, logs, cancel and list know sweeps (runners/cli/sweep.py)
 app.add_typer(budget_app)  # hml budget
+app.add_typer(env_app, name="env")
 agent_app = typer.Typer(
     help="The warm agent that runs hml commands without start-up cost (HML_AGENT=0 turns it off)."
 )
@@ -173,6 +175,12 @@ def submit(
     team: Annotated[
         str | None, typer.Option("--team", metavar="TEAM", help="Whose budget the run spends (job's team:)")
     ] = None,
+    env_of: Annotated[
+        str | None,
+        typer.Option(
+            "--env-of", metavar="RUN", help="Run in that earlier run's exact environment (its lock)"
+        ),
+    ] = None,
     output: OutputOpt = Output.text,
 ) -> None:
     """Submit a job; stream its output and wait unless --detach. Exit 0 success, 1 failure, 2 bad input."""
@@ -183,7 +191,7 @@ def submit(
 
     if dry_run:
         try:
-            checked = plan(job, target, set_ or [], _state["config"])
+            checked = plan(job, target, set_ or [], _state["config"], env_of)
         except HmlError as exc:  # each problem once, as every command says it; then the verdict
             _print_error(exc)
             count = len(str(exc).splitlines())
@@ -199,6 +207,7 @@ def submit(
             **({"placement": checked.placement} if target == "auto" else {}),
             **({"inputs": {i.name: i.snapshot.ref for i in checked.inputs}} if checked.inputs else {}),
             **({"transfer_bytes": checked.transfer} if checked.transfer else {}),
+            **({"environment": checked.environment} if checked.environment else {}),
         }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         kind = checked.target_config["kind"]
@@ -208,7 +217,7 @@ def submit(
     # one request to a server that went down must fail in seconds, not minutes of retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-    record = do_submit(job, target, set_ or [], _state["config"], wait=not no_wait)
+    record = do_submit(job, target, set_ or [], _state["config"], wait=not no_wait, env_of=env_of)
     say = sys.stderr if output is Output.json else sys.stdout
     print(
         f"hml: run {record.run_id[:8]} ({record.run_id}) on target {record.target!r} ({record.tracking_uri})",

@@ -10,13 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from hmlkit.errors import BackendError, HmlError, HostKeyError, NotReady, TrackingError
+from hmlkit.errors import (
+    BackendError,
+    HmlError,
+    HostKeyError,
+    NotReady,
+    RunNotFound,
+    TrackingError,
+    UsageError,
+)
 from hmlkit.profile import TeamBudget
 from runners.backends import backend_class, make_backend
 from runners.backends.base import Backend
 from runners.data.inputs import Input, far_bytes
 from runners.data.inputs import resolve as resolve_inputs
 from runners.data.inputs import save as save_inputs
+from runners.envs import lock as envlock
 from runners.profile import load_profile, tracking_uri
 from runners.progress import step
 from runners.registry.lineage import submit_tags
@@ -25,9 +34,9 @@ from runners.runs.jobenv import forwarded
 from runners.runs.secrets import Redactor, resolve
 from runners.runs.supervision import ensure_supervised, spawn
 from runners.spec import JobSpec, load_job
-from runners.state import records
+from runners.state import record_files, records
 from runners.state.records import RunRecord
-from runners.tracking import lineage, local_server, ownership
+from runners.tracking import environment, lineage, local_server, ownership
 from runners.tracking.probe import check_tracking
 
 
@@ -64,6 +73,9 @@ class Plan:
         """Price x nodes x max_runtime on the chosen target; None: no bound (no max_runtime)."""
         return budget.worst_case_usd(self.spec, budget.hourly_usd(self.spec, self.target_config, self.launch))
 
+    environment: str | None = None
+    """The job's environment locked (``runners.envs.lock``): what every host builds and runs."""
+
     @property
     def placement_reason(self) -> str:
         """Why the run went where it did, and why each other target tried did not take it (the
@@ -80,14 +92,18 @@ class Plan:
 AUTO = "auto"
 
 
-def plan(job_path: str, target: str | None, overrides: list[str], config: str | None) -> Plan:
+def plan(
+    job_path: str, target: str | None, overrides: list[str], config: str | None, env_of: str | None = None
+) -> Plan:
     """Every check that can come before a run exists: bad input first, then reachability.
 
     Job file, profile, target, secrets and what the target could ever hold are input (exit 2);
     then the tracking server and the target are asked, with short time-outs (NotReady, exit 2).
     ``--target auto`` tries the profile's ``placement`` in order and takes the first target
     with room now, else the first that could ever run the job (it then waits for room); a job
-    with inputs tries first the targets near their stores (the fewest bytes to move).
+    with inputs tries first the targets near their stores (the fewest bytes to move). The
+    job's ``environment:`` is resolved into its lock here (``env_of``: that earlier run's lock
+    instead), a requirement no index has being bad input.
     """
     spec, workdir = load_job(job_path, overrides)
     profile = load_profile(config)
@@ -97,6 +113,7 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
     names = profile.placement_order() if target == AUTO else [profile.pick(target)]
     if target != AUTO:  # what the kind cannot do is bad input: said before anything is asked
         backend_class(profile.targets[names[0]]["kind"]).check(spec, names[0])
+    environment = _environment(spec, job_path, env_of, uri)
     inputs = resolve_inputs(spec.inputs, profile, job_path) if spec.inputs else []
     transfer = {n: far_bytes(profile.targets[n], inputs) for n in names} if inputs else {}
     if target == AUTO:  # data close to compute: the fewest bytes to move first, else placement order
@@ -156,7 +173,28 @@ def plan(job_path: str, target: str | None, overrides: list[str], config: str | 
         profile.local_server,
         team,
         profile.budgets.get(team),
+        environment,
     )
+
+
+def _environment(spec: JobSpec, job_path: str, env_of: str | None, uri: str) -> str | None:
+    """The lock the job runs in: that of run ``env_of`` (this machine's record, else MLflow's
+    artifact), else the job file's ``environment:`` resolved now, else None (the host's Python)."""
+    if env_of is None:
+        if spec.environment is None:
+            return None
+        with step("resolving the job's environment"):
+            return envlock.resolve(spec.environment, job_path)
+    try:
+        known = records.load(record_files.read(env_of)["run_id"])
+        text, run_id = envlock.load(known.dir), known.run_id
+    except RunNotFound:
+        text, run_id = environment.from_run(uri, env_of)[0], env_of
+    if text is None:
+        raise UsageError(
+            f"--env-of {env_of}: run {run_id[:8]} had no environment: (it ran on the host's Python)"
+        )
+    return text
 
 
 def _close(able: list[tuple[str, dict[str, Any], Backend[Any]]]) -> None:
@@ -188,6 +226,7 @@ def submit(
     tags: dict[str, str] | None = None,
     gate: Gate | None = None,
     on_run: Callable[[str], None] | None = None,
+    env_of: str | None = None,
 ) -> RunRecord:
     """Validate everything, open the MLflow run, record it, and hand it to a supervisor.
 
@@ -197,7 +236,7 @@ def submit(
     the run id as soon as the MLflow run exists, before anything else can fail (a sweep keeps
     it with its trial).
     """
-    p = plan(job_path, target, overrides, config)
+    p = plan(job_path, target, overrides, config, env_of)
     run_id = None
     try:
         for line in collect_garbage({p.target: p.target_config}):
@@ -214,12 +253,23 @@ def submit(
             **(submit_tags(p.workdir, p.target_config["kind"]) if p.spec.model else {}),
             **(tags or {}),
         }
+        artifacts = {}
+        if p.environment is not None:
+            run_tags["hml.env.digest"] = envlock.digest_of(p.environment)
+            artifacts[envlock.ARTIFACT] = p.environment
         with budget.lock() if p.budget or gate else nullcontext():  # no budget: no waiting
             budget.admit(p.tracking_uri, p.team, p.budget, p.spec, worst)
             if gate is not None:
                 gate(p)
             run_id, experiment_id = ownership.start_run(
-                p.tracking_uri, spec_dict, p.spec.experiment_name, p.target, p.workdir, params, run_tags
+                p.tracking_uri,
+                spec_dict,
+                p.spec.experiment_name,
+                p.target,
+                p.workdir,
+                params,
+                run_tags,
+                artifacts,
             )
         if on_run is not None:
             on_run(run_id)
@@ -239,6 +289,7 @@ def submit(
         )
         record.save()
         save_inputs(record.dir, p.inputs)
+        envlock.save(record.dir, p.environment)
         lineage.log_inputs(p.tracking_uri, run_id, p.inputs)
         spawn(run_id, p.backend)  # the supervisor's from here
     except BaseException as exc:

@@ -21,6 +21,7 @@ from runners.backends import make_backend
 from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.data.inputs import Input
 from runners.data.inputs import load as load_inputs
+from runners.envs import lock as envlock
 from runners.runs import telemetry
 from runners.runs.jobenv import job_env, relay_secrets, tracking_credentials
 from runners.runs.secrets import Redactor, resolve
@@ -74,6 +75,7 @@ class Supervisor:
             head, _, self.rec.log_pending = text.rpartition("\n")  # redact whole lines only
             if head:
                 self._out.write(self.redact(head + "\n"))
+                self._tag(envlock.seen_tags(head))  # what the job's environment saw, per node
             self.rec.handle = handle.model_dump()  # the read position: a restart copies no line twice
         if final and self.rec.log_pending:
             self._out.write(self.redact(self.rec.log_pending) + "\n")
@@ -97,6 +99,7 @@ class Supervisor:
             attempt=self.rec.attempt,
             state_dir=self.rec.dir,
             inputs=tuple(load_inputs(self.rec.dir)),
+            environment=envlock.load(self.rec.dir),
         )
         handle, usage = self.backend.launch(request)
         self.rec.handle = handle.model_dump()

@@ -91,8 +91,11 @@ def start_run(
     workdir: Path,
     params: dict[str, str],
     extra_tags: dict[str, str],
+    artifacts: dict[str, str] | None = None,
 ) -> tuple[str, str]:
     """Create the run with params, tags and the resolved spec; return (run_id, experiment_id).
+
+    ``artifacts``: more text files of the run beside the spec, by artifact path (the lock).
 
     Against an http(s) server, and the embedded default's store while its local server runs
     (``runners.tracking.local_server``), this is plain REST (``runners.tracking.rest``): the job does not
@@ -102,7 +105,9 @@ def start_run(
     if api is not None:
         try:
             location = _experiment_location(tracking_uri)
-            return _start_run_rest(api, tracking_uri, spec, experiment, params, tags, location)
+            return _start_run_rest(
+                api, tracking_uri, spec, experiment, params, tags, location, artifacts or {}
+            )
         except rest.RestError as exc:  # no run was created
             if not local_server.is_local_store(tracking_uri) or exc.code != rest.REFUSED:
                 raise TrackingError(f"tracking server {tracking_uri}: {_short(exc)}") from exc
@@ -119,6 +124,8 @@ def start_run(
         if params:
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
         client.log_dict(run_id, spec, SPEC_ARTIFACT)
+        for path, text in (artifacts or {}).items():
+            client.log_text(run_id, text, path)
     except Exception as exc:
         _refused(tracking_uri, run_id, exc)
     return run_id, experiment_id
@@ -141,6 +148,7 @@ def _start_run_rest(
     params: dict[str, str],
     tags: dict[str, str],
     artifact_location: str | None,
+    artifacts: dict[str, str],
 ) -> tuple[str, str]:
     import yaml
 
@@ -151,6 +159,8 @@ def _start_run_rest(
             api.log_params(run_id, params)
         text = yaml.dump(spec, indent=2, default_flow_style=False)  # as mlflow's log_dict writes it
         _put_artifact(api, run_id, artifact_uri, SPEC_ARTIFACT, text.encode())
+        for path, body in artifacts.items():
+            _put_artifact(api, run_id, artifact_uri, path, body.encode())
     except Exception as exc:
         _refused(tracking_uri, run_id, exc)
     return run_id, experiment_id
