@@ -83,4 +83,7 @@ def test_list_short_ids_filters_and_80_columns(tmp_path, hml_home):
     logs = hml("logs", failed["run_id"][:8])
     assert logs.returncode == 0 and "exit code 4" in logs.stdout, logs.stderr
     assert (hml_home / "runs").stat().st_mode & 0o077 == 0
-    assert all(p.stat().st_mode & 0o077 == 0 for p in Path(hml_home, "runs").rglob("*"))
+    # hml's own files owner-only; a job's venv (made with the usual modes) sits inside them
+    runs = [p for p in Path(hml_home, "runs").rglob("*") if "venv" not in p.parts]
+    assert [p for p in runs if p.lstat().st_mode & 0o077] == []
+    assert all(p.stat().st_mode & 0o077 == 0 for p in Path(hml_home, "runs").glob("*/*") if p.is_dir())
