@@ -31,10 +31,11 @@ from functools import partial
 from typing import Any
 
 from mlflow.store.tracking.rest_store import RestStore
+
 try:
     from mlflow.utils.credentials import get_default_host_creds
 except ImportError:  # MLflow 2
-    from mlflow.tracking._tracking_service.utils import get_default_host_creds  # type: ignore[attr-defined,no-redef]
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds  # type: ignore[attr-defined]
 
 FLUSH_S = 0.05
 BATCH = 1000  # MLflow's limit on metrics in one log-batch
