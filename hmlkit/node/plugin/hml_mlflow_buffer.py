@@ -73,7 +73,7 @@ class BufferedRestStore(RestStore):
             self._add(run_id, list(metrics))
 
     def _add(self, run_id: str, metrics: list[Any]) -> None:
-        if self._pid != os.getpid():
+        if self._pid != os.getpid():  # a forked child (a data loader's worker): its own list and thread
             self._fresh()
         with self._lock:
             self._pending += [(run_id, m) for m in metrics]
@@ -102,6 +102,8 @@ class BufferedRestStore(RestStore):
 
     def flush(self) -> None:
         """Sends every metric logged so far, in order, in batches of at most ``BATCH`` per run."""
+        if self._pid != os.getpid():
+            self._fresh()
         with self._sending:
             with self._lock:
                 pending, self._pending = self._pending, []
