@@ -5,7 +5,10 @@ goes through while the server answers; when it does not (refused, timeout, 5xx),
 the write to a journal on disk, fsyncs it, and answers the client with the success MLflow expects, so
 a training loop never blocks on or dies of the tracking server. A background thread replays the
 journal in order once the server is back; while a backlog exists, new writes queue behind it, so the
-server sees the writes in the order the job made them.
+server sees the writes in the order the job made them. Metric writes, a training loop's every step,
+are always journaled first and answered at once (fsync'd within ``SYNC_S``, delivered in batches by
+replay): the job never waits for the server to log a metric. Any other request waits for the
+metrics before it while the server answers, so the job reads back what it logged.
 
 It serves its own job only (``Access``): every request must carry the job's token, which the
 runner makes per attempt and the job's MLflow client sends from ``MLFLOW_TRACKING_TOKEN``; only
