@@ -1,6 +1,6 @@
-"""The job's fast logging path (hmlkit/node/jobscript.py ``FAST_LOGGING``: MLflow's asynchronous,
-batched logging into the job's relay) and what a running job shows of its node, run by the real
-``hml`` against a real MLflow server on the local target.
+"""The job's fast logging path (the buffered client of hmlkit/node/plugin/hml_mlflow_buffer.py,
+into a relay that writes metrics behind) and what a running job shows of its node, run by the
+real ``hml`` against a real MLflow server on the local target.
 
 The relay's guarantees under an outage are the outage tests' (test_local.py, test_relay.py,
 test_tracking_via_runner.py), which run with this path on; here: what it costs when the job
