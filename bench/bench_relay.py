@@ -10,7 +10,7 @@ server`` (SQLite), each loop in its own process, the variants interleaved, in on
 (``MLFLOW_ENABLE_ASYNC_LOGGING``), timed for the loop, and until flushed; (iv) hml: the same
 script through ``hml submit`` on the local target (the job wrapper, its relay, the buffered
 client of hmlkit/node/plugin/hml_mlflow_buffer.py); (v) hml with that client off
-(``HML_FAST_LOGGING=0``: MLflow's client, one request a call, into the relay).
+(``TRACKING_FAST_LOGGING=0``: MLflow's client, one request a call, into the relay).
 
 The CPU model (128 wide, batch 256, one thread) is sized to a few milliseconds a step, like the
 GPU's (4096 wide, batch 1024: about 6 ms on an H200, issue 26). Every logging variant is checked
@@ -128,7 +128,7 @@ class Bench:
     def hml(self, device: str, fast: bool) -> dict[str, float]:
         """(iv), (v): ``hml submit`` of the same script; the step times are the job's own."""
         line = " ".join([sys.executable, *self.args(device, "hml")])
-        envs = {"OMP_NUM_THREADS": "1", **({} if fast else {"HML_FAST_LOGGING": "0"})}
+        envs = {"OMP_NUM_THREADS": "1", **({} if fast else {"TRACKING_FAST_LOGGING": "0"})}
         spec = {"name": "bench", "experiment": "bench", "run": line, "envs": envs}
         if device == "cuda":
             spec["resources"] = {"gpus": 1}
@@ -151,7 +151,7 @@ VARIANTS = {
     "async": "(iii) MLflow async (loop)",
     "async-home": "(iii) MLflow async (until flushed)",
     "hml": "(iv) hml: relay + buffered client",
-    "hml-sync": "(v) hml, HML_FAST_LOGGING=0",
+    "hml-sync": "(v) hml, TRACKING_FAST_LOGGING=0",
 }
 
 

@@ -40,7 +40,7 @@ them (without a registry URI it tries to import pyspark anew on every call). A v
 _FAST_LOGGING_EXPORTS = " ".join(f'{k}="${{{k}:-{v}}}"' for k, v in FAST_LOGGING.items())
 BUFFER = "hml_mlflow_buffer.py"
 """The job's MLflow client logs metrics in the background through this store (plugin/BUFFER,
-whose docstring says how MLflow loads it); ``HML_FAST_LOGGING=0`` in the job's ``envs`` keeps
+whose docstring says how MLflow loads it); ``TRACKING_FAST_LOGGING=0`` in the job's ``envs`` keeps
 MLflow's own, one request per call. docs/relay.md ("The fast path")."""
 _BUFFER_META = "hml_mlflow_buffer-1.dist-info"
 
@@ -90,7 +90,7 @@ relay_start() {{
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
   export {_FAST_LOGGING_EXPORTS} MLFLOW_REGISTRY_URI="${{MLFLOW_REGISTRY_URI:-$MLFLOW_TRACKING_URI}}"
   export HML_RELAY_URI="$MLFLOW_TRACKING_URI"
-  if [ "${{HML_FAST_LOGGING:-1}}" != 0 ]; then  # the job's metrics go in the background ({BUFFER})
+  if [ "${{TRACKING_FAST_LOGGING:-1}}" != 0 ]; then  # the job's metrics go in the background ({BUFFER})
     mkdir -p "$EXEC/mlflow-plugin/{_BUFFER_META}" && cp "$EXEC/{BUFFER}" "$EXEC/mlflow-plugin/" &&
       printf 'Metadata-Version: 2.1\\nName: hml-mlflow-buffer\\nVersion: 1\\n' \\
         > "$EXEC/mlflow-plugin/{_BUFFER_META}/METADATA" &&

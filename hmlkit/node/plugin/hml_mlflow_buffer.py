@@ -19,7 +19,7 @@ builder (the ``mlflow.tracking_store`` entry point). The job wrapper (hmlkit/nod
 puts this file and a package's metadata naming it into a directory on the job's ``PYTHONPATH``;
 for any URI but its relay's (``HML_RELAY_URI``) ``build`` makes MLflow's own store. It runs in
 the job's interpreter, with the job's MLflow: no code of ours is imported by the user's code, and
-a job without MLflow never loads it. ``HML_FAST_LOGGING=0`` in the job's ``envs`` turns it off.
+a job without MLflow never loads it. ``TRACKING_FAST_LOGGING=0`` in the job's ``envs`` turns it off.
 """
 
 from __future__ import annotations
