@@ -546,6 +546,8 @@ class Relay:
 
     def _reached(self, up: bool) -> None:
         with self._delivered:
+            if not up and not self._down:  # once an outage, not every retry
+                log.warning("upstream unavailable (%s); journaling writes", self.last_error)
             self._down = not up
             self._delivered.notify_all()
 
@@ -596,7 +598,6 @@ class Relay:
                             w.blob.unlink()
                         return status, headers, data
                     self.last_error, w.doubt = f"HTTP {status}", status != 429
-                log.warning("upstream unavailable (%s); journaling writes", self.last_error)
                 self._reached(False)
             self.journal.append(w)
         self._wake.set()
