@@ -38,6 +38,18 @@ wrapper takes it out of the environment before anything starts and hands it to t
 its stdin, so the job and its children never hold the server's credentials; the job holds
 only its own ``MLFLOW_TRACKING_TOKEN``, which its relay alone accepts."""
 
+FAST_LOGGING = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+"""For the job's MLflow client once its relay runs. Telemetry off, and ``MLFLOW_REGISTRY_URI``
+set to the relay (MLflow's own default), spare each ``log_metric`` the client's work around
+them (without a registry URI it tries to import pyspark anew on every call). A value the job's
+``envs`` set wins."""
+_FAST_LOGGING_EXPORTS = " ".join(f'{k}="${{{k}:-{v}}}"' for k, v in FAST_LOGGING.items())
+BUFFER = "hml_mlflow_buffer.py"
+"""The job's MLflow client logs metrics in the background through this store (plugin/BUFFER,
+whose docstring says how MLflow loads it); ``TRACKING_FAST_LOGGING=0`` in the job's ``envs`` keeps
+MLflow's own, one request per call. docs/relay.md ("The fast path")."""
+_BUFFER_META = "hml_mlflow_buffer-1.dist-info"
+
 
 RELAY_BOOT = (
     "import socket,sys\n"
@@ -84,6 +96,16 @@ relay_start() {{
   fi
   unset RELAY_CREDENTIALS
   export MLFLOW_TRACKING_URI="http://127.0.0.1:$RELAY_PORT"
+  export {_FAST_LOGGING_EXPORTS} MLFLOW_REGISTRY_URI="${{MLFLOW_REGISTRY_URI:-$MLFLOW_TRACKING_URI}}"
+  export HML_RELAY_URI="$MLFLOW_TRACKING_URI"
+  if [ "${{TRACKING_FAST_LOGGING:-1}}" != 0 ]; then  # the job's metrics go in the background ({BUFFER})
+    mkdir -p "$EXEC/mlflow-plugin/{_BUFFER_META}" && cp "$EXEC/{BUFFER}" "$EXEC/mlflow-plugin/" &&
+      printf 'Metadata-Version: 2.1\\nName: hml-mlflow-buffer\\nVersion: 1\\n' \\
+        > "$EXEC/mlflow-plugin/{_BUFFER_META}/METADATA" &&
+      printf '[mlflow.tracking_store]\\nhttp = hml_mlflow_buffer:build\\n' \\
+        > "$EXEC/mlflow-plugin/{_BUFFER_META}/entry_points.txt" &&
+      export PYTHONPATH="$EXEC/mlflow-plugin${{PYTHONPATH:+:$PYTHONPATH}}"
+  fi
   # this node's CPU, memory and GPUs into the run, through the relay (hmlkit/node/sysmetrics.py)
   if [ -n "$MLFLOW_RUN_ID" ] && [ "${{TRACKING_SYSTEM_METRICS_S:-5}}" != 0 ]; then
     "$PY" -I -S "$EXEC/{SYSMETRICS}" 2>> "$EXEC/relay.log" & SAMPLER_PID=$!
@@ -182,6 +204,7 @@ finish "$rc"
         RELAY: Path(__file__).with_name("relay.py").read_text(),
         SYSMETRICS: Path(__file__).with_name("sysmetrics.py").read_text(),
         VENV: Path(__file__).with_name("venv.py").read_text(),
+        BUFFER: (Path(__file__).parent / "plugin" / BUFFER).read_text(),
         "run.sh": run.rstrip() + "\n",
     }
     if lock:

@@ -5,7 +5,10 @@ goes through while the server answers; when it does not (refused, timeout, 5xx),
 the write to a journal on disk, fsyncs it, and answers the client with the success MLflow expects, so
 a training loop never blocks on or dies of the tracking server. A background thread replays the
 journal in order once the server is back; while a backlog exists, new writes queue behind it, so the
-server sees the writes in the order the job made them.
+server sees the writes in the order the job made them. Metric writes, a training loop's every step,
+are always journaled first and answered at once (fsync'd within ``SYNC_S``, delivered in batches by
+replay): the job never waits for the server to log a metric. Any other request waits for the
+metrics before it while the server answers, so the job reads back what it logged.
 
 It serves its own job only (``Access``): every request must carry the job's token, which the
 runner makes per attempt and the job's MLflow client sends from ``MLFLOW_TRACKING_TOKEN``; only
@@ -100,6 +103,11 @@ _DROP = {
     "cookie",
     "proxy-authorization",
 }
+SYNC_S = 0.05
+GATHER_S = 0.2
+"""How long replay waits for more of a logging job's metrics before it sends them: one request
+of a fifth of a second's steps, not one per step (the server commits each request)."""
+"""How long a metric write may sit in the page cache before it is fsync'd (``Journal.sync_behind``)."""
 _IDLE_S = 2.0  # shorter than the keep-alive of the servers MLflow ships with (uvicorn: 5 s)
 
 
@@ -123,6 +131,7 @@ class Write:
         blob: "Path | None" = None,
         seq: int = 0,
         doubt: bool = False,
+        values: int = 1,
     ) -> None:
         self.method = method
         self.target = target  # path and query, as the client sent them
@@ -131,6 +140,7 @@ class Write:
         self.blob = blob  # the body on disk instead, for artifact uploads
         self.seq = seq
         self.doubt = doubt
+        self.values = values  # the metrics, params and tags it carries (at least 1): what the backlog counts
 
     @property
     def endpoint(self) -> str:
@@ -140,6 +150,18 @@ class Write:
     def json(self) -> "dict[str, Any]":
         loaded: dict[str, Any] = json.loads(self.body or b"{}")
         return loaded
+
+    def count_values(self) -> int:
+        """How many values a person would say it logs: a client that batches (MLflow's async
+        logging sends a second's steps in one ``log-batch``) makes few writes of many values."""
+        if self.endpoint != "runs/log-batch":
+            return 1
+        try:
+            body = self.json()
+            found = sum(len(body.get(k) or []) for k in ("metrics", "params", "tags"))
+        except (ValueError, TypeError, AttributeError):
+            return 1
+        return max(1, found)
 
 
 def is_write(method: str, path: str) -> bool:
@@ -177,6 +199,8 @@ class Journal:
         self.spool.mkdir()
         self.done_seq = int(self._cursor.read_text()) if self._cursor.exists() else 0
         self._read_at = 0  # offset of the first record not yet done
+        self.backlog = 0  # values in the pending records (``Write.values``)
+        self._unsynced = threading.Event()  # appended without an fsync (``sync_behind``)
         self._recover()
         self._file = open(self._path, "ab")  # held for the journal's life
         if self.pending == 0:
@@ -190,13 +214,15 @@ class Journal:
         with open(self._path, "rb") as f:
             for line in f:
                 try:
-                    seq = json.loads(line)["seq"] if line.endswith(b"\n") else None
+                    record: dict[str, Any] = json.loads(line) if line.endswith(b"\n") else {}
                 except ValueError:
-                    seq = None
+                    record = {}
+                seq = record.get("seq")
                 if seq is None:
                     break
-                if seq > self.done_seq and first_pending is None:
-                    first_pending = good
+                if seq > self.done_seq:
+                    first_pending = good if first_pending is None else first_pending
+                    self.backlog += record.get("values", 1)
                 good += len(line)
                 self.next_seq = max(self.next_seq, seq + 1)
         if good < self._path.stat().st_size:
@@ -214,15 +240,20 @@ class Journal:
     def spool_file(self) -> Path:
         return self.spool / uuid.uuid4().hex
 
-    def append(self, write: Write) -> None:
+    def append(self, write: Write, durable: bool = True) -> None:
+        """``durable``: fsync'd before this returns. Otherwise the record is in the kernel once
+        this returns (a SIGKILL of the relay or the job loses nothing) and ``sync_behind`` fsyncs
+        it within ``SYNC_S``: only a crash of the host can take the records of that moment."""
         with self._lock:
             write.seq = self.next_seq
+            write.values = write.count_values()
             record = {
                 "seq": write.seq,
                 "method": write.method,
                 "target": write.target,
                 "headers": write.headers,
                 "doubt": write.doubt,
+                "values": write.values,
             }
             if write.blob is not None:
                 blob = self.blobs / f"{write.seq}.bin"
@@ -236,8 +267,20 @@ class Journal:
                 record["body"] = write.body.decode("utf-8", "surrogateescape")
             self._file.write(json.dumps(record).encode() + b"\n")
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if durable:
+                os.fsync(self._file.fileno())
+            else:
+                self._unsynced.set()
             self.next_seq += 1
+            self.backlog += write.values
+
+    def sync_behind(self, stop: threading.Event) -> None:
+        """One fsync for all the records appended in the last ``SYNC_S`` without one (``append``)."""
+        while not stop.is_set():
+            if self._unsynced.wait(1):
+                stop.wait(SYNC_S)
+                self._unsynced.clear()
+                os.fsync(self._file.fileno())
 
     def peek(self, limit: int) -> "list[Write]":
         """Up to ``limit`` of the oldest pending writes, in order, without consuming them."""
@@ -253,21 +296,24 @@ class Journal:
             r = json.loads(line)
             blob = self.blobs / r["blob"] if "blob" in r else None
             body = r.get("body", "").encode("utf-8", "surrogateescape")
-            out.append(Write(r["method"], r["target"], r["headers"], body, blob, r["seq"], r["doubt"]))
+            w = Write(r["method"], r["target"], r["headers"], body, blob, r["seq"], r["doubt"])
+            w.values = r.get("values", 1)
+            out.append(w)
         return out
 
     def done(self, writes: "list[Write]") -> None:
         """Marks the oldest pending writes acknowledged; only ever after the server's answer."""
+        last = writes[-1].seq
+        tmp = self._cursor.with_suffix(".tmp")  # one replay thread writes it: no lock, appends go on
+        with open(tmp, "w") as f:
+            f.write(str(last))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._cursor)
+        _fsync_dir(self.root)
         with self._lock:
-            last = writes[-1].seq
-            tmp = self._cursor.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                f.write(str(last))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._cursor)
-            _fsync_dir(self.root)
             self.done_seq = last
+            self.backlog -= sum(w.values for w in writes)
             with open(self._path, "rb") as f:
                 f.seek(self._read_at)
                 for _ in writes:
@@ -279,10 +325,11 @@ class Journal:
                 self._reset()
 
     def _reset(self) -> None:
-        """Empties a fully drained journal; the cursor keeps counting, so no seq is ever reused."""
+        """Empties a fully drained journal; the cursor keeps counting, so no seq is ever reused.
+        Not fsync'd: after a crash the old records may reappear, and are skipped as done."""
         self._file.truncate(0)
-        os.fsync(self._file.fileno())
         self._read_at = 0
+        self.backlog = 0
 
     def reject(self, writes: "list[Write]", status: int, answer: bytes) -> None:
         with self._lock, open(self.root / "rejected.jsonl", "ab") as f:
@@ -323,7 +370,7 @@ class Upstream:
         self._https = parts.scheme == "https"
         self._host, self._port = parts.hostname, parts.port
         self._base = parts.path.rstrip("/")
-        self._timeout = timeout
+        self.timeout = timeout
         self._auth = auth
         self._idle: list[tuple[float, http.client.HTTPConnection]] = []
         self._lock = threading.Lock()
@@ -341,9 +388,9 @@ class Upstream:
         if self._https:
             cafile = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
             ctx = ssl.create_default_context(cafile=cafile)
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=ctx)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=ctx)
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         try:
             conn.connect()
         except OSError as exc:
@@ -490,24 +537,63 @@ class Relay:
         self._order = threading.Lock()  # a live write and a journaled one never overtake each other
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._delivered = threading.Condition()  # replay got an answer, or none: ``catch_up`` looks again
+        self._down = False  # the last try to reach the server failed
+        self._hurry = threading.Event()  # someone waits for the backlog: replay gathers no more
         self._thread = threading.Thread(target=self._replay, name="replay", daemon=True)
+        self._syncer = threading.Thread(target=journal.sync_behind, args=(self._stop,), daemon=True)
 
     def start(self) -> None:
         self._thread.start()
+        self._syncer.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._hurry.set()
         self._thread.join(timeout=30)
+        self._syncer.join(timeout=30)  # its last fsync: the records written behind are on disk
+
+    def _reached(self, up: bool) -> None:
+        with self._delivered:
+            if not up and not self._down:  # once an outage, not every retry
+                log.warning("upstream unavailable (%s); journaling writes", self.last_error)
+            self._down = not up
+            self._delivered.notify_all()
+
+    def catch_up(self) -> None:
+        """Every request but a metric write sees the server as the job left it: while the server
+        answers, it waits until the metrics journaled before it are delivered (at most the
+        upstream's timeout). During an outage it does not wait: it queues behind them."""
+        deadline = time.monotonic() + self.upstream.timeout
+        with self._delivered:
+            while self.journal.pending and not self._down:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._hurry.set()
+                self._delivered.wait(left)
+            self._hurry.clear()
 
     def status(self) -> "dict[str, Any]":
         return {
-            "pending": self.journal.pending,
+            "pending": self.journal.backlog,
+            "writes": self.journal.pending,
             "rejected": self.journal.rejected(),
             "last_error": self.last_error,
         }
 
     def write(self, w: Write) -> "tuple[int, dict[str, str], bytes]":
+        """Metric writes (a training loop's every step) are written behind: journaled at once,
+        without waiting for an fsync (``Journal.append``), answered, and delivered in batches by
+        replay, so the job never waits for the server. Every other write goes to the server
+        while it answers and nothing is queued before it, and is journaled (fsync'd) otherwise."""
+        if _as_metrics(w) is not None:
+            with self._order:
+                self.journal.append(w, durable=False)
+            self._wake.set()
+            return 200, {"Content-Type": "application/json"}, b"{}"
+        self.catch_up()
         with self._order:
             if self.journal.pending == 0:
                 try:
@@ -522,7 +608,7 @@ class Relay:
                             w.blob.unlink()
                         return status, headers, data
                     self.last_error, w.doubt = f"HTTP {status}", status != 429
-                log.warning("upstream unavailable (%s); journaling writes", self.last_error)
+                self._reached(False)
             self.journal.append(w)
         self._wake.set()
         return 200, {"Content-Type": "application/json"}, json.dumps(_ack(w)).encode()
@@ -550,6 +636,8 @@ class Relay:
         in_doubt = True  # the oldest record may have been in flight when an earlier relay died
         delay = 0.2
         alone_until = 0  # records up to this seq go one by one: a merged batch of them was refused
+        outage = False  # "journal drained" is said after one, not after every batch
+        gathered = False
         while not self._stop.is_set():
             pending = self.journal.peek(1)
             if pending and pending[0].seq > alone_until and _as_metrics(pending[0]):
@@ -560,6 +648,13 @@ class Relay:
                 self._wake.clear()
                 continue
             unit, covered = _merge(pending)
+            if not gathered and len(covered) == self.journal.pending < _BATCH:
+                # a job logging now: a moment more makes one request of its next steps too
+                gathered = True
+                if _as_metrics(covered[0]) and not self._hurry.is_set():
+                    self._hurry.wait(GATHER_S)
+                    continue
+            gathered = False
             try:
                 status, _, data = self._deliver(unit, in_doubt or any(w.doubt for w in covered))
             except (Unreached, Unanswered) as exc:
@@ -576,12 +671,16 @@ class Relay:
                     if status >= 300:
                         self.journal.reject(covered, status, data)
                     self.journal.done(covered)
+                    self._reached(True)
                     in_doubt, delay = False, 0.2
-                    if self.journal.pending == 0:
+                    if self.journal.pending == 0 and outage:
                         log.info("journal drained")
+                        outage = False
                     continue
                 in_doubt = in_doubt or status != 429
                 self.last_error = f"HTTP {status}"
+            self._reached(False)
+            outage = True
             self._stop.wait(delay)
             delay = min(delay * 2, 5.0)
 
@@ -889,6 +988,7 @@ class _Handler(BaseHTTPRequestHandler):
             access.redact_body(w)
         if is_write(self.command, path):
             return self._answer(*self.server.relay.write(w))
+        self.server.relay.catch_up()  # a read sees the job's own metrics
         if self.command == "GET" and w.endpoint == "runs/get":
             status, headers, data = self.server.relay.get_run(w)
             if status == 200:
@@ -1028,6 +1128,8 @@ def main(argv: "list[str] | None" = None, listener: "socket.socket | None" = Non
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="hml-relay: %(message)s")
+    # a job's write waits for the GIL while replay works (5 ms by default): answer it sooner
+    sys.setswitchinterval(0.0005)
     token = os.environ.get(TOKEN, "")
     if len(token) < 16:
         raise SystemExit(f"the relay serves one job: set {TOKEN} to that job's token (16 characters or more)")

@@ -7,8 +7,9 @@ Like the relay it is copied to hosts that have only ``python3``: standard librar
 
 Keys follow MLflow's own system metrics (``system/cpu_utilization_percentage``, ...), under
 ``system/node_<rank>/`` when the job has several nodes. GPUs are read with ``nvidia-smi`` where it
-exists. Settings come from the job's environment: ``TRACKING_SYSTEM_METRICS_S`` (seconds between
-samples, default 5; 0 turns it off), ``MLFLOW_TRACKING_URI`` (the relay), ``MLFLOW_TRACKING_TOKEN``
+exists (utilisation, memory, and power where the board reports it, per GPU). Settings come from
+the job's environment: ``TRACKING_SYSTEM_METRICS_S`` (seconds between samples, default 5, fractions
+allowed; 0 turns it off), ``MLFLOW_TRACKING_URI`` (the relay), ``MLFLOW_TRACKING_TOKEN``
 (the job's token for it), ``MLFLOW_RUN_ID``.
 """
 
@@ -32,7 +33,7 @@ def _memory() -> "dict[str, float]":
     with open("/proc/meminfo") as f:
         for line in f:
             name, _, rest = line.partition(":")
-            info[name] = int(rest.split()[0]) / 1024  # kB -> MB
+            info[name] = int(rest.split()[0]) * 1024 / MB  # kB (KiB) -> MB, as MLflow counts them
     used = info["MemTotal"] - info.get("MemAvailable", info["MemFree"])
     return {
         "system_memory_usage_megabytes": used,
@@ -40,13 +41,50 @@ def _memory() -> "dict[str, float]":
     }
 
 
+MB = 1e6
+"""MLflow's system metrics count megabytes of 10**6 bytes (``memory.used / 1e6``)."""
+GPU_QUERY = "index,utilization.gpu,memory.used,memory.total,power.draw,power.limit"
+"""What ``nvidia-smi --query-gpu`` is asked, in this order (``--format=csv,noheader,nounits``)."""
+
+
+def parse_gpus(csv: str) -> "dict[str, float]":
+    """Each GPU's line of ``nvidia-smi --query-gpu=GPU_QUERY`` under MLflow's own names
+    (``gpu_<i>_utilization_percentage``, ``_memory_usage_megabytes`` and ``_percentage``,
+    ``_power_usage_watts`` and ``_percentage``). A field a board does not report ("[N/A]",
+    "[Not Supported]") is left out, not the whole GPU."""
+    found = {}
+    for line in csv.splitlines():
+        fields = [x.strip() for x in line.split(",")]
+        if len(fields) != 6 or not fields[0].isdigit():
+            continue
+        _, util, used, total, power, limit = (_number(x) for x in fields)
+        gpu = f"gpu_{int(fields[0])}_"
+        if util is not None:
+            found[gpu + "utilization_percentage"] = util
+        if used is not None:
+            found[gpu + "memory_usage_megabytes"] = used * 2**20 / MB  # nvidia-smi says MiB
+            if total:
+                found[gpu + "memory_usage_percentage"] = 100 * used / total
+        if power is not None:
+            found[gpu + "power_usage_watts"] = power
+            if limit:
+                found[gpu + "power_usage_percentage"] = 100 * power / limit
+    return found
+
+
+def _number(text: str) -> "float | None":
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _gpus() -> "dict[str, float]":
     if not shutil.which("nvidia-smi"):
         return {}
-    query = "index,utilization.gpu,memory.used,memory.total"
     try:
         out = subprocess.run(  # noqa: UP022  (capture_output= and text= are 3.7+: hosts may have 3.6)
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             universal_newlines=True,  # noqa: UP021
@@ -54,17 +92,7 @@ def _gpus() -> "dict[str, float]":
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
-    found = {}
-    for line in out.splitlines():
-        try:
-            index, util, used, total = (float(x) for x in line.split(","))
-        except ValueError:
-            continue  # "[N/A]" on some boards
-        gpu = f"gpu_{int(index)}"
-        found[f"{gpu}_utilization_percentage"] = util
-        found[f"{gpu}_memory_usage_megabytes"] = used
-        found[f"{gpu}_memory_usage_percentage"] = 100 * used / total if total else 0.0
-    return found
+    return parse_gpus(out)
 
 
 def _post(uri: str, token: str, run_id: str, metrics: "list[dict[str, object]]") -> None:

@@ -111,13 +111,19 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _print_summary(record: dict[str, Any], output: Output) -> None:
-    data = _summary(record)
+def _print_summary(record: dict[str, Any], output: Output, extra: dict[str, Any] | None = None) -> None:
+    data = {**_summary(record), **(extra or {})}
     if output is Output.json:
         print(json.dumps(data))
         return
     width = max(len(key) for key in data)
-    print("\n".join(f"{key:<{width}} {'' if value is None else value}" for key, value in data.items()))
+    print("\n".join(f"{key:<{width}} {_shown(value)}" for key, value in data.items()))
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):  # the system metrics: name value, ...
+        return ", ".join(f"{k} {v:g}" for k, v in value.items())
+    return "" if value is None else str(value)
 
 
 def _run_link(record: dict[str, Any]) -> str:
@@ -245,7 +251,7 @@ def status(
     """Show a run's state; restarts its supervisor if that died."""
     from runners.runs.supervision import ensure_supervised
     from runners.state import record_files
-    from runners.tracking import backlog
+    from runners.tracking import backlog, ownership
 
     record = record_files.read(run)
     if is_sweep(record):
@@ -254,7 +260,9 @@ def status(
     ensure_supervised(record["run_id"], record.get("finalized", False))
     if said := backlog.catch_up(record):  # a journal left behind by a job finalized earlier
         print(f"hml: {said}", file=sys.stderr)
-    _print_summary(record, output)
+    live = record.get("status") == "RUNNING"  # the node's latest CPU, memory and GPU sample
+    system = ownership.system_metrics(record["tracking_uri"], record["run_id"]) if live else {}
+    _print_summary(record, output, _present({"system": system}))
 
 
 @app.command(cls=Command)

@@ -101,7 +101,9 @@ def job_env(rec: RunRecord) -> dict[str, str]:
 
 def _job_tracking_uri(rec: RunRecord) -> str:
     """A job on this machine logs to the embedded default's local server while it runs (through
-    its relay, which journals what the server misses); elsewhere loopback is not this machine."""
+    its relay, which journals what the server misses, and beside which the node's system metrics
+    are sampled); elsewhere loopback is not this machine. A server still starting (the first
+    submit on a new store started it) is waited for: every run gets its relay, the first too."""
     if rec.target_config.get("kind") != "local":
         return rec.tracking_uri
-    return local_server.served_uri(rec.tracking_uri)
+    return local_server.served_uri(rec.tracking_uri, wait_s=local_server.START_WAIT_S)

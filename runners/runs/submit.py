@@ -291,6 +291,10 @@ def submit(
         save_inputs(record.dir, p.inputs)
         envlock.save(record.dir, p.environment)
         lineage.log_inputs(p.tracking_uri, run_id, p.inputs)
+        if local_server.is_local_store(p.tracking_uri) and local_server.enabled(p.local_server):
+            # not waited for here (the run was created in the store directly, once its schema
+            # exists); the supervisor waits for it before the job starts (runners.runs.jobenv)
+            local_server.start()
         spawn(run_id, p.backend)  # the supervisor's from here
     except BaseException as exc:
         p.backend.close()
@@ -298,8 +302,6 @@ def submit(
             reason = f"runner error before the job started: {type(exc).__name__}: {exc}"
             ownership.fail_run(p.tracking_uri, run_id, reason)
         raise
-    if local_server.is_local_store(p.tracking_uri) and local_server.enabled(p.local_server):
-        local_server.start()  # not waited for: this run went direct, the next ones go through it
     return record
 
 

@@ -80,13 +80,14 @@ def drain(run_dir: Path, uri: str, wait_s: float) -> Drained:
 
 
 def _waiting(root: Path) -> int:
-    """Records in a journal nobody could replay now (0 while its relay still runs)."""
+    """Values (metrics, params, tags; other writes count one) in a journal nobody could replay now
+    (0 while its relay still runs): what a job logged, however its client batched it."""
     try:
         journal = Journal(root)
     except SystemExit:
         return 0
     try:
-        return journal.pending
+        return journal.backlog
     finally:
         journal.close()
 
@@ -100,19 +101,19 @@ def drain_journal(root: Path, uri: str, deadline: float, auth: str | None = None
     except SystemExit:  # its relay still runs: the wrapper is still waiting for it
         return Drained(0, 0)
     try:
-        before = journal.pending
+        before = journal.backlog
         if before:
             relay = Relay(Upstream(uri, UPSTREAM_TIMEOUT_S, auth), journal)
             relay.start()
-            moved, seen = time.monotonic(), journal.pending
-            while journal.pending and time.monotonic() < deadline:
+            moved, seen = time.monotonic(), journal.backlog
+            while journal.backlog and time.monotonic() < deadline:
                 if relay.last_error and time.monotonic() - moved > STALL_S:
                     break  # the server does not answer: the next contact tries again
                 time.sleep(0.1)
-                if journal.pending != seen:
-                    moved, seen = time.monotonic(), journal.pending
+                if journal.backlog != seen:
+                    moved, seen = time.monotonic(), journal.backlog
             relay.stop()
-        left, rejected = journal.pending, journal.rejected()
+        left, rejected = journal.backlog, journal.rejected()
     finally:
         journal.close()
     if not left:

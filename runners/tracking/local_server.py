@@ -7,11 +7,13 @@ against any tracking server. It is an accelerator only: records and the MLflow U
 canonical ``sqlite:///…/mlflow.db`` URI, and without a healthy server every path talks to the
 store directly, as before.
 
-``hml submit`` starts it in the background and does not wait (that run goes direct); ``hml ui``
-starts it and waits. A watchdog (``python -m runners.tracking.local_server serve``) runs the server as
-its child, holds ``tracking-server.lock`` while it lives (so two starts make one server) and
-stops it after ``HML_LOCAL_SERVER_IDLE_S`` without use: each use touches the state file, and a
-run whose supervisor still lives counts as use. ``local_server: false`` in the profile or
+``hml submit`` starts it in the background and does not wait; the run's supervisor waits for
+it before the job starts (``served_uri``), so the first run's job logs through its relay too (its
+run was created directly in the store). ``hml ui`` starts it and waits. A watchdog
+(``python -m runners.tracking.local_server serve``) runs the server as its child, holds
+``tracking-server.lock`` while it lives (so two starts make one server) and stops it
+after ``HML_LOCAL_SERVER_IDLE_S`` without use: each use touches the state file, and a run whose
+supervisor still lives counts as use. ``local_server: false`` in the profile or
 ``HML_LOCAL_SERVER=0`` keeps ``hml submit`` from starting one. Standard library only: submit
 asks this before anything heavy is imported.
 
@@ -49,7 +51,7 @@ HEALTH_TIMEOUT_S = 0.5
 IDLE_S = 3600.0
 """Default of ``HML_LOCAL_SERVER_IDLE_S``: the server stops after this long without use."""
 START_WAIT_S = 120.0
-"""How long ``hml ui`` (and the replay of a journal) waits for a starting server to answer."""
+"""How long ``hml ui``, a local job's start and the replay of a journal wait for a starting server."""
 _OFF = ("0", "false", "no", "off")
 _started: list[subprocess.Popen[bytes]] = []
 """Watchdogs this process started (a supervisor's live on after they end unless reaped)."""
@@ -191,12 +193,17 @@ def running() -> dict[str, Any] | None:
     return state
 
 
-def served_uri(uri: str) -> str:
+def served_uri(uri: str, wait_s: float = 0.0) -> str:
     """``http://127.0.0.1:PORT`` when ``uri`` is the embedded default's store and a healthy
-    server for it runs (marking it used), else ``uri`` unchanged: callers then go direct."""
+    server for it runs (marking it used), else ``uri`` unchanged: callers then go direct.
+    ``wait_s``: how long to wait for one that is starting (its watchdog lives): a job's
+    environment waits, so that even the first run on a new store logs through its relay."""
     if not is_local_store(uri):
         return uri
-    return _answering() or uri
+    deadline = time.monotonic() + wait_s
+    while (url := _answering()) is None and running() is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return url or uri
 
 
 def _answering() -> str | None:

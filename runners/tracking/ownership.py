@@ -131,13 +131,38 @@ def start_run(
     return run_id, experiment_id
 
 
-def _rest(tracking_uri: str) -> rest.Rest | None:
+def _rest(tracking_uri: str, timeout: float = rest.TIMEOUT_S) -> rest.Rest | None:
     """Plain REST to the server for ``tracking_uri`` (the embedded default's local server, with
     its own token, while it answers), or None where mlflow's client is needed."""
     served = local_server.served_uri(tracking_uri)
     if not rest.usable(served):
         return None
-    return rest.Rest(served, local_server.credentials() if served != tracking_uri else None)
+    return rest.Rest(served, local_server.credentials() if served != tracking_uri else None, timeout)
+
+
+SYSTEM = "system/"
+STATUS_TIMEOUT_S = 3.0
+
+
+def system_metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    """The latest sample of the run's system metrics (hmlkit/node/sysmetrics.py: CPU, memory,
+    each GPU), without the ``system/`` prefix, for ``hml status`` of a running job: read from
+    the server, so the same on every target. Empty where no server answers soon (the store is
+    a file, or the server is away: the samples wait in the relay's journal), since a status
+    must not hang on the tracking server."""
+    api = _rest(tracking_uri, STATUS_TIMEOUT_S)
+    if api is None:
+        return {}
+    try:
+        answer = api.call("GET", f"/api/2.0/mlflow/runs/get?run_id={run_id}")
+    except rest.RestError:
+        return {}
+    metrics = answer.get("run", {}).get("data", {}).get("metrics", [])
+    return {
+        m["key"][len(SYSTEM) :]: m["value"]
+        for m in sorted(metrics, key=lambda m: m["key"])
+        if m.get("key", "").startswith(SYSTEM)
+    }
 
 
 def _start_run_rest(

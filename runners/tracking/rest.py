@@ -53,11 +53,14 @@ def usable(uri: str) -> bool:
 
 
 class Rest:
-    def __init__(self, uri: str, credentials: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, uri: str, credentials: Mapping[str, str] | None = None, timeout: float = TIMEOUT_S
+    ) -> None:
         """``credentials``: MLflow's ``MLFLOW_TRACKING_*`` variables for this server (default: this
         process's environment, as mlflow's client reads them; the embedded default's local server
         takes its own token, never the profile's server's credentials)."""
         self.base = uri.rstrip("/")
+        self.timeout = timeout
         self.headers = {"Content-Type": "application/json"}
         env = os.environ if credentials is None else credentials
         token = env.get("MLFLOW_TRACKING_TOKEN")
@@ -73,7 +76,7 @@ class Rest:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         request = urllib.request.Request(f"{self.base}{path}", data=data, method=method, headers=self.headers)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 - the profile's URI
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - the profile's URI
                 text = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", errors="replace")

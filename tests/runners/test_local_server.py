@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from runners.tracking import local_server
-from tests.runners.helpers import hml, logging_job, submit_json, wait_finalized, wait_log, write_job
+from tests.runners.helpers import (
+    assert_system_metrics,
+    hml,
+    logging_job,
+    submit_json,
+    wait_finalized,
+    wait_log,
+    write_job,
+)
 
 pytestmark = pytest.mark.server  # hml starts the local tracking server
 
@@ -68,8 +76,11 @@ def test_first_submit_starts_it_and_later_submits_go_through_it(tmp_path, hml_ho
     first, out = submit_json(str(job), cwd=tmp_path, env=ON)
     assert out.returncode == 0, out.stderr
     assert first["status"] == "FINISHED" and first["tracking_uri"] == store
-    assert _printed_uri(first["run_id"]) == store, "the first run did not go direct"
-    state = _wait_served()  # started in the background by that submit
+    state = _wait_served()  # started in the background by that submit, which its job waited for
+    first_via = _printed_uri(first["run_id"])
+    assert first_via.startswith("http://127.0.0.1:") and first_via != local_server.url_of(state), (
+        "the first run's job did not log through its relay"
+    )
     assert state["store"] == store
 
     second, out = submit_json(str(job), cwd=tmp_path, env=ON)
@@ -93,6 +104,24 @@ def test_first_submit_starts_it_and_later_submits_go_through_it(tmp_path, hml_ho
     )
     assert loaded["params"] == {"lr": 0.5}
     assert len({client.get_run(r).info.experiment_id for r in (first["run_id"], second["run_id"])}) == 1
+
+
+def test_the_first_submit_on_a_fresh_home_logs_through_its_relay_with_system_metrics(tmp_path, hml_home):
+    """Issue 26: no "warm only" difference. The first run on a new store used to log straight to
+    SQLite (the server was not up yet): no relay, no outage protection, no system metrics."""
+    assert not (hml_home / "mlflow.db").exists()
+    code = f"{PRINT_URI}; import time; time.sleep(3)"
+    job = write_job(
+        tmp_path / "w", run=f'{sys.executable} -c "{code}"', envs={"TRACKING_SYSTEM_METRICS_S": 0.5}
+    )
+    summary, out = submit_json(str(job), cwd=tmp_path, env=ON)
+    assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
+    via = _printed_uri(summary["run_id"])
+    assert via.startswith("http://127.0.0.1:") and via != local_server.url_of(_wait_served()), via
+    client = _client(hml_home)
+    run = wait_finalized(client, summary["run_id"])
+    assert run.data.metrics["m"] == 7
+    assert_system_metrics(client, summary["run_id"], at_least=3)
 
 
 @pytest.mark.parametrize("drain_s", ["0", "3600"], ids=["journal-replayed-by-runner", "relay-waits"])
