@@ -19,8 +19,6 @@ the Python and the CUDA driver the job saw, and what the environment cost. Stand
 only, like every file shipped to hosts.
 """
 
-from __future__ import annotations
-
 import fcntl
 import glob
 import hashlib
@@ -42,7 +40,7 @@ def digest(text: bytes) -> str:
     return hashlib.sha256(text).hexdigest()[:DIGEST_CHARS]
 
 
-def _layered() -> list[str]:
+def _layered() -> "list[str]":
     """Site directories of the interpreter we run under when it is itself a virtual environment
     (the runner's own, for the local target): a new venv over its base would lose them."""
     bin_dir = os.path.dirname(os.path.abspath(sys.executable))
@@ -56,7 +54,7 @@ def _site_dir(env: str) -> str:
     return os.path.join(env, "lib", "python{}.{}".format(*sys.version_info[:2]), "site-packages")
 
 
-def make_venv(env: str, paths: list[str]) -> None:
+def make_venv(env: str, paths: "list[str]") -> None:
     """A PEP 405 environment at ``env`` over this interpreter's base, system packages visible,
     ``paths`` importable after its own (a ``.pth``), and ``pip`` that installs into it."""
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
@@ -82,17 +80,19 @@ def make_venv(env: str, paths: list[str]) -> None:
         os.chmod(shim, 0o700)  # the job's login alone runs it, as every file of the run
 
 
-def _pip_zip(envs: str) -> str | None:
+def _pip_zip(envs: str) -> "str | None":
     found = sorted(glob.glob(os.path.join(envs, "tools", "pip-*.zip")))
     return found[-1] if found else None
 
 
-def _pip(python: str, envs: str) -> list[str]:
+def _pip(python: str, envs: str) -> "list[str]":
     """How to run pip for ``python``: the shipped zip, else the host's pip module, else none."""
     shipped = _pip_zip(envs)
     if shipped:
         return [python, os.path.join(shipped, "pip")]
-    probe = subprocess.run([python, "-c", "import pip"], capture_output=True)
+    probe = subprocess.run(  # noqa: UP022  (capture_output= is 3.7+: hosts may have 3.6)
+        [python, "-c", "import pip"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     if probe.returncode == 0:
         return [python, "-m", "pip"]
     raise SystemExit(
@@ -101,7 +101,7 @@ def _pip(python: str, envs: str) -> list[str]:
     )
 
 
-def build(envs: str, lock: str) -> tuple[str, str, float]:
+def build(envs: str, lock: str) -> "tuple[str, str, float]":
     """``(digest, environment, seconds spent installing)``: 0 when the host had it already."""
     with open(lock, "rb") as fh:
         key = digest(fh.read())
@@ -159,7 +159,7 @@ def cuda_driver() -> str:
     return f"{out.value // 1000}.{out.value % 1000 // 10}"
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> int:
     started = time.monotonic()
     exec_dir, envs = os.path.abspath(argv[0]), os.path.abspath(argv[1])
     lock = os.path.abspath(argv[2]) if len(argv) > 2 else ""
