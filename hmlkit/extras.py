@@ -16,6 +16,7 @@ EXTRA_OF = {
     "pathspec": "ssh",
     "boto3": "aws",
     "botocore": "aws",
+    "kubernetes": "k8s",
     "pulumi": "infra",
     "pulumi_aws": "infra",
     "pulumi_kubernetes": "infra",
