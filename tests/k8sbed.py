@@ -397,7 +397,10 @@ class K8sBed:
         self.core().delete_node(name)
 
     def add_node(self, pool: Pool, index: int) -> None:
-        _create_node(self.core(), pool, index)
+        """A node (back) in ``pool``; returns once it is Ready and schedulable."""
+        core = self.core()
+        _create_node(core, pool, index)
+        _wait(lambda: _ready(core.read_node(f"{pool.name}-{index}")), f"node {pool.name}-{index}", self)
 
 
 def _marked_prefix(marker: str, table: dict[int, tuple[int, str]]) -> set[int]:
@@ -414,6 +417,14 @@ def _marked_prefix(marker: str, table: dict[int, tuple[int, str]]) -> set[int]:
         if any(e.startswith(needle) for e in env.split(b"\0")):
             found.add(pid)
     return found
+
+
+def _ready(node: Any) -> bool:
+    """Ready, and the node lifecycle controller has lifted its not-ready taint."""
+    conditions = node.status.conditions or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions) and not any(
+        t.key.startswith("node.kubernetes.io/") for t in node.spec.taints or []
+    )
 
 
 def _create_node(core: Any, pool: Pool, index: int) -> None:
@@ -463,15 +474,7 @@ def start_k8s(root: Path, pools: tuple[Pool, ...] = DEFAULT_POOLS) -> K8sBed:
                 _create_node(core, pool, k)
 
         def nodes_ready() -> bool:
-            """Ready, and the node lifecycle controller has lifted the not-ready taint."""
-            nodes = core.list_node().items
-            ready = [
-                n
-                for n in nodes
-                if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions or [])
-                and not any(t.key.startswith("node.kubernetes.io/") for t in n.spec.taints or [])
-            ]
-            return len(ready) == sum(p.nodes for p in pools)
+            return sum(map(_ready, core.list_node().items)) == sum(p.nodes for p in pools)
 
         _wait(nodes_ready, "the kwok nodes", bed)
         _wait(
@@ -586,6 +589,7 @@ def _start_processes(bed: K8sBed, bins: Path) -> None:
             f"--tls-private-key-file={pki['serving.key']}",
             "--enable-crds=Logs",
             "--node-lease-duration-seconds=40",
+            "--v=WARN",  # not a line per lease renewal
         ],
     )
     bed._start(
@@ -627,6 +631,9 @@ class _Pod:
         self.proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()
         self.last_ns = 0
+        self.ip = executor.next_ip()
+        """An address for the API's books (EndpointSlices refuse loopback); the process listens on
+        this machine's addresses, as every pod here shares its network."""
 
     def start(self, pod: Any) -> None:
         fs = self.dir / "fs"
@@ -723,7 +730,7 @@ class _Pod:
                 "metadata.uid": self.uid,
                 "spec.nodeName": pod.spec.node_name,
                 "spec.serviceAccountName": pod.spec.service_account_name or "",
-                "status.podIP": "127.0.0.1",
+                "status.podIP": self.ip,
                 "status.hostIP": "127.0.0.1",
             }.get(path, "")
         return ""
@@ -776,6 +783,11 @@ class Executor:
         self.custom = client.CustomObjectsApi(api)
         self.pods: dict[str, _Pod] = {}
         self.deleting: dict[str, bool] = {}
+        self._ips = 0
+
+    def next_ip(self) -> str:
+        self._ips += 1
+        return f"10.244.{self._ips // 250 % 250}.{self._ips % 250 + 2}"
 
     def create_logs(self, pod: _Pod) -> None:
         body = {
@@ -796,8 +808,8 @@ class Executor:
         )
         status = {
             "phase": phase,
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": pod.ip,
+            "podIPs": [{"ip": pod.ip}],
             "hostIP": "127.0.0.1",
             "startTime": now,
             "conditions": [
@@ -867,6 +879,8 @@ class Executor:
         runner = self.pods.pop(uid, None)
         if runner is not None:
             runner.kill()
+            if pod.status.phase not in ("Succeeded", "Failed"):  # as a kubelet: terminal before gone
+                self.report(runner, "Failed", 137, "Error")
         from kubernetes import client
 
         try:
@@ -879,8 +893,10 @@ class Executor:
             self.core.delete_namespaced_pod(
                 pod.metadata.name,
                 pod.metadata.namespace,
-                grace_period_seconds=0,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                # in the body: the apiserver reads a DELETE's options from its body when it has one
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                ),
             )
         except client.ApiException:
             pass

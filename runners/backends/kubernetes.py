@@ -339,6 +339,11 @@ class KubernetesBackend(Backend[KubeHandle]):
             "completions": spec.num_nodes,
             "parallelism": spec.num_nodes,
             "backoffLimit": 0,
+            # a disrupted pod (evicted, preempted, its node lost) ends the Job at once, its pod
+            # kept with the condition that says why, rather than waiting out the other pods
+            "podFailurePolicy": {
+                "rules": [{"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+            },
             "suspend": bool(cfg.local_queue),  # Kueue admits it by unsuspending
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         }
@@ -437,6 +442,12 @@ class KubernetesBackend(Backend[KubeHandle]):
                 return JobState(False, None, REASONS[reason])
             if disrupted:
                 return JobState(False, None, disrupted[0])
+            if condition and condition.reason == "PodFailurePolicy":
+                return JobState(
+                    False,
+                    None,
+                    f"Kubernetes disrupted a pod (evicted, preempted or its node lost): {condition.message}",
+                )
             if gone:
                 return JobState(False, None, f"{REASONS['DeletionByPodGC']} (node {gone[0]}'s pod vanished)")
             if condition:
