@@ -41,7 +41,7 @@ from hmlkit.errors import BackendError, UsageError
 from hmlkit.extras import require
 from hmlkit.node import jobscript
 from hmlkit.profile import KubernetesTarget
-from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
+from runners.backends.base import Backend, Feature, Handle, JobState, LaunchRequest, Usage
 from runners.backends.nodes import torchrun_line
 from runners.spec import JobSpec, memory_mib
 from runners.state.paths import runner_id
@@ -161,6 +161,9 @@ class KubernetesBackend(Backend[KubeHandle]):
     kind = "kubernetes"
     Config = KubernetesTarget
     handle_type = KubeHandle
+    unsupported = {
+        Feature.INPUTS: "datasets are not staged into pods yet; read them from the store in the job"
+    }
     poll_interval = 1.0
     """Each poll is two API reads (the Job, its pods): once a second is light for an apiserver."""
     config: KubernetesTarget
@@ -358,8 +361,6 @@ class KubernetesBackend(Backend[KubeHandle]):
         return {"configmap": config_map, "secret": secret, "service": service, "job": job}
 
     def launch(self, request: LaunchRequest) -> tuple[KubeHandle, Usage]:
-        if request.inputs:
-            raise UsageError(f"target {self.name!r}: inputs: are not staged on kubernetes targets yet")
         made = self.manifests(request, self._workdir_tar(request.workdir))
         core, batch, ns = self._core(), self._batch(), self.config.namespace
         handle = KubeHandle(

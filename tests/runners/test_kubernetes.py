@@ -202,3 +202,33 @@ def test_a_lost_node_ends_the_run_with_the_reason(profile, tmp_path, k8s_bed):
     assert final["status"] == "FAILED"
     assert "node" in final["reason"] and "lost" in final["reason"] or "disrupted" in final["reason"], final
     assert wait_gone(k8s_bed, run_id) == []
+
+
+def test_gc_deletes_only_this_runners_objects_whose_run_is_gone(profile, tmp_path, k8s_bed, hml_home):
+    import os
+    import shutil
+    import signal
+
+    job = write_job(tmp_path / "w", run="echo up; sleep 300")
+    other_runner = {"HML_CONFIG": str(profile), "HML_HOME": str(tmp_path / "elsewhere")}
+    theirs, _ = submit_json(str(job), "--target", "cluster", "--detach", env=other_runner)
+    ours, _ = submit_json(str(job), "--target", "cluster", "--detach", env={"HML_CONFIG": str(profile)})
+    wait_log(ours["run_id"], "up")
+    record = json.loads((hml_home / "runs" / ours["run_id"] / "record.json").read_text())
+    os.kill(record["supervisor_pid"], signal.SIGKILL)
+    shutil.rmtree(hml_home / "runs" / ours["run_id"])  # its supervisor is gone, the run unknown here
+    out = hml("gc", env={"HML_CONFIG": str(profile)})
+    assert out.stdout.strip() == (
+        f"cluster: deleted the Kubernetes objects of run {ours['run_id']} in default (run over or unknown)"
+    )
+    assert wait_gone(k8s_bed, ours["run_id"]) == [], "gc left objects of the orphaned run"
+    assert [p.status.phase for p in pods_of(k8s_bed, theirs["run_id"])] == ["Running"]
+    assert hml("cancel", theirs["run_id"], env=other_runner).returncode == 0
+    assert wait_gone(k8s_bed, theirs["run_id"]) == []
+
+
+def test_inputs_are_refused_before_a_run_exists(profile, tmp_path):
+    job = write_job(tmp_path / "w", run="true", inputs={"data": "s3://bucket/x"})
+    out = hml("submit", str(job), "--target", "cluster", env={"HML_CONFIG": str(profile)})
+    assert out.returncode == 2 and "inputs: datasets are not staged into pods yet" in out.stderr
+    assert "Traceback" not in out.stderr
