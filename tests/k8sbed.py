@@ -654,6 +654,7 @@ class _Pod:
             env |= self._source(source, self.namespace)
         for var in container.env or []:
             env[var.name] = self._value(var, pod, env)
+        env = self._resolve(env)
         argv = [
             _VAR_REF.sub(lambda m: env.get(m[1], m[0]), a)
             for a in [*(container.command or []), *(container.args or [])]
@@ -682,6 +683,19 @@ class _Pod:
         for r in readers:
             r.start()
         threading.Thread(target=self._wait, args=(readers,), daemon=True).start()
+
+    def _resolve(self, env: dict[str, str]) -> dict[str, str]:
+        """The bed's cluster DNS: every pod here shares this machine's network, so a value naming a
+        pod of a headless Service (``<hostname>.<service>[.<namespace>[.svc[.cluster.local]]]``,
+        the torchrun rendezvous) is given as 127.0.0.1, which is where that pod listens."""
+        services = self.ex.core.list_namespaced_service(self.namespace).items
+        headless = {s.metadata.name for s in services if s.spec.cluster_ip == "None"}
+        if not headless:
+            return env
+        names = "|".join(re.escape(h) for h in sorted(headless))
+        ns = re.escape(self.namespace)
+        pattern = re.compile(rf"[a-z0-9-]+\.({names})(\.{ns}(\.svc(\.cluster\.local)?)?)?")
+        return {k: "127.0.0.1" if pattern.fullmatch(v) else v for k, v in env.items()}
 
     def _fill(self, volume: Any, where: Path) -> None:
         where.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,16 @@ import yaml
 from hmlkit.profile import target_problems
 from tests.k8sbed import GPU, Pool
 from tests.runners.contract import BackendContract
-from tests.runners.helpers import hml, status, submit_json, wait_finalized, wait_log, wait_status, write_job
+from tests.runners.helpers import (
+    hml,
+    status,
+    submit_json,
+    two_node_digits,
+    wait_finalized,
+    wait_log,
+    wait_status,
+    write_job,
+)
 
 ENDED = {"FINISHED", "FAILED", "KILLED"}
 RUN_LABEL = "hml.dev/run"
@@ -164,9 +173,12 @@ def test_two_nodes_get_an_indexed_job_with_each_nodes_output(profile, tmp_path, 
     summary, out = submit_json(str(job), "--target", "cluster", env={"HML_CONFIG": str(profile)})
     assert out.returncode == 0, out.stderr
     logs = hml("logs", summary["run_id"]).stdout
+    # the rendezvous is the headless Service's first pod, which the bed's DNS gives as 127.0.0.1
+    assert "[node 0] rank=0 of 2 master=127.0.0.1:29500" in logs
+    assert "[node 1] rank=1 of 2 master=127.0.0.1:29500" in logs
     short = summary["run_id"][:12]
-    assert f"[node 0] rank=0 of 2 master=hml-{short}-0-0.hml-{short}-0:29500" in logs
-    assert f"[node 1] rank=1 of 2 master=hml-{short}-0-0.hml-{short}-0:29500" in logs
+    job = json.loads((Path(summary["log"]).parent / "record.json").read_text())["handle"]["job"]
+    assert job == f"hml-{short}-0"
 
 
 def test_an_evicted_pod_gives_the_reason_and_nothing_is_left(profile, tmp_path, k8s_bed):
@@ -232,3 +244,9 @@ def test_inputs_are_refused_before_a_run_exists(profile, tmp_path):
     out = hml("submit", str(job), "--target", "cluster", env={"HML_CONFIG": str(profile)})
     assert out.returncode == 2 and "inputs: datasets are not staged into pods yet" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_two_node_ddp_training_through_the_indexed_job(profile, mlflow_server):
+    """The digits example, unmodified, as 2 pods of one Indexed Job under torchrun, meeting at
+    the headless Service's first pod; rank 0 logs to MLflow."""
+    two_node_digits(profile, "cluster", 3, mlflow_server, accuracy=0.8)
