@@ -68,11 +68,12 @@ COMPONENTS = {
         "k8s.io/kubernetes/cmd/kube-apiserver",
         "k8s.io/kubernetes/cmd/kube-controller-manager",
         "k8s.io/kubernetes/cmd/kube-scheduler",
+        "k8s.io/kubernetes/cmd/kubectl",  # for people at the bed, and the bench's baseline
     ],
     "etcd": ["."],
     "kwok": ["sigs.k8s.io/kwok/cmd/kwok"],
 }
-BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd", "kwok")
+BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd", "kwok")
 KWOK_FILES = {
     # what the bed takes from kwok's module, copied beside the binaries at build time
     "logs-crd.yaml": "kustomize/crd/bases/kwok.x-k8s.io_logs.yaml",

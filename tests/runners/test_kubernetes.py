@@ -250,3 +250,34 @@ def test_two_node_ddp_training_through_the_indexed_job(profile, mlflow_server):
     """The digits example, unmodified, as 2 pods of one Indexed Job under torchrun, meeting at
     the headless Service's first pod; rank 0 logs to MLflow."""
     two_node_digits(profile, "cluster", 3, mlflow_server, accuracy=0.8)
+
+
+def test_an_evicted_pod_is_retried_and_the_retry_resumes_from_its_checkpoint(profile, k8s_bed, mlflow_server):
+    """The digits example with one retry: its pod is evicted after an epoch; the new attempt (a
+    new Job, a fresh pod) fetches the checkpoint from the MLflow run and no epoch is lost."""
+    import sys
+
+    from kubernetes import client
+
+    from tests.runners.helpers import DIGITS
+
+    env = {"HML_CONFIG": str(profile)}
+    sets = [f"run={sys.executable} train.py", "epochs=6", "epoch_sleep=1.5", "retries=1"]
+    args = [a for s in sets for a in ("--set", s)]
+    summary, out = submit_json(str(DIGITS / "job.yaml"), "--target", "cluster", "--detach", *args, env=env)
+    assert out.returncode == 0, out.stderr
+    run_id = summary["run_id"]
+    wait_log(run_id, "epoch 2/6", timeout=180)
+    (pod,) = pods_of(k8s_bed, run_id)
+    eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace="default"))
+    k8s_bed.core().create_namespaced_pod_eviction(pod.metadata.name, "default", eviction)
+    final = wait_status(run_id, ENDED, timeout=300)
+    logs = hml("logs", run_id).stdout
+    assert final["status"] == "FINISHED", logs
+    assert "evicted" in logs or "disrupted" in logs, logs
+    assert "fetched checkpoint" in logs and "resuming from checkpoint" in logs, logs
+    mlclient = mlflow_server.client()
+    wait_finalized(mlclient, run_id)
+    steps = sorted({m.step for m in mlclient.get_metric_history(run_id, "train_loss")})
+    assert steps == list(range(6)), "epochs lost or repeated across the retry"
+    assert wait_gone(k8s_bed, run_id) == []
