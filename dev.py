@@ -115,6 +115,16 @@ def workers() -> str:
     return str(2 * cores)
 
 
+def k8s_bed() -> None:
+    """The Kubernetes bed's binaries (etcd, the control plane, kwok), built from the Go module
+    proxy once per machine into ~/.cache/hybridml (tests/k8sbed.py): minutes cold, nothing after."""
+    if not shutil.which("go"):
+        sys.exit(
+            "dev.py: the Kubernetes test bed needs Go 1.26: apt-get install golang-go or Go's own tarball"
+        )
+    sh(str(PY), "-m", "tests.k8sbed", "build", cwd=ROOT)
+
+
 def test(args: list[str]) -> int:
     """Every check and test (CI runs this), ``--fast`` the edit loop, or pytest with ``args``.
 
@@ -122,6 +132,8 @@ def test(args: list[str]) -> int:
     mark then fails instead of slowing the loop (tests/tier.py)."""
     debian_packages()
     venv("all")
+    if args[:1] != ["--fast"]:  # the edit loop starts no bed
+        k8s_bed()
     env = dict(os.environ)
     if args[:1] == ["--fast"]:
         env["HML_TEST_TIER"] = "fast"

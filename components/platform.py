@@ -25,7 +25,15 @@ from components.keyvault import KeyVault, KeyVaultArgs
 from components.monitoring import NAMESPACE, Monitoring, MonitoringArgs
 from components.object_store import AccessGrants, ObjectStore, ObjectStoreArgs, StorageEndpoint
 from components.platform_config import PlatformConfig, PlatformSecrets
-from components.profile import aws_target, data_store, runner_profile, slurm_target, ssh_target, telemetry
+from components.profile import (
+    aws_target,
+    data_store,
+    kubernetes_target,
+    runner_profile,
+    slurm_target,
+    ssh_target,
+    telemetry,
+)
 from components.tracking import TrackingServer, TrackingServerArgs, TrackingSettings
 
 VAULT_SECRETS = ("tracking-db-uri", "tracking-admin-password")
@@ -223,6 +231,15 @@ class Platform:
                         self.pools[name],
                         known_hosts=onprem.known_hosts,
                         remote_root=onprem.remote_root,
+                        gpu_hour_usd=self.config.budget.gpu_hour_usd,
+                    )
+            for name, pool in onprem.pools.items():
+                if pool.nodes:
+                    targets[f"{name}-k8s"] = kubernetes_target(
+                        self.pools[name],
+                        context=onprem.kube_context,
+                        namespace=self.config.namespace,
+                        image=onprem.training_image,
                         gpu_hour_usd=self.config.budget.gpu_hour_usd,
                     )
             for name, cluster in onprem.slurm.items():

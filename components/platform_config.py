@@ -104,7 +104,10 @@ class OnpremConfig(Args):
     known_hosts: str = "~/.hybridml/known_hosts"
     remote_root: str = "/var/lib/hybridml"
     pools: dict[str, OnpremMachines] = Field(default_factory=dict)
-    """Target name -> pool; pools with SSH hosts become runner targets of kind ``ssh``."""
+    """Target name -> pool; pools with SSH hosts become runner targets of kind ``ssh``, pools with
+    Kubernetes nodes targets of kind ``kubernetes`` named ``<pool>-k8s``."""
+    training_image: str = Field("nvcr.io/nvidia/pytorch:25.01-py3", min_length=1)
+    """The image of the ``kubernetes`` targets' pods: bash, python3 and the jobs' libraries."""
     slurm: dict[str, SlurmCluster] = Field(default_factory=dict)
     """Target name -> Slurm cluster; each becomes a runner target of kind ``slurm``."""
     telemetry_textfile: str = Field(TEXTFILE, pattern=r"^/\S+\.prom$")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pulumi
 
-from components.gpu_pool import GpuNodePool
+from components.gpu_pool import GPU_TAINT, GpuNodePool
 from hmlkit.profile import SlurmTarget
 
 
@@ -44,6 +44,28 @@ def ssh_target(
         "remote_root": remote_root,
         "gpu_hour_usd": gpu_hour_usd,
     }
+
+
+POOL_LABEL = "hybridml.io/gpu-pool"
+
+
+def kubernetes_target(
+    pool: GpuNodePool, *, context: str | None, namespace: str, image: str, gpu_hour_usd: float
+) -> dict[str, Any]:
+    """A target of kind ``kubernetes``: the pool's labelled and tainted cluster nodes, scheduled
+    by the cluster itself (the device plugin counts ``nvidia.com/gpu``)."""
+    target: dict[str, Any] = {
+        "kind": "kubernetes",
+        "namespace": namespace,
+        "image": image,
+        "gpu_resource": "nvidia.com/gpu",
+        "node_selector": {POOL_LABEL: pool.pool_labels[POOL_LABEL]},
+        "tolerations": [{"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+        "gpu_hour_usd": gpu_hour_usd,
+    }
+    if context:
+        target["context"] = context
+    return target
 
 
 def slurm_target(cluster: SlurmTarget, *, known_hosts: str, gpu_hour_usd: float) -> dict[str, Any]:

@@ -18,6 +18,7 @@ EXTRA_OF = {
     "uv": "env",
     "boto3": "aws",
     "botocore": "aws",
+    "kubernetes": "k8s",
     "pulumi": "infra",
     "pulumi_aws": "infra",
     "pulumi_kubernetes": "infra",

@@ -203,11 +203,56 @@ class DataStore(_Strict):
     """The versioned buckets whose datasets hml snapshots (the ObjectStore component's)."""
 
 
+class Toleration(_Strict):
+    """A taint the job's pods tolerate: the GPU pool's (``nvidia.com/gpu=present:NoSchedule``)."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class KubernetesTarget(TargetConfig):
+    """A Kubernetes cluster's GPU pool: each attempt is an Indexed Job (runners/backends/kubernetes.py).
+
+    The API is reached with a kubeconfig file and context (``kubeconfig: null`` means
+    ``$KUBECONFIG`` or ``~/.kube/config``), or, for a runner inside the cluster, the pod's own
+    service account (``in_cluster: true``). Nothing here is secret.
+    """
+
+    kind: Literal["kubernetes"] = "kubernetes"
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    namespace: str = Field(default="default", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    image: str = Field(min_length=1)
+    """The training image: bash, python3 and the job's libraries (the workdir comes separately)."""
+    gpu_resource: str = Field(default="nvidia.com/gpu", pattern=r"^[a-z0-9.-]+/[a-z0-9._-]+$")
+    node_selector: dict[str, str] = {}
+    """The GPU pool's labels, e.g. ``{hml.dev/pool: gpu}``."""
+    tolerations: list[Toleration] = []
+    service_account: str | None = None
+    priority_class: str | None = None
+    local_queue: str | None = None
+    """A Kueue ``LocalQueue``: the Job is made suspended with its label, and Kueue admits it."""
+    gpu_hour_usd: float = Field(default=0.0, ge=0)
+    max_workdir_mb: float = Field(default=0.7, gt=0, le=0.9)
+    """The workdir travels in a ConfigMap (at most 1 MiB with the wrapper's files): bigger trees
+    belong in a dataset (``inputs:``) or the image."""
+
+    @model_validator(mode="after")
+    def _api(self) -> KubernetesTarget:
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError("in_cluster: true uses the pod's service account; remove kubeconfig and context")
+        return self
+
+
 TARGET_KINDS: dict[str, type[TargetConfig]] = {
     "local": LocalTarget,
     "ssh": SshTarget,
     "slurm": SlurmTarget,
     "aws": AwsTarget,
+    "kubernetes": KubernetesTarget,
 }
 
 

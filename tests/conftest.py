@@ -29,9 +29,9 @@ SERVER_ENV = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 """A test's ``mlflow server``: without MLflow 3's job runner (eight huey consumers, ~1.5 GB per
 server) that tracking never uses, as hml's own local server runs."""
 
-BEDS = ("slurm_bed", "aws_bed")
+BEDS = ("slurm_bed", "aws_bed", "k8s_bed")
 """Session beds built once per run: every test using one runs on the same worker (one Slurm
-cluster; one AWS stand-in with its moto server and booted sshd hosts)."""
+cluster; one AWS stand-in with its moto server and booted sshd hosts; one Kubernetes control plane)."""
 SERVERS = {"mlflow_server", "moto_endpoint", "s3", "ssh_bed", "ssh_user_bed", *BEDS, "victim", "attacker"}
 """Fixtures that start a server, a bed or OS users: a test using one is marked ``server``."""
 
@@ -246,5 +246,6 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 from tests.awsbed import aws_bed  # noqa: E402,F401  (a moto server whose instances boot sshd hosts)
+from tests.k8sbed import k8s_bed  # noqa: E402,F401  (a real Kubernetes control plane, session-wide)
 from tests.slurmbed import slurm_bed  # noqa: E402,F401  (a real Slurm cluster, session-wide)
 from tests.sshbed import ssh_bed, ssh_user_bed  # noqa: E402,F401  (real sshd hosts, session-wide)

@@ -25,6 +25,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "ssh": ("runners.backends.ssh", "SshBackend"),
     "slurm": ("runners.backends.slurm", "SlurmBackend"),
     "aws": ("runners.backends.aws", "AwsBackend"),
+    "kubernetes": ("runners.backends.kubernetes", "KubernetesBackend"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
@@ -139,7 +140,7 @@ def test_onprem_target_lists_the_registered_hosts(evaluated):
 def test_hybrid_has_both_targets_one_tracker_and_copies_secrets_on_prem(evaluated):
     result = evaluated["hybrid"]
     profile = result.outputs["runnerProfile"]
-    assert set(profile["targets"]) == {"local", "onprem", "aws"}
+    assert set(profile["targets"]) == {"local", "onprem", "onprem-k8s", "aws"}  # -k8s: issue 24
     # data close to compute: each target sits next to its own platform's dataset buckets
     assert profile["stores"]["onprem"]["endpoint_url"] == "https://minio.lab.example.com:9000"
     assert len(profile["stores"]["onprem"]["buckets"]) == len(profile["stores"]["aws"]["buckets"]) == 1
@@ -190,7 +191,7 @@ def test_onprem_profile_loads_in_hml(evaluated, tmp_path):
     path = tmp_path / "hybridml.yaml"
     path.write_text(json.dumps(evaluated["onprem"].outputs["runnerProfile"]))
     profile = load_profile(str(path))  # validates every target with its backend's config
-    assert sorted(profile.targets) == ["hpc", "local", "onprem"]
+    assert sorted(profile.targets) == ["hpc", "local", "onprem", "onprem-k8s"]  # -k8s: issue 24
     assert profile.pick(None) == "onprem"
     assert profile.target("hpc").kind == "slurm"
 
@@ -323,3 +324,51 @@ def test_exported_profile_runs_a_job_on_its_aws_target_in_moto(
     summary, out = submit_json(str(job), "--target", name, env={"HML_CONFIG": str(path)})
     assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
     assert wait_gone(aws_bed) == []
+
+
+def test_exported_kubernetes_target_runs_a_job_on_the_k8s_bed(evaluated, tmp_path, k8s_bed, mlflow_server):
+    """The stack's on-prem GPU node pool as a kubernetes target: its selector and toleration are
+    the pool's label and taint. Pointed at the bed (kubeconfig, context, the host as image), with
+    the bed's GPU nodes carrying the pool's label and the stack's namespace made, it runs a job."""
+    from kubernetes import client
+
+    from tests.runners.helpers import hml, submit_json, write_job
+
+    exported = evaluated["onprem"].outputs["runnerProfile"]
+    target = exported["targets"]["onprem-k8s"]
+    assert target == {
+        "kind": "kubernetes",
+        "context": "lab-admin",
+        "namespace": "hybridml",
+        "image": "nvcr.io/nvidia/pytorch:25.01-py3",
+        "gpu_resource": "nvidia.com/gpu",
+        "node_selector": {"hybridml.io/gpu-pool": "onprem"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "gpu_hour_usd": 0.9,
+        "near": ["onprem"],
+        "telemetry": target["telemetry"],
+    }
+    core = k8s_bed.core()
+    for node in ("gpu-0", "gpu-1"):
+        core.patch_node(node, {"metadata": {"labels": {"hybridml.io/gpu-pool": "onprem"}}})
+    try:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="hybridml")))
+    except client.ApiException as exc:
+        assert exc.status == 409  # made by an earlier run of this test in the same bed
+    bed = k8s_bed.target()
+    target = {**target, **{k: bed[k] for k in ("kubeconfig", "context")}}
+    profile = {
+        **exported,
+        "tracking_uri": mlflow_server.url,
+        "targets": {**exported["targets"], "onprem-k8s": target},
+    }
+    path = tmp_path / "hybridml.yaml"
+    path.write_text(json.dumps(profile))
+    job = write_job(tmp_path / "w", run="echo from-the-stack-profile", resources={"gpus": 1})
+    summary, out = submit_json(str(job), "--target", "onprem-k8s", env={"HML_CONFIG": str(path)})
+    assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
+    assert "from-the-stack-profile" in hml("logs", summary["run_id"]).stdout
+    deadline = time.monotonic() + 30  # teardown's foreground deletion finishes in the background
+    while k8s_bed.pods(f"hml.dev/run={summary['run_id']}") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert k8s_bed.pods(f"hml.dev/run={summary['run_id']}") == []
