@@ -43,6 +43,7 @@ from hmlkit.node import jobscript
 from hmlkit.profile import KubernetesTarget
 from runners.backends.base import Backend, Feature, Handle, JobState, LaunchRequest, Usage
 from runners.backends.nodes import torchrun_line
+from runners.envs.lock import python_of
 from runners.spec import JobSpec, memory_mib
 from runners.state.paths import runner_id
 
@@ -271,8 +272,15 @@ class KubernetesBackend(Backend[KubeHandle]):
         meta = {"name": name, "namespace": cfg.namespace, "labels": labels}
         gpus = spec.resources.gpus
         run_text = torchrun_line(spec.run, spec.num_nodes > 1 or gpus > 1)
-        files = jobscript.render(
-            _PLACEHOLDER_EXEC, _PLACEHOLDER_CODE, spec.setup, run_text, request.run_id, list(request.secrets)
+        files = jobscript.render(  # the image's Python plus the job's environment, built in the pod
+            _PLACEHOLDER_EXEC,
+            _PLACEHOLDER_CODE,
+            spec.setup,
+            run_text,
+            request.run_id,
+            list(request.secrets),
+            request.environment,
+            python_of(request.environment or ""),
         )
         config_map = {
             "apiVersion": "v1",

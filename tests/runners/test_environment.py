@@ -217,6 +217,7 @@ def test_local_job_sees_its_lock_over_the_runners_own_packages(tmp_path, index):
     assert "iniconfig 1.1.1 " in _log(run["run_id"])
 
 
+@pytest.mark.server
 def test_a_host_without_the_index_gets_the_wheels_over_ssh(tmp_path, index):
     """A host in its own network namespace reaches nothing but SSH from here: the runner sends
     the lock's wheels (``env_via: auto`` after the host's probe fails) and the job runs."""
@@ -257,11 +258,12 @@ def test_slurm_builds_the_lock_once_on_the_shared_file_system(tmp_path, ssh_bed,
     assert log.count("iniconfig 1.1.1 ") == 2
 
 
-def test_the_same_lock_gives_the_same_freeze_on_local_ssh_slurm_and_aws(
-    tmp_path, index, ssh_user_bed, ssh_bed, slurm_bed, aws_bed, mlflow_server
+def test_the_same_lock_gives_the_same_freeze_on_local_ssh_slurm_aws_and_kubernetes(
+    tmp_path, index, ssh_user_bed, ssh_bed, slurm_bed, aws_bed, k8s_bed, mlflow_server
 ):
-    """One lock, four targets: the laptop (over the runner's own venv, which has another
-    iniconfig), a PEP 668 host as a login user, a Slurm cluster, an EC2 instance (moto)."""
+    """One lock, five targets: the laptop (over the runner's own venv, which has another
+    iniconfig), a PEP 668 host as a login user, a Slurm cluster, an EC2 instance (moto), and a
+    Kubernetes pod (the training image's Python plus the lock, built in the pod)."""
     known = tmp_path / "known_hosts"
     known.write_text(ssh_user_bed.known_hosts_text() + ssh_bed.known_hosts_text())
     targets = {
@@ -269,6 +271,7 @@ def test_the_same_lock_gives_the_same_freeze_on_local_ssh_slurm_and_aws(
         "onprem": ssh_user_bed.target(known),
         "cluster": slurm_bed.target(ssh_bed.hosts[0], known),
         "cloud": aws_bed.target(),
+        "kube": k8s_bed.target(),
     }
     profile = tmp_path / "hybridml.yaml"
     profile.write_text(yaml.safe_dump({"tracking_uri": mlflow_server.url, "targets": targets}))
