@@ -364,7 +364,10 @@ def test_exported_kubernetes_target_runs_a_job_on_the_k8s_bed(evaluated, tmp_pat
     }
     path = tmp_path / "hybridml.yaml"
     path.write_text(json.dumps(profile))
-    job = write_job(tmp_path / "w", run="echo from-the-stack-profile", resources={"gpus": 1})
+    # the exported profile carries the team budget: a run needs a bound on what it may cost
+    job = write_job(
+        tmp_path / "w", run="echo from-the-stack-profile", resources={"gpus": 1}, max_runtime="10m"
+    )
     summary, out = submit_json(str(job), "--target", "onprem-k8s", env={"HML_CONFIG": str(path)})
     assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr
     assert "from-the-stack-profile" in hml("logs", summary["run_id"]).stdout
