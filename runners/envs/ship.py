@@ -6,7 +6,8 @@ has no pip at all (uv's binary would be 40 MB and for the runner's platform only
 has not built the lock yet and cannot reach its index (``env_via: ssh``, or ``auto`` when the
 host's probe fails) gets the lock's wheels too: the runner downloads them for the host's
 Python and platform (hash-checked against the lock) and sends what the host's
-``<envs>/wheels`` lacks over SFTP, as ``data_via: ssh`` sends datasets; the wrapper then
+``<envs>/wheels`` lacks as a tar stream on one command's stdin (not SFTP: a login shell that
+prints corrupts SFTP, hmlkit/ssh/shell.py), as ``data_via: ssh`` sends datasets; the wrapper then
 installs with ``--no-index``. A warm host costs one command: nothing is sent.
 """
 
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +29,7 @@ from typing import Any, Literal
 from hmlkit.errors import BackendError
 from hmlkit.extras import MissingExtra, require
 from hmlkit.node.venv import READY
+from hmlkit.ssh.shell import run, tar_feed, untar
 from runners.envs.lock import digest_of, python_of
 
 EnvVia = Literal["auto", "index", "ssh"]
@@ -110,7 +114,7 @@ def stage(pool: Any, host: Any, root: str, lock: str | None, via: EnvVia) -> Shi
     made = pip_zip()
     client = pool.client(host)
     if made.name not in have:
-        shipped.sent_bytes += _put(client, made, f"{envs}/tools")
+        shipped.sent_bytes += _put(client, [made], f"{envs}/tools")
     if not lock or via == "index" or any(h.endswith(READY) for h in have):
         return shipped
     python = python_of(lock) or "python3"
@@ -123,9 +127,8 @@ def stage(pool: Any, host: Any, root: str, lock: str | None, via: EnvVia) -> Shi
     wheels = download(lock, seen)
     rc, out, _ = pool.exec(host, f"ls {q}/wheels")
     present = set(out.split())
-    for wheel in sorted(wheels.glob("*.whl")):
-        if wheel.name not in present:
-            shipped.sent_bytes += _put(client, wheel, f"{envs}/wheels")
+    missing = [w for w in sorted(wheels.glob("*.whl")) if w.name not in present]
+    shipped.sent_bytes += _put(client, missing, f"{envs}/wheels")
     shipped.env["HML_ENV_FIND_LINKS"] = f"{envs}/wheels"
     return shipped
 
@@ -158,13 +161,17 @@ def download(lock: str, host: dict[str, Any]) -> Path:
     return where
 
 
-def _put(client: Any, path: Path, directory: str) -> int:
-    """One file into ``directory`` on the host, whole or not at all (a ``.part``, then renamed)."""
-    sftp = client.open_sftp()
-    try:
-        tmp = f"{directory}/.{path.name}.part"
-        sftp.put(str(path), tmp, confirm=True)
-        sftp.posix_rename(tmp, f"{directory}/{path.name}")
-    finally:
-        sftp.close()
-    return path.stat().st_size
+def _put(client: Any, paths: list[Path], directory: str) -> int:
+    """Files into ``directory`` on the host, each whole or not at all: unpacked into a scratch
+    directory beside them, then renamed into place (a concurrent builder never sees half a wheel)."""
+    if not paths:
+        return 0
+    scratch = shlex.quote(f"{directory}/.incoming-{secrets.token_hex(6)}")
+    place = f"mv -f {scratch}/* {shlex.quote(directory)}/ && rmdir {scratch}"
+    script = f"mkdir {scratch} && {untar(scratch)} && {place} || {{ rm -rf {scratch}; exit 1; }}"
+    with ExitStack() as files:
+        members = [(p.name, 0o644, p.stat().st_size, files.enter_context(p.open("rb"))) for p in paths]
+        rc, _, err = run(client, script, timeout=3600, stdin=tar_feed(members))
+    if rc != 0:
+        raise BackendError(f"cannot send {len(paths)} file(s) to {directory}: {err.strip()[-300:]}")
+    return sum(p.stat().st_size for p in paths)
