@@ -168,10 +168,13 @@ def test_the_median_pruner_stops_bad_trials_early_and_saves_trial_seconds(tmp_pa
         f"a full trial runs {median_full:.1f} s;"
         f" trial-seconds saved {saved:.1f} of {sum(full) + sum(pruned) + saved:.1f}"
     )
-    assert saved > 0 and all(p < median_full for p in pruned), (full, pruned)
+    assert saved > 0, (full, pruned)  # seconds: a figure; a slow teardown on a loaded machine blurs one
     client = mlflow_server.client()
     killed = [r for r in children(client, sweep_id) if r.data.tags.get("hml.trial_state") == "PRUNED"]
     assert len(killed) == len(pruned) and all(r.info.status == "KILLED" for r in killed)
+    # stopped early, in steps (what load cannot blur): no pruned trial logged all 8 of them
+    steps = [len(client.get_metric_history(r.info.run_id, "loss")) for r in killed]
+    assert all(0 < n < 8 for n in steps), steps
 
 
 def test_a_sigkilled_sweep_supervisor_is_restarted_and_every_trial_runs_once(
