@@ -214,15 +214,26 @@ class Platform:
     def profile(self) -> pulumi.Output[dict[str, Any]]:
         """The ``runnerProfile`` stack output."""
         targets: dict[str, dict[str, Any]] = {}
+        on_aws: set[str] = set()  # the targets whose machines are AWS's (EC2 runners, EKS nodes)
         artifacts = self.stores[self.config.storage.artifact_bucket].bucket
         if self.config.aws:
-            for name in self.config.aws.pools:
+            aws = self.config.aws
+            for name in aws.pools:
                 targets[name] = aws_target(
                     self.pools[name],
-                    region=self.config.aws.region,
+                    region=aws.region,
                     artifact_bucket=artifacts,
                     secrets_prefix=self.prefix,
                 )
+                # the same pool's EKS managed node group, scheduled by the cluster (issue 24)
+                targets[f"{name}-eks"] = kubernetes_target(
+                    self.pools[name],
+                    context=aws.kube_context,
+                    namespace=self.config.namespace,
+                    image=aws.training_image,
+                    gpu_hour_usd=self.config.budget.gpu_hour_usd,
+                )
+                on_aws |= {name, f"{name}-eks"}
         if self.config.onprem:
             onprem = self.config.onprem
             for name, pool in onprem.pools.items():
@@ -252,8 +263,8 @@ class Platform:
             else None
         )
         stores = self._data_stores()
-        for target in targets.values():  # each target sits next to its own platform's buckets
-            platform = "aws" if target["kind"] == "aws" else "onprem"
+        for name, target in targets.items():  # each target sits next to its own platform's buckets
+            platform = "aws" if name in on_aws else "onprem"
             if platform in stores:
                 target["near"] = [platform]
             target["telemetry"] = self._telemetry(platform)

@@ -77,8 +77,12 @@ class AwsConfig(Args):
     vpc_id: str
     subnet_ids: list[str] = Field(min_length=1)
     kube_context: str | None = None
+    """The runner's kubeconfig context for the EKS cluster (unset: the kubeconfig's current one)."""
     pools: dict[str, AwsPoolSpec] = Field(min_length=1)
-    """Target name -> pool; each becomes a runner target of kind ``aws``."""
+    """Target name -> pool; each becomes a runner target of kind ``aws`` (EC2 runners from its
+    launch template) and one of kind ``kubernetes`` named ``<pool>-eks`` (its EKS node group)."""
+    training_image: str = Field("nvcr.io/nvidia/pytorch:25.01-py3", min_length=1)
+    """The image of the ``<pool>-eks`` targets' pods: bash, python3 and the jobs' libraries."""
 
 
 class SlurmCluster(SlurmTarget):

@@ -140,15 +140,20 @@ def test_onprem_target_lists_the_registered_hosts(evaluated):
 def test_hybrid_has_both_targets_one_tracker_and_copies_secrets_on_prem(evaluated):
     result = evaluated["hybrid"]
     profile = result.outputs["runnerProfile"]
-    assert set(profile["targets"]) == {"local", "onprem", "onprem-k8s", "aws"}  # -k8s: issue 24
+    # -k8s, -eks: each cluster's GPU node pool as a kubernetes target (issue 24)
+    assert set(profile["targets"]) == {"local", "onprem", "onprem-k8s", "aws", "aws-eks"}
     # data close to compute: each target sits next to its own platform's dataset buckets
     assert profile["stores"]["onprem"]["endpoint_url"] == "https://minio.lab.example.com:9000"
     assert len(profile["stores"]["onprem"]["buckets"]) == len(profile["stores"]["aws"]["buckets"]) == 1
-    assert [profile["targets"][t].get("near") for t in ("local", "onprem", "aws")] == [
+    near = ("local", "onprem", "onprem-k8s", "aws", "aws-eks")
+    assert [profile["targets"][t].get("near") for t in near] == [
         None,
         ["onprem"],
+        ["onprem"],
+        ["aws"],
         ["aws"],
     ]
+    assert profile["targets"]["aws-eks"]["telemetry"] == profile["targets"]["aws"]["telemetry"]
     assert profile["tracking_uri"] == "https://mlflow.example.com"
     (k8s_secret,) = [
         s for s in result.by_type("kubernetes:core/v1:Secret") if s.name == "vault-onprem-secret"
@@ -157,6 +162,21 @@ def test_hybrid_has_both_targets_one_tracker_and_copies_secrets_on_prem(evaluate
     buckets = {r.name: r for r in result.by_type("aws:s3/bucket:Bucket")}
     assert buckets["burst-datasets-bucket"].options.provider is None  # AWS S3 itself
     assert buckets["datasets-bucket"].options.provider.startswith(result.named("onprem-s3").urn)
+
+
+def test_the_eks_node_group_is_exported_as_a_kubernetes_target_with_its_label_and_taint(evaluated):
+    """The node group the aws pool provisions carries the pool's label and the GPU taint; the
+    exported target selects that label and tolerates that taint, so its pods land there only."""
+    result = evaluated["aws-dev"]
+    target = result.outputs["runnerProfile"]["targets"]["aws-eks"]
+    (group,) = result.by_type("aws:eks/nodeGroup:NodeGroup")
+    assert target["kind"] == "kubernetes" and target["gpu_resource"] == "nvidia.com/gpu"
+    for key, value in target["node_selector"].items():
+        assert group.inputs["labels"][key] == value
+    (taint,) = group.inputs["taints"]
+    (toleration,) = target["tolerations"]
+    assert (toleration["key"], toleration["effect"]) == (taint["key"], "NoSchedule")
+    assert taint["effect"] == "NO_SCHEDULE" and toleration["operator"] == "Exists"
 
 
 def test_retention_from_config_reaches_every_bucket(evaluated):
@@ -217,7 +237,7 @@ def test_every_target_exports_telemetry_for_its_platforms_monitors(evaluated, st
     for name in remote:
         telemetry = profile.target(name).telemetry
         assert telemetry.team == team
-        if profile.targets[name]["kind"] == "aws":
+        if profile.targets[name]["kind"] == "aws" or name.endswith("-eks"):  # EC2 runners, EKS pods
             assert telemetry.cloudwatch is not None and telemetry.prometheus_textfile is None
             assert telemetry.cloudwatch.region == load_stack_config(PROJECT, stack).values["aws:region"]
             assert alarm is not None and telemetry.cloudwatch.namespace == alarm.inputs["namespace"]
