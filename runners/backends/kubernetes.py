@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import json
 import math
 import tarfile
 import time
@@ -39,10 +40,11 @@ from typing import Any
 
 from hmlkit.errors import BackendError, UsageError
 from hmlkit.extras import require
-from hmlkit.node import jobscript
+from hmlkit.node import datafetch, jobscript
 from hmlkit.profile import KubernetesTarget
-from runners.backends.base import Backend, Feature, Handle, JobState, LaunchRequest, Usage
+from runners.backends.base import Backend, Handle, JobState, LaunchRequest, Usage
 from runners.backends.nodes import torchrun_line
+from runners.data import stage as data_stage
 from runners.envs.lock import python_of
 from runners.spec import JobSpec, memory_mib
 from runners.state.paths import runner_id
@@ -62,12 +64,25 @@ DEADLINE_MARGIN_S = 30
 CANCEL_WAIT_S = 60.0
 WORKDIR_TAR = "workdir.tgz"
 
-_PLACEHOLDER_EXEC, _PLACEHOLDER_CODE = "@HML_EXEC@", "@HML_CODE@"
+INPUTS_PLAN_VAR = "HML_INPUTS_PLAN"
+"""The inputs' plan with its presigned URLs: in the run's Secret, never the ConfigMap; the boot
+script writes it to a file for ``datafetch`` and unsets it before the job starts."""
+INPUTS_SH, DATAFETCH = "inputs.sh", "datafetch.py"
+
+_PLACEHOLDER_EXEC, _PLACEHOLDER_CODE, _PLACEHOLDER_DATA = "@HML_EXEC@", "@HML_CODE@", "@HML_DATA@"
 _BOOT = f"""set -u
 H=$PWD; EXEC=$H/run/exec; CODE=$H/run/code
 mkdir -p "$EXEC" "$CODE" && cp "$H/files/"* "$EXEC/" && rm -f "$EXEC/{WORKDIR_TAR}"
 tar -xzf "$H/files/{WORKDIR_TAR}" -C "$CODE" || exit 127
 sed -i "s#{_PLACEHOLDER_EXEC}#$EXEC#g; s#{_PLACEHOLDER_CODE}#$CODE#g" "$EXEC/{jobscript.WRAPPER}"
+if [ -f "$EXEC/{INPUTS_SH}" ]; then  # the job's inputs: fetched from the store into the pod
+  D=$H/run/data; P="$EXEC/inputs-plan.json"
+  (umask 077; printf '%s' "${{{INPUTS_PLAN_VAR}:-}}" | sed "s#{_PLACEHOLDER_DATA}#$D#g" > "$P")
+  python3 -I -S "$EXEC/{DATAFETCH}" "$P" > "$EXEC/inputs.json" ||
+    {{ echo "hml: staging the inputs failed"; exit 1; }}
+  sed -i "s#{_PLACEHOLDER_DATA}#$D#g" "$EXEC/{INPUTS_SH}" && . "$EXEC/{INPUTS_SH}"
+fi
+unset {INPUTS_PLAN_VAR}
 : > "$EXEC/{jobscript.ENV_FILE}"; : > "$EXEC/{jobscript.OUTPUT}"
 export NODE_RANK="$JOB_COMPLETION_INDEX" HML_NODE_RANK="$JOB_COMPLETION_INDEX" HML_CODE_DIR="$CODE"
 bash "$EXEC/{jobscript.WRAPPER}" & wrapper=$!
@@ -162,9 +177,6 @@ class KubernetesBackend(Backend[KubeHandle]):
     kind = "kubernetes"
     Config = KubernetesTarget
     handle_type = KubeHandle
-    unsupported = {
-        Feature.INPUTS: "datasets are not staged into pods yet; read them from the store in the job"
-    }
     poll_interval = 1.0
     """Each poll is two API reads (the Job, its pods): once a second is light for an apiserver."""
     config: KubernetesTarget
@@ -282,6 +294,16 @@ class KubernetesBackend(Backend[KubeHandle]):
             request.environment,
             python_of(request.environment or ""),
         )
+        env = {**request.env, **request.secrets}
+        if request.inputs:  # every object presigned: a pod's emptyDir starts empty
+            inputs = list(request.inputs)
+            keys = {o.cache_key for inp in inputs for o in inp.snapshot.objects}
+            env[INPUTS_PLAN_VAR] = json.dumps(data_stage.plan(inputs, _PLACEHOLDER_DATA, keys))
+            files[DATAFETCH] = Path(datafetch.__file__).read_text()
+            files[INPUTS_SH] = "".join(
+                f'export {inp.env_name}="{_PLACEHOLDER_DATA}/inputs/{inp.snapshot.digest}"\n'
+                for inp in inputs
+            )
         config_map = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -294,7 +316,7 @@ class KubernetesBackend(Backend[KubeHandle]):
             "kind": "Secret",
             "metadata": meta,
             "type": "Opaque",
-            "stringData": {**request.env, **request.secrets},
+            "stringData": env,
         }
         service = {
             "apiVersion": "v1",

@@ -24,6 +24,7 @@ from tests.runners.helpers import (
     wait_status,
     write_job,
 )
+from tests.runners.test_data import lake  # noqa: F401  (a fixture)
 
 ENDED = {"FINISHED", "FAILED", "KILLED"}
 RUN_LABEL = "hml.dev/run"
@@ -239,11 +240,36 @@ def test_gc_deletes_only_this_runners_objects_whose_run_is_gone(profile, tmp_pat
     assert wait_gone(k8s_bed, theirs["run_id"]) == []
 
 
-def test_inputs_are_refused_before_a_run_exists(profile, tmp_path):
-    job = write_job(tmp_path / "w", run="true", inputs={"data": "s3://bucket/x"})
-    out = hml("submit", str(job), "--target", "cluster", env={"HML_CONFIG": str(profile)})
-    assert out.returncode == 2 and "inputs: datasets are not staged into pods yet" in out.stderr
-    assert "Traceback" not in out.stderr
+def test_inputs_are_fetched_into_each_pod_and_their_urls_never_reach_the_job(
+    tmp_path,
+    k8s_bed,
+    lake,  # noqa: F811  (the imported fixture)
+    mlflow_server,
+):
+    """A dataset snapshot as ``inputs:`` of a two-pod job: each pod fetches it from the store
+    (presigned URLs, hash-checked) into a read-only tree; the plan with the URLs travels in the
+    run's Secret and is gone from the job's environment."""
+    from tests.runners.test_data import CHECK, _seen_on_every_node, data, put_all
+
+    s3, bucket, profile = lake
+    files = {"a.txt": b"alpha\n", "sub/b.bin": bytes(range(256)) * 8}
+    put_all(s3, bucket, "kube", files)
+    data(profile, "snapshot", "kube", f"s3://{bucket}/kube")
+    raw = yaml.safe_load(profile.read_text())
+    raw["targets"]["cluster"] = k8s_bed.target()
+    profile.write_text(yaml.safe_dump(raw))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "check.py").write_text(CHECK)
+    run = 'python3 -B check.py && echo "PLAN-SEEN=${HML_INPUTS_PLAN:-none}"'
+    job = write_job(work, run=run, num_nodes=2, inputs={"train": "kube@v1"})
+    summary, out = submit_json(str(job), "--target", "cluster", env={"HML_CONFIG": str(profile)})
+    logs = hml("logs", summary["run_id"]).stdout
+    assert out.returncode == 0 and summary["status"] == "FINISHED", out.stderr + logs
+    _seen_on_every_node(logs, files, 2)
+    assert logs.count("PLAN-SEEN=none") == 2 and "X-Amz-Signature" not in logs, logs
+    assert wait_finalized(mlflow_server.client(), summary["run_id"]).data.tags["hml.input.train"] == "kube@v1"
+    assert wait_gone(k8s_bed, summary["run_id"]) == []
 
 
 def test_two_node_ddp_training_through_the_indexed_job(profile, mlflow_server):
