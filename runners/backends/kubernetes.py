@@ -68,6 +68,8 @@ INPUTS_PLAN_VAR = "HML_INPUTS_PLAN"
 """The inputs' plan with its presigned URLs: in the run's Secret, never the ConfigMap; the boot
 script writes it to a file for ``datafetch`` and unsets it before the job starts."""
 INPUTS_SH, DATAFETCH = "inputs.sh", "datafetch.py"
+SECRET_ROOM = 900_000
+"""Bytes of the inputs' plan a run's Secret takes (its limit is 1 MiB, the job's environment too)."""
 
 _PLACEHOLDER_EXEC, _PLACEHOLDER_CODE, _PLACEHOLDER_DATA = "@HML_EXEC@", "@HML_CODE@", "@HML_DATA@"
 _BOOT = f"""set -u
@@ -299,6 +301,12 @@ class KubernetesBackend(Backend[KubeHandle]):
             inputs = list(request.inputs)
             keys = {o.cache_key for inp in inputs for o in inp.snapshot.objects}
             env[INPUTS_PLAN_VAR] = json.dumps(data_stage.plan(inputs, _PLACEHOLDER_DATA, keys))
+            if len(env[INPUTS_PLAN_VAR]) > SECRET_ROOM:
+                raise UsageError(
+                    f"inputs: {len(keys)} objects need {len(env[INPUTS_PLAN_VAR]) // 1000} kB of presigned"
+                    " URLs, more than a Secret holds (1 MiB): snapshot fewer, larger objects (a tar"
+                    " of the tree), or run on an ssh or slurm target"
+                )
             files[DATAFETCH] = Path(datafetch.__file__).read_text()
             files[INPUTS_SH] = "".join(
                 f'export {inp.env_name}="{_PLACEHOLDER_DATA}/inputs/{inp.snapshot.digest}"\n'
