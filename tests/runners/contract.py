@@ -212,6 +212,8 @@ class BackendContract:
         )
         printed += [follow.stdout, follow.stderr]
         assert "after restart: ***" in follow.stdout
+        # the restarted supervisor resumes each stream where the killed one stopped: every line once
+        assert [follow.stdout.count(line) for line in ("token is ***, whole", "checkpoint-reached")] == [1, 1]
         assert "token is ***, whole" in follow.stdout and "split *** across chunks" in follow.stdout
         assert "to stderr: [***]" in follow.stdout and "no newline at the end ***" in follow.stdout
         assert "HML_SECRET_OTHER" not in follow.stdout and "CLOUD_API_TOKEN" not in follow.stdout
