@@ -65,13 +65,14 @@ RELAY_BOOT = (
 relay.py from EXEC (its bytecode cached there) and serve on that socket."""
 _PENDING = (
     "import json,os,sys,urllib.request as u; print(json.load(u.urlopen(u.Request(sys.argv[1], headers="
-    '{"Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]}), timeout=5))["pending"])'
+    '{"Authorization": "Bearer " + os.environ["MLFLOW_TRACKING_TOKEN"]}), timeout=5))[sys.argv[2]])'
 )
 _RELAY_FUNCTIONS = f"""# the job logs through a journaling relay (hmlkit/node/relay.py) beside it, so a
 # tracking server that is down or slow loses none of its metrics; the job's end waits until
 # they are home (TRACKING_RELAY_DRAIN_S, default 3600, bounds the wait)
-relay_status() {{
-  "$PY" -I -S -c '{_PENDING}' "http://127.0.0.1:$RELAY_PORT/_relay/status" 2>/dev/null || echo unknown
+relay_status() {{  # relay_status [FIELD]: the relay's backlog, or another field of its status
+  "$PY" -I -S -c '{_PENDING}' "http://127.0.0.1:$RELAY_PORT/_relay/status" "${{1:-pending}}" 2>/dev/null ||
+    echo unknown
 }}
 relay_start() {{
   case "$MLFLOW_TRACKING_URI" in http://*|https://*) ;; *) return 0 ;; esac
@@ -118,7 +119,8 @@ relay_drain() {{  # the backlog's size goes to $EXEC/{SYNCING} too, for `hml sta
   while n=$(relay_status); [ "$n" != 0 ]; do
     echo "$n" > "$EXEC/{SYNCING}.tmp"; mv "$EXEC/{SYNCING}.tmp" "$EXEC/{SYNCING}"
     if [ $((waited % 10)) -eq 0 ]; then
-      echo "hml: syncing $n records to the tracking server" >> "$EXEC/{OUTPUT}"
+      why=$(relay_status last_error)  # why it is not home yet: the user's to see, not a mystery
+      echo "hml: syncing $n records to the tracking server${{why:+ (upstream: $why)}}" >> "$EXEC/{OUTPUT}"
     fi
     if [ "$waited" -ge "${{TRACKING_RELAY_DRAIN_S:-3600}}" ]; then
       echo "hml: gave up syncing; the records stay in $EXEC/{RELAY_JOURNAL}" >> "$EXEC/{OUTPUT}"

@@ -134,6 +134,9 @@ def test_tracking_server_down_at_the_end_loses_nothing(tmp_path):
         server.stop()
         final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=60)
         assert final["status"] == "FINISHED"
+        # what is still to send, and why it is not home: the relay's own words
+        syncing = [ln for ln in hml("logs", run_id).stdout.splitlines() if "hml: syncing" in ln]
+        assert syncing and all("(upstream: " in ln for ln in syncing), syncing
         record_path = Path(final["log"]).parent / "record.json"
         assert json.loads(record_path.read_text())["finalized"] is False
         server.start()
