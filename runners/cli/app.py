@@ -204,6 +204,12 @@ def submit(
             print(f"not ready: {count} problem{'s' if count > 1 else ''} above", file=sys.stderr)
             raise typer.Exit(2) from None
         checked.backend.close()
+        try:
+            spend = _dry_run_budget(checked)
+        except HmlError as exc:  # the run would be refused for its budget: as submit says it
+            _print_error(exc)
+            print("not ready: 1 problem above", file=sys.stderr)
+            raise typer.Exit(2) from None
         resolved = {
             "job": checked.public(),
             "workdir": str(checked.workdir),
@@ -214,6 +220,7 @@ def submit(
             **({"inputs": {i.name: i.snapshot.ref for i in checked.inputs}} if checked.inputs else {}),
             **({"transfer_bytes": checked.transfer} if checked.transfer else {}),
             **({"environment": checked.environment} if checked.environment else {}),
+            **spend,
         }
         print(json.dumps(resolved, indent=None if output is Output.json else 2))
         kind = checked.target_config["kind"]
@@ -241,6 +248,27 @@ def submit(
     print(f"hml: in MLflow: {_run_link(record.model_dump())}", file=sys.stderr)
     _print_summary(record.model_dump(), output)
     raise typer.Exit(_exit_for(record.model_dump()))
+
+
+def _dry_run_budget(checked: Any) -> dict[str, Any]:
+    """The run's team, its worst-case cost and, where the team has a budget, what is left of it;
+    raises BudgetExceeded as the submit would."""
+    from runners.runs import budget
+
+    worst = checked.worst_case_usd
+    shown: dict[str, Any] = {"team": checked.team}
+    if worst is not None:
+        shown["projected_usd"] = round(worst, 2)
+    if checked.budget is not None:
+        budget.admit(checked.tracking_uri, checked.team, checked.budget, checked.spec, worst)
+        now = budget.standing(checked.tracking_uri, checked.team, checked.budget)
+        left = max(checked.budget.monthly_usd - now.spent, 0.0)
+        shown["budget"] = {
+            "monthly_usd": checked.budget.monthly_usd,
+            "spent_usd": round(now.spent, 2),
+            "left_usd": round(left, 2),
+        }
+    return shown
 
 
 @app.command(cls=Command)

@@ -266,6 +266,13 @@ def test_a_team_budget_refuses_with_the_numbers_and_hml_budget_shows_the_spend(
     assert out.returncode == 0, out.stderr
     second, out = submit_json(str(job), "--detach", env=env)
     assert out.returncode == 0, out.stderr
+    dry = hml("submit", str(job), "--dry-run", "-o", "json", env=env)
+    assert dry.returncode == 2 and "0.50 USD left" in dry.stderr, dry.stderr  # as the submit says
+    cheaper = hml("submit", str(job), "--dry-run", "-o", "json", "--set", "max_runtime=36", env=env)
+    assert cheaper.returncode == 0, cheaper.stderr
+    shown = json.loads(cheaper.stdout)
+    assert (shown["team"], shown["projected_usd"]) == ("ml", 0.36), shown
+    assert shown["budget"] == {"monthly_usd": 2.5, "spent_usd": 2.0, "left_usd": 0.5}
     third = hml("submit", str(job), "--detach", env=env)
     assert third.returncode == 2, third.stderr
     assert "team 'ml' budget: this run could cost up to 1.00 USD" in third.stderr
