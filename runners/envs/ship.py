@@ -6,7 +6,8 @@ has no pip at all (uv's binary would be 40 MB and for the runner's platform only
 has not built the lock yet and cannot reach its index (``env_via: ssh``, or ``auto`` when the
 host's probe fails) gets the lock's wheels too: the runner downloads them for the host's
 Python and platform (hash-checked against the lock) and sends what the host's
-``<envs>/wheels`` lacks over SFTP, as ``data_via: ssh`` sends datasets; the wrapper then
+``<envs>/wheels`` lacks as a tar stream (not SFTP: a banner from the login's start-up files
+breaks it, hmlkit/ssh/shell.py); the wrapper then
 installs with ``--no-index``. A warm host costs one command: nothing is sent.
 """
 
@@ -108,9 +109,8 @@ def stage(pool: Any, host: Any, root: str, lock: str | None, via: EnvVia) -> Shi
     have = set(out.split())
     shipped = Shipped()
     made = pip_zip()
-    client = pool.client(host)
     if made.name not in have:
-        shipped.sent_bytes += _put(client, made, f"{envs}/tools")
+        shipped.sent_bytes += _put(pool.runner(host), made, f"{envs}/tools")
     if not lock or via == "index" or any(h.endswith(READY) for h in have):
         return shipped
     python = python_of(lock) or "python3"
@@ -125,7 +125,7 @@ def stage(pool: Any, host: Any, root: str, lock: str | None, via: EnvVia) -> Shi
     present = set(out.split())
     for wheel in sorted(wheels.glob("*.whl")):
         if wheel.name not in present:
-            shipped.sent_bytes += _put(client, wheel, f"{envs}/wheels")
+            shipped.sent_bytes += _put(pool.runner(host), wheel, f"{envs}/wheels")
     shipped.env["HML_ENV_FIND_LINKS"] = f"{envs}/wheels"
     return shipped
 
@@ -158,13 +158,20 @@ def download(lock: str, host: dict[str, Any]) -> Path:
     return where
 
 
-def _put(client: Any, path: Path, directory: str) -> int:
-    """One file into ``directory`` on the host, whole or not at all (a ``.part``, then renamed)."""
-    sftp = client.open_sftp()
-    try:
-        tmp = f"{directory}/.{path.name}.part"
-        sftp.put(str(path), tmp, confirm=True)
-        sftp.posix_rename(tmp, f"{directory}/{path.name}")
-    finally:
-        sftp.close()
-    return path.stat().st_size
+def _put(execute: Any, path: Path, directory: str) -> int:
+    """One file into ``directory`` on the host, whole or not at all: a tar stream into a private
+    directory there (``hmlkit.ssh.shell.tar_feed``, through ``/bin/sh``, never SFTP), then renamed.
+    ``execute``: ``HostPool.runner(host)``."""
+    from hmlkit.ssh.shell import tar_feed, untar
+
+    q, name = shlex.quote(directory), shlex.quote(path.name)
+    script = f"""set -e; cd {q}
+in=$(mktemp -d .in.XXXXXX); trap 'rm -rf "$in"' EXIT
+{untar('"$in"')}; mv -f "$in"/{name} {name}
+"""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        rc, _, err = execute(script, timeout=600, stdin=tar_feed([(path.name, 0o644, size, fh)]))
+    if rc != 0:
+        raise BackendError(f"cannot send {path.name} to {directory}: {err.strip()[-300:]}")
+    return size
