@@ -569,6 +569,22 @@ def ssh_user_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:
         bed.stop()
 
 
+SLOW_PRINTING_BASHRC = SLOW_BASHRC + 'echo "Welcome to the cluster"; echo "conda: base activated" >&2\n'
+"""A login as many GPU hosts have: ~150 ms of start-up that prints to stdout and stderr."""
+
+
+@pytest.fixture(scope="session")
+def ssh_slow_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:
+    """One host as users' hosts are, at their slowest: stock Debian sshd with PAM on and a login
+    whose ``~/.bashrc`` takes ~150 ms and prints (``SLOW_PRINTING_BASHRC``); the dispatch tests
+    run against it beside the fast bed."""
+    bed = start_bed(tmp_path_factory.mktemp("sshslowbed"), 1, login=Login(bashrc=SLOW_PRINTING_BASHRC))
+    try:
+        yield bed
+    finally:
+        bed.stop()
+
+
 def _load(directory: Path) -> SshBed:
     state = directory.resolve() / STATE_FILE
     if not state.exists():
