@@ -33,10 +33,10 @@ PROTOCOL = b"HML-SESSION 1\n"
 
 
 class Channel:
-    """The runner's end: requests in on stdin, framed replies out on stdout."""
+    """The runner's end: requests in on stdin, framed replies out on stdout. Stdin is read
+    unbuffered and never past the request at hand: what follows an ``EXEC`` is the follower's."""
 
     def __init__(self) -> None:
-        self.src = sys.stdin.buffer
         self.lock = threading.Lock()
 
     def send(self, data: bytes) -> None:
@@ -46,13 +46,24 @@ class Channel:
                 view = view[os.write(1, view) :]
 
     def line(self) -> bytes:
-        return self.src.readline()
+        """One header line (a few bytes, read one at a time); b'' at end of file."""
+        got = b""
+        while not got.endswith(b"\n"):
+            byte = os.read(0, 1)
+            if not byte:
+                return got
+            got += byte
+        return got
 
     def exactly(self, n: int) -> bytes:
-        data = self.src.read(n) if n else b""
-        if len(data) != n:
-            raise EOFError("the runner went away")
-        return data
+        parts, left = [], n
+        while left:
+            data = os.read(0, min(left, 1 << 16))
+            if not data:
+                raise EOFError("the runner went away")
+            parts.append(data)
+            left -= len(data)
+        return b"".join(parts)
 
 
 def pump(chan: Channel, fd: int, tag: bytes) -> None:
