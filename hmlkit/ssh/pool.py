@@ -53,7 +53,6 @@ class HostPool:
         """host label -> its session (hmlkit/ssh/session.py) while no command uses it."""
         self._no_helper: set[str] = set()
         """Hosts where the session helper cannot start: a session per command there."""
-        self._session_client: dict[int, Any] = {}
         self.use_sessions = sessions.enabled()
 
     def client(self, host: SshHost) -> Any:
@@ -112,7 +111,7 @@ class HostPool:
             session = self._idle.pop(host.label, None)
             if host.label in self._no_helper:
                 return None
-        if session is not None and self._session_client.get(id(session)) is client:
+        if session is not None and session.client is client:
             return session
         if session is not None:
             self._forget(session)
@@ -124,9 +123,6 @@ class HostPool:
         if session is None:
             with self._lock:
                 self._no_helper.add(host.label)
-            return None
-        with self._lock:
-            self._session_client[id(session)] = client
         return session
 
     def _give(self, host: SshHost, session: Session) -> None:
@@ -139,8 +135,6 @@ class HostPool:
             self._forget(extra)
 
     def _forget(self, session: Session) -> None:
-        with self._lock:
-            self._session_client.pop(id(session), None)
         session.close()
 
     def forward(self, host: SshHost, tracking_uri: str, port: int = 0) -> int:
@@ -164,8 +158,6 @@ class HostPool:
         try:
             session = self._take(host, client, start=False)
             if session is not None:
-                with self._lock:
-                    self._session_client.pop(id(session), None)
                 try:
                     return session.become(command)
                 except BaseException:

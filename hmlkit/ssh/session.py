@@ -44,9 +44,11 @@ def boot(python: str) -> str:
 class Session:
     """A running helper on one channel; one request at a time (the pool hands it to one user)."""
 
-    def __init__(self, channel: Any, label: str) -> None:
+    def __init__(self, channel: Any, label: str, client: Any = None) -> None:
         self.channel = channel
         self.label = label
+        self.client = client
+        """The connection it runs on (a pool's: a session on a dropped one is not reused)."""
         self._buf = b""
         self._out, self._err = Prelude(), Prelude()
 
@@ -59,7 +61,7 @@ class Session:
             channel.exec_command(shell.command(boot(python)))
         except Exception as exc:  # paramiko raises socket, SSH and EOF errors alike on a lost host
             raise shell._lost(exc) from None
-        session = cls(channel, label)
+        session = cls(channel, label, client)
         try:
             first = session._line()
         except BackendError:
