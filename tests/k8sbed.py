@@ -20,7 +20,8 @@ downward API), its Secret/ConfigMap/emptyDir volumes as directories under the po
 to its working directory runs unchanged). It reports the phase and exit code through the API,
 writes the process's lines in the CRI log format and registers the file with kwok (a ``Logs``
 object), and kills the process when the pod is deleted or its node goes. The "image" is this
-machine: its ``python3`` and ``PATH``.
+machine: its ``python3`` and ``PATH``; a container without a command (an image's own entrypoint,
+such as a daemon's) runs as an idle process until its pod is deleted.
 
 Secrets are encrypted at rest in etcd (``secretbox``), as a careful cluster has them, so a test
 may search the bed's files for a leaked secret value.
@@ -661,6 +662,13 @@ class _Pod:
             for a in [*(container.command or []), *(container.args or [])]
         ]
         self.log.touch()
+        if not container.command:
+            # the image's own entrypoint (a daemon such as NVIDIA's device plugin): this machine has
+            # no such image, so an idle process stands in for it until the pod is deleted
+            self._write(
+                "stderr", f"executor: {container.image} runs its entrypoint; idling for it\n".encode()
+            )
+            argv = [sys.executable, "-c", "import time; time.sleep(10**9)"]
         self.ex.create_logs(self)
         try:
             self.proc = subprocess.Popen(

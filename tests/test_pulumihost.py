@@ -1,0 +1,156 @@
+"""Our language host (tests/pulumihost.py) over gRPC, without the engine: it prints its port,
+answers the calls the engine makes, runs a program with the flags and config that
+``pulumi-language-python-exec`` parses (a stand-in for that script records them), maps its exit
+codes, and streams a plugin's output and exit code."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import empty_pb2, struct_pb2
+from pulumi.runtime.proto import language_pb2, language_pb2_grpc
+
+HOST = Path(__file__).resolve().parent / "pulumihost.py"
+FAKE_EXEC = """import json, os, sys
+record = {"argv": sys.argv[1:], "config": json.loads(os.environ["PULUMI_CONFIG"]),
+          "secret_keys": json.loads(os.environ["PULUMI_CONFIG_SECRET_KEYS"]),
+          "venv": os.environ.get("VIRTUAL_ENV"), "cwd": os.getcwd()}
+open(os.environ["RECORD"], "w").write(json.dumps(record))
+sys.exit(int(sys.argv[-1]) if sys.argv[-1].isdigit() else 0)
+"""
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch) -> Iterator[tuple[language_pb2_grpc.LanguageRuntimeStub, Path]]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shutil.copyfile(HOST, bin_dir / "pulumihost.py")
+    (bin_dir / "pulumi-language-python-exec").write_text(FAKE_EXEC)
+    record = tmp_path / "record.json"
+    proc = subprocess.Popen(
+        [sys.executable, str(bin_dir / "pulumihost.py"), "-v=3", "127.0.0.1:1"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "RECORD": str(record)},
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield language_pb2_grpc.LanguageRuntimeStub(channel), record
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _info(root: Path, **options: str) -> language_pb2.ProgramInfo:
+    opts = struct_pb2.Struct()
+    opts.update(options)
+    return language_pb2.ProgramInfo(
+        root_directory=str(root), program_directory=str(root), entry_point=".", options=opts
+    )
+
+
+def test_plugin_info_and_the_no_op_calls(host) -> None:
+    stub, _ = host
+    assert stub.GetPluginInfo(empty_pb2.Empty()).version == "3.276.0"
+    assert stub.Handshake(language_pb2.LanguageHandshakeRequest(engine_address="x")) is not None
+    assert not stub.GetRequiredPackages(language_pb2.GetRequiredPackagesRequest()).packages
+    assert not stub.GetRequiredPlugins(language_pb2.GetRequiredPluginsRequest()).plugins
+    assert list(stub.InstallDependencies(language_pb2.InstallDependenciesRequest())) == []
+    venv = Path(sys.executable).parent.parent
+    about = stub.About(language_pb2.AboutRequest(info=_info(venv, virtualenv=str(venv))))
+    assert about.executable == str(venv / "bin" / "python")
+    assert about.version == ".".join(map(str, sys.version_info[:3]))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetProgramDependencies(language_pb2.GetProgramDependenciesRequest())
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _run(stub, tmp_path: Path, args: tuple[str, ...] = ("a1",)) -> language_pb2.RunResponse:
+    venv = Path(sys.executable).parent.parent
+    return stub.Run(
+        language_pb2.RunRequest(
+            project="proj",
+            stack="dev",
+            pwd=str(tmp_path),
+            program=".",
+            args=list(args),
+            config={"proj:key": "v", "proj:pw": "s3cret"},
+            configSecretKeys=["proj:pw"],
+            dryRun=True,
+            parallel=8,
+            monitor_address="127.0.0.1:7",
+            organization="org",
+            info=_info(tmp_path, virtualenv=str(venv)),
+        )
+    )
+
+
+def test_run_passes_the_flags_and_config_the_exec_script_parses(host, tmp_path: Path) -> None:
+    stub, record = host
+    assert _run(stub, tmp_path) == language_pb2.RunResponse()
+    seen = json.loads(record.read_text())
+    argv = seen["argv"]
+    flags = dict(zip(argv[0:-2:2], argv[1:-2:2], strict=True))
+    assert flags == {
+        "--monitor": "127.0.0.1:7",
+        "--engine": "127.0.0.1:1",
+        "--project": "proj",
+        "--stack": "dev",
+        "--pwd": str(tmp_path),
+        "--dry_run": "true",
+        "--parallel": "8",
+        "--organization": "org",
+        "--root_directory": str(tmp_path),
+    }
+    assert argv[-2:] == [str(tmp_path), "a1"]
+    assert seen["config"] == {"proj:key": "v", "proj:pw": "s3cret"}
+    assert seen["secret_keys"] == ["proj:pw"]
+    assert seen["venv"] == str(Path(sys.executable).parent.parent)
+    assert seen["cwd"] == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (32, language_pb2.RunResponse(bail=True)),
+        (3, language_pb2.RunResponse(error="Program exited with non-zero exit code: 3")),
+    ],
+)
+def test_run_exit_codes(host, tmp_path: Path, code: int, expected: language_pb2.RunResponse) -> None:
+    """32: the program has told the user already (a bail); anything else but 0 is an error."""
+    stub, _ = host
+    assert _run(stub, tmp_path, args=(str(code),)) == expected
+
+
+def test_run_plugin_streams_output_and_exit_code(host, tmp_path: Path) -> None:
+    stub, _ = host
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "__main__.py").write_text(
+        "import os, sys\nprint('out', sys.argv[1:], os.environ['X'])\n"
+        "print('err', file=sys.stderr)\nsys.exit(3)\n"
+    )
+    responses = list(
+        stub.RunPlugin(
+            language_pb2.RunPluginRequest(
+                pwd=str(tmp_path),
+                args=["--flag", "addr"],
+                env=["X=y", "PATH=/usr/bin:/bin"],
+                info=_info(plugin, virtualenv=str(Path(sys.executable).parent.parent)),
+                kind="resource",
+            )
+        )
+    )
+    out = b"".join(r.stdout for r in responses)
+    err = b"".join(r.stderr for r in responses)
+    assert out == b"out ['--flag', 'addr'] y\n" and err == b"err\n"
+    assert responses[-1].exitcode == 3
