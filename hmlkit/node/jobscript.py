@@ -49,6 +49,14 @@ BUFFER = "hml_mlflow_buffer.py"
 whose docstring says how MLflow loads it); ``TRACKING_FAST_LOGGING=0`` in the job's ``envs`` keeps
 MLflow's own, one request per call. docs/relay.md ("The fast path")."""
 _BUFFER_META = "hml_mlflow_buffer-1.dist-info"
+_BUFFER_ENTRY_POINTS = """[mlflow.tracking_store]
+http = hml_mlflow_buffer:build
+[mlflow.artifact_repository]
+mlflow-artifacts = hml_mlflow_buffer:mlflow_artifacts_repo
+http = hml_mlflow_buffer:http_artifact_repo
+https = hml_mlflow_buffer:http_artifact_repo
+"""
+"""The relay's URI gets the buffered store; artifact uploads send the buffered metrics first."""
 
 
 RELAY_BOOT = (
@@ -103,7 +111,7 @@ relay_start() {{
     mkdir -p "$EXEC/mlflow-plugin/{_BUFFER_META}" && cp "$EXEC/{BUFFER}" "$EXEC/mlflow-plugin/" &&
       printf 'Metadata-Version: 2.1\\nName: hml-mlflow-buffer\\nVersion: 1\\n' \\
         > "$EXEC/mlflow-plugin/{_BUFFER_META}/METADATA" &&
-      printf '[mlflow.tracking_store]\\nhttp = hml_mlflow_buffer:build\\n' \\
+      printf '%s' {shlex.quote(_BUFFER_ENTRY_POINTS)} \\
         > "$EXEC/mlflow-plugin/{_BUFFER_META}/entry_points.txt" &&
       export PYTHONPATH="$EXEC/mlflow-plugin${{PYTHONPATH:+:$PYTHONPATH}}"
   fi

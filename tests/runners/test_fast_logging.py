@@ -103,3 +103,73 @@ def test_status_shows_the_nodes_latest_gpu_sample_while_the_job_runs(
     (work / "go").touch()
     final = wait_status(run_id, {"FINISHED", "FAILED", "KILLED"}, timeout=120, env=env)
     assert final["status"] == "FINISHED" and "system" not in final, final
+
+
+ORDERED = """
+import mlflow, os, sys, tempfile
+import hml_mlflow_buffer
+hml_mlflow_buffer.FLUSH_S = 5  # the sender thread would not send in time: only a flush does
+from mlflow.tracking import MlflowClient
+run = os.environ["MLFLOW_RUN_ID"]
+path = os.path.join(tempfile.mkdtemp(), "latest.pt")
+open(path, "w").write("checkpoint")
+client = MlflowClient()
+client.log_artifact(run, path, "checkpoints")  # the first one reads the run: that flushes anyway
+mlflow.log_metric("train_loss", 0.5, step=1)
+client.log_artifact(run, path, "checkpoints")  # the cached repository: only the plugin flushes
+"""
+
+
+def test_an_artifact_upload_sends_the_metrics_logged_before_it_first(tmp_path):
+    """The order a server sees (a recording stand-in for the relay): the epoch's metric before the
+    checkpoint logged after it. A retry that resumes from a checkpoint must find its epoch's
+    metrics home, or a host dying between the two loses them for good."""
+    import json
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from hmlkit.node import jobscript
+
+    seen: list[str] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append(f"{self.command} {self.path.split('?')[0]}")
+            run = {"info": {"run_id": "r" * 32, "experiment_id": "0", "status": "RUNNING",
+                            "artifact_uri": "mlflow-artifacts:/0/" + "r" * 32 + "/artifacts"}}  # fmt: skip
+            body = json.dumps({"run": run} if "runs/get" in self.path else {}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    plugin = tmp_path / "plugin"
+    meta = plugin / jobscript._BUFFER_META
+    meta.mkdir(parents=True)
+    node = Path(jobscript.__file__).parent / "plugin" / jobscript.BUFFER
+    (plugin / jobscript.BUFFER).write_text(node.read_text())
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: hml-mlflow-buffer\nVersion: 1\n")
+    (meta / "entry_points.txt").write_text(jobscript._BUFFER_ENTRY_POINTS)
+    uri = f"http://127.0.0.1:{server.server_port}"
+    env = {**os.environ, "PYTHONPATH": str(plugin), "MLFLOW_TRACKING_URI": uri, "HML_RELAY_URI": uri,
+           "MLFLOW_RUN_ID": "r" * 32, "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", ORDERED], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        server.shutdown()
+    assert out.returncode == 0, out.stderr
+    writes = [s for s in seen if s.startswith(("POST /api/2.0/mlflow/runs/log-batch", "PUT "))]
+    assert len(writes) == 3 and writes[0].startswith("PUT") and writes[2].startswith("PUT"), seen
+    assert writes[1] == "POST /api/2.0/mlflow/runs/log-batch", seen

@@ -27,9 +27,12 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from functools import partial
 from typing import Any
 
+from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 from mlflow.store.tracking.rest_store import RestStore
 
 try:
@@ -48,10 +51,15 @@ def build(store_uri: str, artifact_uri: str | None = None, **_: Any) -> RestStor
     return RestStore(creds)  # type: ignore[no-untyped-call]
 
 
+_STORES: weakref.WeakSet[BufferedRestStore] = weakref.WeakSet()
+"""Every buffered store of this process: an artifact upload sends their metrics first."""
+
+
 class BufferedRestStore(RestStore):
     def __init__(self, get_host_creds: Any) -> None:
         super().__init__(get_host_creds)  # type: ignore[no-untyped-call]
         self._fresh()
+        _STORES.add(self)
 
     def _fresh(self) -> None:
         """New state in a new process (a fork inherits the parent's metrics: the parent sends them)."""
@@ -138,3 +146,30 @@ for _name in (
 ):
     if hasattr(RestStore, _name):
         setattr(BufferedRestStore, _name, _sends_metrics_first(_name))
+
+
+def _sends_metrics_before_uploads(base: Any) -> Any:
+    """``base`` whose uploads first send every buffered metric to the relay, which then delivers
+    them before the upload. Without this a checkpoint logged as an artifact could reach the
+    server before the metrics of its epoch, and a retry resuming from it after the host died
+    would never log them again (tests/runners/test_ssh.py's host-death test saw that)."""
+
+    class Repo(base):  # type: ignore[misc]
+        def log_artifact(self, *args: Any, **kwargs: Any) -> Any:
+            for store in list(_STORES):
+                store.flush()
+            return super().log_artifact(*args, **kwargs)
+
+        def log_artifacts(self, *args: Any, **kwargs: Any) -> Any:
+            for store in list(_STORES):
+                store.flush()
+            return super().log_artifacts(*args, **kwargs)
+
+    Repo.__name__ = Repo.__qualname__ = base.__name__
+    return Repo
+
+
+mlflow_artifacts_repo = _sends_metrics_before_uploads(MlflowArtifactsRepository)
+"""The ``mlflow-artifacts`` scheme's repository (the entry point ``mlflow.artifact_repository``)."""
+http_artifact_repo = _sends_metrics_before_uploads(HttpArtifactRepository)
+"""The ``http``/``https`` schemes' repository."""
