@@ -164,6 +164,14 @@ class Claims:
                 value,
             )
 
+    def fail_orphan(self, name: str, run_id: str) -> None:
+        """End the orphaned run FAILED and mark its claim failed-and-retryable, saying why."""
+        from runners.tracking.ownership import fail_run
+
+        why = "its watcher died between opening the run and recording it; the next attempt trains"
+        fail_run(self.uri, run_id, why)
+        self.mark(name, state="failed", reason=why, retry="yes", run_id="")
+
     def run_of(self, name: str) -> str | None:
         """A run a watcher submitted for the claim ``name`` (found by its tag), if any."""
         from mlflow.entities import ViewType
@@ -197,6 +205,47 @@ def _trained_by_hand(uri: str, job: str, ref: SnapshotRef | None) -> str | None:
     return None
 
 
+def _owner_dead(owner: str) -> bool:
+    """The claim's watcher (``host:pid``) ran on this machine and is gone."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _orphaned(owner: str, run_id: str) -> bool:
+    """A watcher of this machine died between opening the MLflow run and recording it: the run
+    has no record here, so no supervisor can ever start it."""
+    from runners.state import records
+
+    if not _owner_dead(owner):
+        return False
+    try:
+        records.load(run_id)
+    except HmlError:
+        return True
+    return False
+
+
+def _keep_supervised(run_id: str) -> None:
+    """A run this machine recorded whose watcher died before starting its supervisor (or whose
+    supervisor died since) gets a new supervisor: a killed watcher never leaves a run RUNNING."""
+    from runners.runs.supervision import ensure_supervised
+    from runners.state import records
+
+    try:
+        record = records.load(run_id)
+    except HmlError:
+        return  # submitted from another machine: that machine's runner supervises it
+    ensure_supervised(run_id, record.finalized)
+
+
 def fire(watched: Watched, item: Due, claims: Claims, submit: Submit) -> str:
     """Claim ``item`` and submit the job for it, unless it was claimed or trained already; what happened."""
     base = f"{CLAIM_PREFIX}{watched.spec.name}/{item.key}"
@@ -205,18 +254,25 @@ def fire(watched: Watched, item: Due, claims: Claims, submit: Submit) -> str:
         found = claims.get(name)
         if found is not None:
             state = found.tags.get("hml.watch.state", "")
+            if state == "failed":
+                if found.tags.get("hml.watch.retry") == "yes":
+                    continue  # failed for a passing reason: the next attempt
+                why = found.tags.get("hml.watch.reason", "")
+                return f"{item.key}: its submission was refused ({why}); not retried"
             run_id = found.tags.get("hml.watch.run_id") or claims.run_of(name)
+            if run_id and _orphaned(found.tags.get("hml.watch.owner", ""), run_id):
+                claims.fail_orphan(name, run_id)
+                continue  # its watcher died before the run was recorded: nothing will ever run it
             if run_id:
                 if state != "submitted":
                     claims.mark(name, state="submitted", run_id=run_id)
+                _keep_supervised(run_id)
                 return f"{item.key}: trained already, by run {run_id}"
-            if state == "failed" and found.tags.get("hml.watch.retry") != "yes":
-                why = found.tags.get("hml.watch.reason", "")
-                return f"{item.key}: its submission was refused ({why}); not retried"
             age = time.time() - float(found.tags.get("hml.watch.at") or 0)
-            if state == "claimed" and age < STALE_S:
+            owner = found.tags.get("hml.watch.owner", "")
+            if state == "claimed" and age < STALE_S and not _owner_dead(owner):
                 return f"{item.key}: claimed by {found.tags.get('hml.watch.owner', 'another watcher')}"
-            continue  # failed for a passing reason, or its watcher died before submitting: next attempt
+            continue  # its watcher died before submitting: the next attempt
         if not claims.take(name):
             return f"{item.key}: claimed by another watcher"
         by_hand = _trained_by_hand(claims.uri, watched.spec.name, item.dataset)

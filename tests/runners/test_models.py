@@ -303,10 +303,8 @@ def test_a_watcher_killed_mid_training_resumes_without_retraining(tmp_path, lake
     second = None
     try:
         [run] = _until("a run on v1", lambda: _runs_of(mlflow_server, dataset, "v1"))
-        _until(
-            "the run training",
-            lambda: mlflow_server.client().get_run(run.info.run_id).info.status == "RUNNING",
-        )
+        # its supervisor runs once the watcher says so (killed sooner: the tests below)
+        _until("the run handed over", lambda: "submitted run" in (tmp_path / "first.log").read_text())
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
         second = _watcher(job, profile, tmp_path / "second.log")
@@ -324,6 +322,71 @@ def test_a_watcher_killed_mid_training_resumes_without_retraining(tmp_path, lake
     assert [r.info.run_id for r in _runs_of(mlflow_server, dataset, "v1")] == [run.info.run_id]
     assert len(_runs_of(mlflow_server, dataset, "v2")) == 1
     assert _champion(mlflow_server, model) == "2"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def _claim(mlflow_server, job_name: str, key: str, run_id: str | None = None) -> str:
+    """The claim a watcher of this machine left when it was killed (its pid now dead), and the
+    watcher's tag on ``run_id``: what the watcher had done before the kill."""
+    import socket
+
+    name = f"hml-watch/{job_name}/{key}"
+    owner = f"{socket.gethostname()}:{_dead_pid()}"
+    tags = {"hml.watch.state": "claimed", "hml.watch.owner": owner, "hml.watch.at": str(time.time())}
+    mlflow_server.client().create_experiment(name, tags=tags)
+    if run_id:
+        mlflow_server.client().set_tag(run_id, "hml.watch.key", name)
+    return name
+
+
+def test_a_watcher_killed_before_the_supervisor_started_leaves_no_run_running(tmp_path, lake, mlflow_server):  # noqa: F811
+    """Killed after recording the run but before its supervisor started: the next watcher
+    starts one, and the run trains once and closes."""
+    _, _, profile = lake
+    go = tmp_path / "go"
+    job, dataset, _, job_name = _setup(tmp_path, lake, wait_for=go)
+    env = {"HML_CONFIG": str(profile)}
+    summary, out = submit_json(str(job), "--target", "local", "--detach", env=env)
+    assert out.returncode == 0, out.stderr
+    record = Path(summary["log"]).parent / "record.json"
+    pid = _until("the supervisor", lambda: json.loads(record.read_text()).get("supervisor_pid"))
+    os.kill(pid, signal.SIGKILL)
+    _claim(mlflow_server, job_name, f"{dataset}@v1", summary["run_id"])
+
+    out = hml("watch", str(job), "--once", "--target", "local", env=env)
+    assert out.returncode == 0 and f"trained already, by run {summary['run_id']}" in out.stderr, out.stderr
+    restarted = lambda: json.loads(record.read_text()).get("supervisor_pid") not in (pid, None)  # noqa: E731
+    _until("a new supervisor", restarted)
+    go.touch()
+    finished = wait_finalized(mlflow_server.client(), summary["run_id"], timeout=FINALIZE_S)
+    assert finished.info.status == "FINISHED", finished.data.tags.get("hml.reason")
+    assert [r.info.run_id for r in _runs_of(mlflow_server, dataset, "v1")] == [summary["run_id"]]
+
+
+def test_a_watcher_killed_before_recording_its_run_fails_it_and_trains_again(tmp_path, lake, mlflow_server):  # noqa: F811
+    """Killed between opening the MLflow run and recording it: nothing could ever run it, so
+    the next watcher ends it FAILED saying why and trains the version under a new claim."""
+    _, _, profile = lake
+    job, dataset, _, job_name = _setup(tmp_path, lake)
+    client = mlflow_server.client()
+    experiment = client.get_experiment_by_name("tests")  # the job's, made by the tests before
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("tests")
+    orphan = client.create_run(experiment_id, tags={f"hml.data.{dataset}.v1": "x"}).info.run_id
+    claim = _claim(mlflow_server, job_name, f"{dataset}@v1", orphan)
+
+    out = hml("watch", str(job), "--once", "--target", "local", env={"HML_CONFIG": str(profile)})
+    assert out.returncode == 0 and f"{dataset}@v1: submitted run" in out.stderr, out.stderr
+    dead = client.get_run(orphan)
+    assert dead.info.status == "FAILED" and "watcher died" in dead.data.tags["hml.reason"]
+    assert client.get_experiment_by_name(claim).tags["hml.watch.state"] == "failed"
+    [again] = [r for r in _runs_of(mlflow_server, dataset, "v1") if r.info.run_id != orphan]
+    assert again.data.tags["hml.watch.key"] == f"{claim}#2"
+    assert wait_finalized(client, again.info.run_id, timeout=FINALIZE_S).info.status == "FINISHED"
 
 
 def test_a_cron_trigger_fires_once_per_scheduled_time(tmp_path, lake, mlflow_server, monkeypatch):  # noqa: F811
