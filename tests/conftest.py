@@ -32,7 +32,17 @@ server) that tracking never uses, as hml's own local server runs."""
 BEDS = ("slurm_bed", "aws_bed", "k8s_bed")
 """Session beds built once per run: every test using one runs on the same worker (one Slurm
 cluster; one AWS stand-in with its moto server and booted sshd hosts; one Kubernetes control plane)."""
-SERVERS = {"mlflow_server", "moto_endpoint", "s3", "ssh_bed", "ssh_user_bed", *BEDS, "victim", "attacker"}
+SERVERS = {
+    "mlflow_server",
+    "moto_endpoint",
+    "s3",
+    "ssh_bed",
+    "ssh_user_bed",
+    "ssh_slow_bed",
+    *BEDS,
+    "victim",
+    "attacker",
+}
 """Fixtures that start a server, a bed or OS users: a test using one is marked ``server``."""
 
 
@@ -248,4 +258,4 @@ def hml_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 from tests.awsbed import aws_bed  # noqa: E402,F401  (a moto server whose instances boot sshd hosts)
 from tests.k8sbed import k8s_bed  # noqa: E402,F401  (a real Kubernetes control plane, session-wide)
 from tests.slurmbed import slurm_bed  # noqa: E402,F401  (a real Slurm cluster, session-wide)
-from tests.sshbed import ssh_bed, ssh_user_bed  # noqa: E402,F401  (real sshd hosts, session-wide)
+from tests.sshbed import ssh_bed, ssh_slow_bed, ssh_user_bed  # noqa: E402,F401  (real sshd hosts, session-wide)

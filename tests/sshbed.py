@@ -449,6 +449,14 @@ class Login:
 
     shell: str = "/bin/bash"
     stock: bool = True
+    bashrc: str = ""
+    """Put first in the user's ``~/.bashrc`` (before Debian's early return for non-interactive
+    shells), so bash runs it for every SSH command: a start-up that costs time (``SLOW_BASHRC``,
+    standing in for conda's init) or prints to stdout and stderr."""
+
+
+SLOW_BASHRC = "sleep 0.15\n"
+"""A login shell start-up of ~150 ms, as ``conda init`` or ``module`` set-up costs on GPU hosts."""
 
 
 def _make_login_user(name: str, login: Login, public_key: Path) -> Path:
@@ -468,7 +476,15 @@ def _make_login_user(name: str, login: Login, public_key: Path) -> Path:
     ssh_dir.mkdir(mode=0o700)
     (ssh_dir / "authorized_keys").write_text(public_key.read_text())
     (home / "shared-root").mkdir()
-    for path in (ssh_dir, ssh_dir / "authorized_keys", home / "shared-root"):
+    bashrc = home / ".bashrc"
+    if login.bashrc:
+        bashrc.write_text(login.bashrc + "\n" + (bashrc.read_text() if bashrc.exists() else ""))
+    for path in (
+        ssh_dir,
+        ssh_dir / "authorized_keys",
+        home / "shared-root",
+        *([bashrc] if login.bashrc else []),
+    ):
         os.chown(path, entry.pw_uid, entry.pw_gid)
     (ssh_dir / "authorized_keys").chmod(0o600)
     return home
@@ -553,6 +569,22 @@ def ssh_user_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:
         bed.stop()
 
 
+SLOW_PRINTING_BASHRC = SLOW_BASHRC + 'echo "Welcome to the cluster"; echo "conda: base activated" >&2\n'
+"""A login as many GPU hosts have: ~150 ms of start-up that prints to stdout and stderr."""
+
+
+@pytest.fixture(scope="session")
+def ssh_slow_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshBed]:
+    """One host as users' hosts are, at their slowest: stock Debian sshd with PAM on and a login
+    whose ``~/.bashrc`` takes ~150 ms and prints (``SLOW_PRINTING_BASHRC``); the dispatch tests
+    run against it beside the fast bed."""
+    bed = start_bed(tmp_path_factory.mktemp("sshslowbed"), 1, login=Login(bashrc=SLOW_PRINTING_BASHRC))
+    try:
+        yield bed
+    finally:
+        bed.stop()
+
+
 def _load(directory: Path) -> SshBed:
     state = directory.resolve() / STATE_FILE
     if not state.exists():
@@ -606,13 +638,20 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SHELL",
         help="log in as a new ordinary user with this shell, through stock sshd (PAM on)",
     )
+    up.add_argument(
+        "--slow-login",
+        action="store_true",
+        help="with --login-shell: the user's ~/.bashrc takes ~150 ms (SLOW_BASHRC), as conda's init does",
+    )
     up.add_argument("--dir", type=Path, required=True)
     down = sub.add_parser("down", help="stop the hosts started in --dir")
     down.add_argument("--dir", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            _up(args.dir, args.hosts, Login(shell=args.login_shell) if args.login_shell else None)
+            bashrc = SLOW_BASHRC if args.slow_login else ""
+            login = Login(shell=args.login_shell, bashrc=bashrc) if args.login_shell else None
+            _up(args.dir, args.hosts, login)
         else:
             _down(args.dir)
     except (RuntimeError, ValueError) as e:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hmlkit.errors import BackendError, HostKeyError, UsageError
 from hmlkit.extras import require
-from hmlkit.ssh.shell import run, tar_feed, text_files, untar
+from hmlkit.ssh.shell import Runner, on, tar_feed, text_files, untar
 
 if TYPE_CHECKING:
     import paramiko
@@ -158,24 +158,24 @@ def trust(
     return found
 
 
-def write_files(client: Any, directory: str, files: dict[str, str]) -> None:
+def write_files(execute: Runner, directory: str, files: dict[str, str]) -> None:
     """Write ``files`` (names relative to ``directory``), each 0600 from its first byte:
     ``env.sh`` carries the job's secrets. Through ``/bin/sh`` and tar, not SFTP (hmlkit/ssh/shell.py)."""
     feed = tar_feed(text_files(files))
-    rc, _, err = run(client, f"umask 077 && {untar(_q(directory))}", stdin=feed)
+    rc, _, err = execute(f"umask 077 && {untar(_q(directory))}", stdin=feed)
     if rc != 0:
         raise BackendError(f"cannot write files in {directory}: {err.strip()[-300:]}")
 
 
-def prepare_root(client: Any, host: SshHost, root: str) -> str:
+def prepare_root(execute: Runner, host: SshHost, root: str) -> str:
     """Create the remote root's layout (code, blobs, runs) once; its absolute path.
 
     The one set-up of a host for hml: the runner before a job, the inventory at ``pulumi up``.
     One the login cannot write is the user's to fix (UsageError, exit 2), not a host failure.
     """
     q = _q(root)
-    rc, out, err = run(
-        client, f"mkdir -p {q}/code {q}/blobs {q}/runs && cd {q} && touch .hml-w && rm -f .hml-w && pwd"
+    rc, out, err = execute(
+        f"mkdir -p {q}/code {q}/blobs {q}/runs && cd {q} && touch .hml-w && rm -f .hml-w && pwd"
     )
     if rc != 0 or not out.strip():
         raise UsageError(
@@ -193,8 +193,8 @@ def probe_host(host: dict[str, Any], known_hosts: str, remote_root: str) -> dict
     root = spec.remote_root or remote_root
     client = connect(spec, known_hosts)
     try:
-        prepare_root(client, spec, root)
-        _, gpu_out, _ = run(client, f"command -v nvidia-smi >/dev/null && {QUERY} || true")
+        prepare_root(on(client), spec, root)
+        _, gpu_out, _ = on(client)(f"command -v nvidia-smi >/dev/null && {QUERY} || true")
         names = parse(gpu_out)
     finally:
         client.close()

@@ -75,6 +75,15 @@ Feed = str | bytes | Callable[[Callable[[bytes], None]], None]
 """What a command reads: text, bytes, or a writer called with ``write(chunk)`` (streamed, e.g.
 a tar archive as it is made)."""
 
+Runner = Callable[..., tuple[int, Any, str]]
+"""``run`` bound to a host: ``(script, timeout=, text=, stdin=)``; a pool's ``runner(host)``
+(one shared session, hmlkit/ssh/pool.py) or ``on(client)``."""
+
+
+def on(client: Any) -> Runner:
+    """``run`` on ``client``, each command a session of its own."""
+    return lambda script, timeout=60.0, text=True, stdin=None: run(client, script, timeout, text, stdin)
+
 
 def run(
     client: Any, script: str, timeout: float = 60.0, text: bool = True, stdin: Feed | None = None

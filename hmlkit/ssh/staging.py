@@ -19,7 +19,7 @@ from typing import Any
 
 from hmlkit.errors import BackendError, UsageError
 from hmlkit.extras import require
-from hmlkit.ssh.shell import Member, run, tar_feed, untar
+from hmlkit.ssh.shell import Member, Runner, tar_feed, untar
 
 IGNORE_FILES = (".gitignore", ".hmlignore")
 ALWAYS_IGNORED = [".git/", "__pycache__/", ".hybridml/", ".checkpoints/", ".venv/"]
@@ -100,7 +100,9 @@ class StageResult:
     bytes_sent: int
 
 
-def stage(client: Any, manifest: Manifest, workdir: Path, root: str, python: str = "python3") -> StageResult:
+def stage(
+    execute: Runner, manifest: Manifest, workdir: Path, root: str, python: str = "python3"
+) -> StageResult:
     """Make ``<root>/code/<hash>/`` exist on the host, sending only the blobs it lacks.
 
     Three commands at most: is the tree there, which blobs are missing, then one tar stream of
@@ -109,7 +111,7 @@ def stage(client: Any, manifest: Manifest, workdir: Path, root: str, python: str
     """
     code_dir = f"{root}/code/{manifest.tree_hash}"
     q_root, q_code = shlex.quote(root), shlex.quote(code_dir)
-    rc, out, err = run(client, f"test -f {q_code}/.hml-complete && echo present || echo absent")
+    rc, out, err = execute(f"test -f {q_code}/.hml-complete && echo present || echo absent")
     if rc == 0 and out.strip() == "present":
         return StageResult(code_dir, 0, 0)
     wanted = sorted({e.sha256 for e in manifest.entries})
@@ -117,7 +119,7 @@ def stage(client: Any, manifest: Manifest, workdir: Path, root: str, python: str
         f"mkdir -p {q_root}/blobs && cd {q_root}/blobs && "
         'while read -r h; do [ -n "$h" ] && [ ! -f "$h" ] && echo "$h"; done; true'
     )
-    _, out, err = run(client, check, timeout=120, stdin="\n".join(wanted) + "\n")
+    _, out, err = execute(check, timeout=120, stdin="\n".join(wanted) + "\n")
     missing = set(out.split())
     sending = {e.sha256: e for e in manifest.entries if e.sha256 in missing}
     lines = "".join(json.dumps([e.sha256, f"{e.mode:o}", e.path]) + "\n" for e in manifest.entries).encode()
@@ -136,7 +138,7 @@ tmp={q_code}.tmp.$$; rm -rf "$tmp"; mkdir -p "$tmp"
 {shlex.quote(python)} -I -S -c {shlex.quote(_ASSEMBLE)} {q_root} "$tmp" "$in/.manifest"
 touch "$tmp/.hml-complete"; rm -rf {q_code}; mv "$tmp" {q_code}
 """
-    rc, _, err = run(client, assemble, timeout=300, stdin=tar_feed(members()))
+    rc, _, err = execute(assemble, timeout=300, stdin=tar_feed(members()))
     if rc != 0:
         raise BackendError(f"assembling {code_dir} failed: {err.strip()[-300:]}")
     return StageResult(code_dir, len(sending), sum(e.size for e in sending.values()))

@@ -29,7 +29,16 @@ def command(exec_dir: str, offset: int, watch_pid: bool = True, python: str = "p
 class OutputStream:
     """A running ``follow.py``: bytes as they come, then ``end`` (``EXIT <code>`` or ``GONE``)."""
 
-    def __init__(self, channel: Any, label: str) -> None:
+    def __init__(
+        self,
+        channel: Any,
+        label: str,
+        out: Prelude | None = None,
+        err: Prelude | None = None,
+        pending: bytes = b"",
+    ) -> None:
+        """``out``, ``err``, ``pending``: a session's, when the follower replaced its helper on the
+        same channel (hmlkit/ssh/session.py): the preludes it cut, the output it read ahead."""
         self.channel = channel
         self.label = label
         self.end: str | None = None
@@ -39,14 +48,15 @@ class OutputStream:
         self._said: list[str] = []
         """What the follower printed besides its protocol (a traceback, when it dies)."""
         self._heard = time.monotonic()
-        self._out_prelude, self._err_prelude = Prelude(), Prelude()
+        self._out_prelude, self._err_prelude = out or Prelude(), err or Prelude()
+        self._pending = pending
         """The login shell's own output before ``/bin/sh`` starts the follower is cut off."""
 
     def read(self) -> bytes:
         """What arrived since the last read; raises BackendError once the channel is lost."""
         chan = self.channel
         finished = chan.exit_status_ready()  # looked at first: data before the exit is all here then
-        chunks = []
+        chunks, self._pending = [self._pending], b""
         heard = False
         while chan.recv_ready():
             heard = True

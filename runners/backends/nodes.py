@@ -152,8 +152,7 @@ class NodeRunner:
         from hmlkit.ssh.staging import stage
 
         root = self.pool.root(host)
-        client = self.pool.client(host)
-        staged = stage(client, manifest, request.workdir, root, host.python)
+        staged = stage(self.pool.runner(host), manifest, request.workdir, root, host.python)
         exec_dir = f"{root}/runs/{request.run_id}/attempt-{request.attempt}/node-{rank}"
         self.pool.exec(host, f"umask 077 && mkdir -p {shlex.quote(exec_dir)}")  # private to the login
         node = Node(host=host, rank=rank, root=root, exec_dir=exec_dir, bytes_staged=staged.bytes_sent)
@@ -295,11 +294,11 @@ class NodeRunner:
             time.sleep(seconds)
 
     def cancel(self, handle: NodesHandle) -> None:
-        self._on_every_node(handle, lambda node: scripts.kill(node.exec_dir))
+        self._on_every_node(handle.nodes, lambda node: scripts.kill(node.exec_dir))
 
     def release(self, handle: NodesHandle) -> None:
         self.end_followers(handle)
-        self._on_every_node(handle, lambda node: scripts.release(node.root, node.exec_dir))
+        self._on_every_node(handle.nodes, lambda node: scripts.release(node.root, node.exec_dir))
 
     def end_followers(self, handle: NodesHandle) -> None:
         """The attempt is over: its followers end with it, before this returns (a cancelled job
@@ -310,7 +309,7 @@ class NodeRunner:
             if stream is not None:
                 stream.close()
 
-    def _on_every_node(self, handle: NodesHandle, script: Any) -> None:
+    def _on_every_node(self, nodes: list[Node], script: Any) -> None:
         """Run a node's script on all nodes at once (a cancel of 32 nodes takes one node's time);
         raise only when no node could be reached."""
         from concurrent.futures import ThreadPoolExecutor
@@ -322,9 +321,9 @@ class NodeRunner:
                 return str(exc)
             return None
 
-        if not handle.nodes:
+        if not nodes:
             return
-        with ThreadPoolExecutor(max_workers=min(32, len(handle.nodes))) as workers:
-            problems = [p for p in workers.map(one, handle.nodes) if p is not None]
-        if problems and len(problems) == len(handle.nodes):
+        with ThreadPoolExecutor(max_workers=min(32, len(nodes))) as workers:
+            problems = [p for p in workers.map(one, nodes) if p is not None]
+        if problems and len(problems) == len(nodes):
             raise BackendError("; ".join(problems))

@@ -205,7 +205,7 @@ class SlurmBackend(Backend[SlurmHandle]):
         spec, login = request.spec, self.config.login
         root = self.pool.root(login)
         manifest = scan(request.workdir, self.nodes.max_workdir_bytes)
-        code_dir = stage(self.pool.client(login), manifest, request.workdir, root, login.python).code_dir
+        code_dir = stage(self.pool.runner(login), manifest, request.workdir, root, login.python).code_dir
         attempt = f"{root}/runs/{request.run_id}/attempt-{request.attempt}"
         ranks = range(spec.num_nodes)
         dirs = " ".join(shlex.quote(f"{attempt}/node-{k}") for k in ranks)
@@ -260,7 +260,7 @@ class SlurmBackend(Backend[SlurmHandle]):
         )
         first, rest = prelude.split("\n", 1)
         files["batch.sh"] = "\n".join([first, *(f"#SBATCH {d}" for d in directives), rest])
-        write_files(self.pool.client(login), attempt, files)
+        write_files(self.pool.runner(login), attempt, files)
         rc, out, err = self._slurm(f"sbatch --parsable {shlex.quote(attempt)}/batch.sh")
         job_id = out.strip().split(";")[0]
         if rc != 0 or not job_id.isdigit():

@@ -105,7 +105,7 @@ def stage_remote(pool: Any, host: Any, root: str, scratch: str, inputs: list[Inp
         if round_ == "store" and via == "ssh":
             continue
         files = {"datafetch.py": script, "inputs-plan.json": json.dumps(plan(inputs, root, urls_for))}
-        write_files(client, scratch, files)
+        write_files(pool.runner(host), scratch, files)
         q = shlex.quote(scratch)
         py = shlex.quote(host.python)
         rc, out, err = pool.exec(host, f"{py} -I -S {q}/datafetch.py {q}/inputs-plan.json", timeout=3600)

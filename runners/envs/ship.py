@@ -29,7 +29,7 @@ from typing import Any, Literal
 from hmlkit.errors import BackendError
 from hmlkit.extras import MissingExtra, require
 from hmlkit.node.venv import READY
-from hmlkit.ssh.shell import run, tar_feed, untar
+from hmlkit.ssh.shell import tar_feed, untar
 from runners.envs.lock import digest_of, python_of
 
 EnvVia = Literal["auto", "index", "ssh"]
@@ -112,9 +112,8 @@ def stage(pool: Any, host: Any, root: str, lock: str | None, via: EnvVia) -> Shi
     have = set(out.split())
     shipped = Shipped()
     made = pip_zip()
-    client = pool.client(host)
     if made.name not in have:
-        shipped.sent_bytes += _put(client, [made], f"{envs}/tools")
+        shipped.sent_bytes += _put(pool.runner(host), [made], f"{envs}/tools")
     if not lock or via == "index" or any(h.endswith(READY) for h in have):
         return shipped
     python = python_of(lock) or "python3"
@@ -128,7 +127,7 @@ def stage(pool: Any, host: Any, root: str, lock: str | None, via: EnvVia) -> Shi
     rc, out, _ = pool.exec(host, f"ls {q}/wheels")
     present = set(out.split())
     missing = [w for w in sorted(wheels.glob("*.whl")) if w.name not in present]
-    shipped.sent_bytes += _put(client, missing, f"{envs}/wheels")
+    shipped.sent_bytes += _put(pool.runner(host), missing, f"{envs}/wheels")
     shipped.env["HML_ENV_FIND_LINKS"] = f"{envs}/wheels"
     return shipped
 
@@ -161,9 +160,10 @@ def download(lock: str, host: dict[str, Any]) -> Path:
     return where
 
 
-def _put(client: Any, paths: list[Path], directory: str) -> int:
-    """Files into ``directory`` on the host, each whole or not at all: unpacked into a scratch
-    directory beside them, then renamed into place (a concurrent builder never sees half a wheel)."""
+def _put(execute: Any, paths: list[Path], directory: str) -> int:
+    """Files into ``directory`` on the host, each whole or not at all: one tar stream through
+    ``/bin/sh`` (never SFTP) into a scratch directory beside them, then renamed into place (a
+    concurrent builder never sees half a wheel). ``execute``: ``HostPool.runner(host)``."""
     if not paths:
         return 0
     scratch = shlex.quote(f"{directory}/.incoming-{secrets.token_hex(6)}")
@@ -171,7 +171,7 @@ def _put(client: Any, paths: list[Path], directory: str) -> int:
     script = f"mkdir {scratch} && {untar(scratch)} && {place} || {{ rm -rf {scratch}; exit 1; }}"
     with ExitStack() as files:
         members = [(p.name, 0o644, p.stat().st_size, files.enter_context(p.open("rb"))) for p in paths]
-        rc, _, err = run(client, script, timeout=3600, stdin=tar_feed(members))
+        rc, _, err = execute(script, timeout=3600, stdin=tar_feed(members))
     if rc != 0:
         raise BackendError(f"cannot send {len(paths)} file(s) to {directory}: {err.strip()[-300:]}")
     return sum(p.stat().st_size for p in paths)

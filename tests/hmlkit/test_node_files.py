@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 NODE = Path(__file__).resolve().parents[2] / "hmlkit" / "node"
-SHIPPED = ["relay.py", "redact_stream.py", "follow_stream.py", "sysmetrics.py", "datafetch.py", "venv.py"]
+SHIPPED = [
+    "relay.py",
+    "redact_stream.py",
+    "follow_stream.py",
+    "sysmetrics.py",
+    "datafetch.py",
+    "venv.py",
+    "session.py",
+]
 PYTHON3 = shutil.which("python3", path="/usr/bin:/bin") or "python3"
 
 # Load the file as a module (not as __main__, so it only defines), then report every module
