@@ -123,18 +123,21 @@ relay_start() {{
 relay_drain() {{  # the backlog's size goes to $EXEC/{SYNCING} too, for `hml status`
   [ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null && wait "$SAMPLER_PID" 2>/dev/null
   [ -n "$RELAY_PID" ] || return 0
-  waited=0
+  # a healthy relay is home within milliseconds of the job's end: look again soon, then each second
+  start=$SECONDS; said=-10; pause=0.02; limit="${{TRACKING_RELAY_DRAIN_S:-3600}}"
   while n=$(relay_status); [ "$n" != 0 ]; do
     echo "$n" > "$EXEC/{SYNCING}.tmp"; mv "$EXEC/{SYNCING}.tmp" "$EXEC/{SYNCING}"
-    if [ $((waited % 10)) -eq 0 ]; then
-      why=$(relay_status last_error)  # why it is not home yet: the user's to see, not a mystery
+    waited=$((SECONDS - start))
+    if {{ [ "$pause" = 1 ] || [ "$waited" -ge "$limit" ]; }} && [ $((waited - said)) -ge 10 ]; then
+      said=$waited; why=$(relay_status last_error)  # why it is not home yet: the user's to see
       echo "hml: syncing $n records to the tracking server${{why:+ (upstream: $why)}}" >> "$EXEC/{OUTPUT}"
     fi
-    if [ "$waited" -ge "${{TRACKING_RELAY_DRAIN_S:-3600}}" ]; then
+    if [ "$waited" -ge "$limit" ]; then
       echo "hml: gave up syncing; the records stay in $EXEC/{RELAY_JOURNAL}" >> "$EXEC/{OUTPUT}"
       break
     fi
-    sleep 1; waited=$((waited + 1))
+    sleep "$pause"
+    case "$pause" in 0.02) pause=0.1 ;; 0.1) pause=0.3 ;; *) pause=1 ;; esac
   done
   rm -f "$EXEC/{SYNCING}"
   kill "$RELAY_PID" 2>/dev/null; wait "$RELAY_PID" 2>/dev/null

@@ -50,6 +50,8 @@ class Session:
         self.client = client
         """The connection it runs on (a pool's: a session on a dropped one is not reused)."""
         self._buf = b""
+        self._stderr = b""
+        """Stderr past the mark: the follower's first lines when it starts fast (``become``)."""
         self._out, self._err = Prelude(), Prelude()
 
     @classmethod
@@ -76,7 +78,7 @@ class Session:
         chan = self.channel
         try:
             while chan.recv_stderr_ready():
-                self._err.feed(chan.recv_stderr(1 << 12))
+                self._stderr += self._err.feed(chan.recv_stderr(1 << 12))
             data = chan.recv(1 << 16)
         except TimeoutError:
             raise BackendError("command failed on the host: timed out") from None
@@ -143,7 +145,7 @@ class Session:
         if self._line() != b"B\n":
             raise BackendError("command failed on the host: the session did not start the follower")
         self.channel.settimeout(None)
-        return OutputStream(self.channel, self.label, self._out, self._err, self._buf)
+        return OutputStream(self.channel, self.label, self._out, self._err, self._buf, self._stderr)
 
     def close(self) -> None:
         """End of file ends the helper; the channel goes."""

@@ -36,15 +36,17 @@ class OutputStream:
         out: Prelude | None = None,
         err: Prelude | None = None,
         pending: bytes = b"",
+        pending_err: bytes = b"",
     ) -> None:
-        """``out``, ``err``, ``pending``: a session's, when the follower replaced its helper on the
-        same channel (hmlkit/ssh/session.py): the preludes it cut, the output it read ahead."""
+        """``out``, ``err``, ``pending``, ``pending_err``: a session's, when the follower replaced
+        its helper on the same channel (hmlkit/ssh/session.py): the preludes it cut, the stdout
+        and stderr it read ahead (a fast follower's ``EXIT`` can come with the helper's last reply)."""
         self.channel = channel
         self.label = label
         self.end: str | None = None
         self.syncing = ""
         """Records the job's wrapper still waits to sync to the tracking server ('' when none)."""
-        self._err = b""
+        self._err = pending_err
         self._said: list[str] = []
         """What the follower printed besides its protocol (a traceback, when it dies)."""
         self._heard = time.monotonic()
