@@ -282,6 +282,10 @@ class Journal:
                 self._unsynced.clear()
                 os.fsync(self._file.fileno())
 
+    def wake_syncer(self) -> None:
+        """``sync_behind`` looks at its stop now, not within the second (a job's end waits on it)."""
+        self._unsynced.set()
+
     def peek(self, limit: int) -> "list[Write]":
         """Up to ``limit`` of the oldest pending writes, in order, without consuming them."""
         with self._lock:
@@ -551,6 +555,7 @@ class Relay:
         self._stop.set()
         self._wake.set()
         self._hurry.set()
+        self.journal.wake_syncer()
         self._thread.join(timeout=30)
         self._syncer.join(timeout=30)  # its last fsync: the records written behind are on disk
 

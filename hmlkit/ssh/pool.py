@@ -125,6 +125,16 @@ class HostPool:
                 self._no_helper.add(host.label)
         return session
 
+    def _spare(self, host: SshHost, client: Any) -> None:
+        """A session for what comes after the follower (the attempt's release), started while the
+        job runs: the login it costs is paid off the path from the job's end to the run's."""
+        try:
+            session = self._take(host, client)
+        except BackendError:
+            return  # the next command opens one itself, and says what failed
+        if session is not None:
+            self._give(host, session)
+
     def _give(self, host: SshHost, session: Session) -> None:
         """Back to the host's slot; one idle session per host is kept, another is ended."""
         with self._lock:
@@ -159,10 +169,12 @@ class HostPool:
             session = self._take(host, client, start=False)
             if session is not None:
                 try:
-                    return session.become(command)
+                    stream = session.become(command)
                 except BaseException:
                     session.close()
                     raise
+                threading.Thread(target=self._spare, args=(host, client), daemon=True).start()
+                return stream
             with self._lock:
                 self.commands += 1
             channel = client.get_transport().open_session(timeout=timeout)
