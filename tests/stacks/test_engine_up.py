@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.k8sbed import K8sBed, Pool, k8s_bed  # noqa: F401 - the fixture
-from tests.pulumibed import engine_env
+from tests.pulumibed import PROMETHEUS_CRDS, engine_env, install_crds, prometheus_operator_crds
 
 pytestmark = [pytest.mark.slow]
 
@@ -29,6 +29,7 @@ NAMESPACE = "hml-engine"
 NODE = "engine-0"
 ORG = {"team": "ml-platform", "cost-center": "cc-4711", "environment": "bed"}
 SECRET_VALUE = "s3cr3t-from-pulumi-config"
+MAIL = "ml-leads@example.com"
 
 PROGRAM = f'''
 import pulumi
@@ -37,6 +38,8 @@ import pulumi_kubernetes as k8s
 from components.base import OrgTags
 from components.gpu_pool import GpuNodePool, GpuNodePoolArgs, OnpremPool
 from components.keyvault import KeyVault, KeyVaultArgs
+from components.monitoring import Budget, Monitoring, MonitoringArgs
+from components.tracking import TrackingServer, TrackingServerArgs
 
 config = pulumi.Config("bed")
 tags = OrgTags(team="ml-platform", cost_center="cc-4711", environment="bed")
@@ -64,7 +67,39 @@ vault = KeyVault(
     ),
     opts=pulumi.ResourceOptions(depends_on=[namespace]),
 )
+monitoring = Monitoring(
+    "alerts",
+    MonitoringArgs(
+        platform="onprem",
+        tags=tags,
+        budget=Budget(monthly_usd=3000, thresholds_percent=[80, 100], notify=["{MAIL}"]),
+        gpu_pools=["engine"],
+        namespace="{NAMESPACE}",
+    ),
+    opts=pulumi.ResourceOptions(depends_on=[namespace]),
+)
+tracking = TrackingServer(
+    "mlflow",
+    TrackingServerArgs(
+        platform="onprem",
+        tags=tags,
+        hostname="mlflow.bed.example.com",
+        replicas=1,
+        # the bed has no ingress controller: nothing ever writes the Ingress's address
+        await_ingress=False,
+        db_uri=vault.value("db-password").apply(lambda p: f"postgresql://mlflow:{{p}}@pg:5432/mlflow"),
+        admin_password=vault.value("db-password"),
+        artifact_bucket="artifacts",
+        namespace="{NAMESPACE}",
+        s3_endpoint_url="https://minio.bed.example.com:9000",
+        s3_access_key="bed-access",
+        s3_secret_key=config.require_secret("dbPassword"),
+    ),
+    opts=pulumi.ResourceOptions(depends_on=[namespace, vault]),
+)
 pulumi.export("secretRefs", vault.secret_refs)
+pulumi.export("trackingUri", tracking.url)
+pulumi.export("dashboard", monitoring.dashboard)
 pulumi.export("nodes", pool.nodes)
 '''
 
@@ -108,12 +143,22 @@ def engine_node(k8s_bed: K8sBed):  # noqa: F811
     k8s_bed.delete_node(NODE)
 
 
+@pytest.fixture
+def prometheus_crds(k8s_bed: K8sBed) -> list[str]:  # noqa: F811
+    """The prometheus-operator's PrometheusRule and AlertmanagerConfig CRDs in the bed, from its
+    Go module (fetched once into ~/.cache/hybridml/gomod); left there, as a cluster keeps them."""
+    return install_crds(k8s_bed.client(), prometheus_operator_crds())
+
+
 def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
     k8s_bed: K8sBed,  # noqa: F811
     engine_node: str,
+    prometheus_crds: list[str],
     tmp_path: Path,
 ):
     from kubernetes import client
+
+    assert prometheus_crds == [f"{name}.monitoring.coreos.com" for name in PROMETHEUS_CRDS]
 
     project = _project(tmp_path)
     env = engine_env(tmp_path / "state", tmp_path / "pulumi-home", KUBECONFIG=str(k8s_bed.kubeconfig))
@@ -131,6 +176,7 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
 
     api = k8s_bed.client()
     core, apps, rbac = client.CoreV1Api(api), client.AppsV1Api(api), client.RbacAuthorizationV1Api(api)
+    custom, net = client.CustomObjectsApi(api), client.NetworkingV1Api(api)
     objects = {
         "namespace": core.read_namespace(NAMESPACE),
         "node": core.read_node(NODE),
@@ -142,10 +188,60 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
         "secret": core.read_namespaced_secret("hybridml-bed", NAMESPACE),
         "role": rbac.read_namespaced_role("hybridml-bed-reader", NAMESPACE),
         "binding": rbac.read_namespaced_role_binding("hybridml-bed-readers", NAMESPACE),
+        "dashboard": core.read_namespaced_config_map("alerts-dashboard", NAMESPACE),
+        "tracking-config": core.read_namespaced_secret("mlflow-config", NAMESPACE),
+        "tracking-account": core.read_namespaced_service_account("mlflow", NAMESPACE),
+        "tracking": apps.read_namespaced_deployment("mlflow", NAMESPACE),
+        "tracking-service": core.read_namespaced_service("mlflow", NAMESPACE),
+        "tracking-ingress": net.read_namespaced_ingress("mlflow", NAMESPACE),
     }
     for what, obj in objects.items():
         labels = obj.metadata.labels or {}
         assert {k: labels.get(k) for k in ORG} == ORG, (what, labels)
+    custom_objects = {  # the CRDs' objects, as the API server stored them (schema-pruned)
+        kind: custom.get_namespaced_custom_object(
+            "monitoring.coreos.com", version, NAMESPACE, plural, f"alerts-{name}"
+        )
+        for kind, version, plural, name in (
+            ("PrometheusRule", "v1", "prometheusrules", "rules"),
+            ("AlertmanagerConfig", "v1alpha1", "alertmanagerconfigs", "routing"),
+        )
+    }
+    for kind, obj in custom_objects.items():
+        labels = obj["metadata"].get("labels", {})
+        assert {k: labels.get(k) for k in ORG} == ORG, (kind, labels)
+
+    (group,) = custom_objects["PrometheusRule"]["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert {"HybridMLGpuIdle", "HybridMLJobFailed", "HybridMLBudgetActual100"} <= set(alerts), alerts
+    assert alerts["HybridMLBudgetForecasted80"]["labels"]["team"] == "ml-platform"
+    assert "> 2400" in alerts["HybridMLBudgetForecasted80"]["expr"]  # 80 % of 3000 USD
+    routing = custom_objects["AlertmanagerConfig"]["spec"]
+    assert routing["route"]["matchers"] == [{"name": "team", "value": "ml-platform"}]
+    assert routing["receivers"][0]["emailConfigs"][0]["to"] == MAIL
+    dashboard = json.loads(objects["dashboard"].data["hybridml.json"])
+    assert (
+        dashboard["uid"] == "hybridml-ml-platform"
+        and objects["dashboard"].metadata.labels["grafana_dashboard"] == "1"
+    )
+    tracking = objects["tracking"]
+    assert tracking.status.ready_replicas == 1  # the engine waited for it: the bed runs its pod
+    assert tracking.spec.template.spec.service_account_name == "mlflow"
+    config_keys = set(objects["tracking-config"].data)
+    assert {"MLFLOW_BACKEND_STORE_URI", "basic_auth.ini", "AWS_SECRET_ACCESS_KEY"} <= config_keys
+    assert (
+        SECRET_VALUE in base64.b64decode(objects["tracking-config"].data["MLFLOW_BACKEND_STORE_URI"]).decode()
+    )
+    ingress = objects["tracking-ingress"]
+    assert ingress.metadata.annotations["pulumi.com/skipAwait"] == "true"  # no controller on the bed
+    assert ingress.spec.rules[0].host == "mlflow.bed.example.com"
+    assert ingress.spec.rules[0].http.paths[0].backend.service.name == "mlflow"
+    assert objects["tracking-service"].spec.selector == {
+        "app.kubernetes.io/name": "mlflow",
+        "app.kubernetes.io/instance": "mlflow",
+    }
+    assert outputs["trackingUri"] == "https://mlflow.bed.example.com"
+    assert outputs["dashboard"] == "alerts-dashboard"
 
     node = objects["node"]
     assert node.metadata.labels["hybridml.io/gpu-pool"] == "engine"
@@ -183,9 +279,19 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
     ]
 
     pulumi(project, env, "destroy", "--yes", "--skip-preview")
-    with pytest.raises(client.ApiException) as gone:
-        core.read_namespaced_secret("hybridml-bed", NAMESPACE)
-    assert gone.value.status == 404
+    for read, name in (
+        (core.read_namespaced_secret, "hybridml-bed"),
+        (core.read_namespaced_config_map, "alerts-dashboard"),
+        (apps.read_namespaced_deployment, "mlflow"),
+        (core.read_namespaced_service, "mlflow"),
+        (net.read_namespaced_ingress, "mlflow"),
+    ):
+        with pytest.raises(client.ApiException) as gone:
+            read(name, NAMESPACE)
+        assert gone.value.status == 404, name
+    for plural, version in (("prometheusrules", "v1"), ("alertmanagerconfigs", "v1alpha1")):
+        listed = custom.list_cluster_custom_object("monitoring.coreos.com", version, plural)
+        assert listed["items"] == [], plural
     assert not [
         d for d in apps.list_daemon_set_for_all_namespaces().items if d.metadata.name.startswith("engine-")
     ]
