@@ -34,6 +34,9 @@ class TrackingSettings(Args):
     """Kubernetes TLS secret for the hostname (cert-manager or the platform team's)."""
     service_account_role_arn: str | None = None
     """AWS: IAM role (IRSA) with read/write on the artifact bucket."""
+    tracking_uri: str | None = Field(None, pattern=r"^https?://\S+$")
+    """The tracking URI the runners get (``runnerProfile.tracking_uri``) where it is not
+    ``https://<hostname>``: e.g. an internal proxy's address in front of this server."""
     await_ingress: bool = True
     """Whether ``pulumi up`` waits for the Ingress to get its load-balancer address, which the
     cluster's ingress controller writes into its status. ``false`` only on a cluster with no
@@ -225,6 +228,6 @@ class TrackingServer(PlatformComponent):
             },
             opts=self.child_opts(),
         )
-        self.url = pulumi.Output.from_input(f"https://{args.hostname}")
+        self.url = pulumi.Output.from_input(args.tracking_uri or f"https://{args.hostname}")
         self.service = service.metadata["name"]
         self.register_outputs({"url": self.url, "service": self.service})

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8sbed import K8sBed, Pool, k8s_bed  # noqa: F401 - the fixture
-from tests.pulumibed import PROMETHEUS_CRDS, engine_env, install_crds, prometheus_operator_crds
+from tests.k8sbed import K8sBed
+from tests.pulumibed import PROMETHEUS_CRDS, engine_env
+from tests.stacks.conftest import NODE
 
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "hml-engine"
-NODE = "engine-0"
 ORG = {"team": "ml-platform", "cost-center": "cc-4711", "environment": "bed"}
 SECRET_VALUE = "s3cr3t-from-pulumi-config"
 MAIL = "ml-leads@example.com"
@@ -134,24 +134,8 @@ def _project(tmp_path: Path) -> Path:
     return project
 
 
-@pytest.fixture
-def engine_node(k8s_bed: K8sBed):  # noqa: F811
-    """A GPU node of the bed's own for the pool to label and taint (the session's nodes stay as
-    other tests expect them); removed afterwards."""
-    k8s_bed.add_node(Pool("engine", 1, gpus=1), 0)
-    yield NODE
-    k8s_bed.delete_node(NODE)
-
-
-@pytest.fixture
-def prometheus_crds(k8s_bed: K8sBed) -> list[str]:  # noqa: F811
-    """The prometheus-operator's PrometheusRule and AlertmanagerConfig CRDs in the bed, from its
-    Go module (fetched once into ~/.cache/hybridml/gomod); left there, as a cluster keeps them."""
-    return install_crds(k8s_bed.client(), prometheus_operator_crds())
-
-
 def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
-    k8s_bed: K8sBed,  # noqa: F811
+    k8s_bed: K8sBed,
     engine_node: str,
     prometheus_crds: list[str],
     tmp_path: Path,
