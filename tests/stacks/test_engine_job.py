@@ -105,7 +105,8 @@ def test_the_stacks_runner_profile_runs_the_digits_example_on_the_pool_it_made(
     }.items():
         pulumi(project, env, "config", "set", "--secret", f"platform:{key}", value)
 
-    pulumi(project, env, "up", "--yes", "--skip-preview")
+    up = pulumi(project, env, "up", "--yes", "--skip-preview")
+    assert "Traceback" not in up.stdout + up.stderr, up.stdout  # nor the language host's, at its end
     try:
         profile = tmp_path / "hybridml.yaml"
         with profile.open("w") as out:  # pulumi stack output --json runnerProfile > hybridml.yaml
@@ -141,6 +142,7 @@ def test_the_stacks_runner_profile_runs_the_digits_example_on_the_pool_it_made(
         logs = hml("logs", summary["run_id"], env=hml_env).stdout
         assert out.returncode == 0, out.stderr + logs
         assert summary["status"] == "FINISHED", logs
+        assert f"[hml] running on {engine_node}" in logs  # the node the stack labelled and tainted
         run = wait_finalized(mlflow_server.client(), summary["run_id"])
         assert run.data.metrics["test_accuracy"] > 0.8
         counters = textfile.read_text()  # the run's end, where the stack's Prometheus rules read it

@@ -152,6 +152,7 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
 
     up = pulumi(project, env, "up", "--yes", "--skip-preview")
     assert SECRET_VALUE not in up.stdout + up.stderr
+    assert "Traceback" not in up.stdout + up.stderr, up.stdout  # nor the language host's, at its end
     state = "".join(f.read_text(errors="replace") for f in (tmp_path / "state").rglob("*") if f.is_file())
     assert "hml-engine-bed" in state and SECRET_VALUE not in state  # encrypted in the state file
     outputs = json.loads(pulumi(project, env, "stack", "output", "--json").stdout)
