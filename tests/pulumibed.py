@@ -26,6 +26,10 @@ nothing). The pieces:
   ``terraform-mapping.json``: the build copies the package out of the module cache into a build
   directory beside a copy of ``tests/pulumigo/kubernetes/go.mod``, does that step and builds.
 
+The prometheus-operator's CRDs (``PrometheusRule``, ``AlertmanagerConfig``), which monitoring's
+on-prem objects need in the bed, come ready-made from that project's Go module
+(``prometheus_operator_crds``, ``install_crds``; ``python -m tests.pulumibed crds``).
+
 A ``pulumi`` already on PATH is used as it is, with its installation's own language host
 (``HML_PULUMI_BUILD=1`` builds anyway). The engine finds the language host and the provider on
 PATH (ambient plugins), and ``engine_env`` turns off update checks and plugin downloads.
@@ -301,9 +305,19 @@ def engine_env(state: Path, home: Path, **extra: str) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.pulumibed")
-    parser.add_argument("command", choices=["build", "where"])
+    parser.add_argument(
+        "command",
+        choices=["build", "where", "crds"],
+        help="build the engine; print its bin directory; install the prometheus-operator's CRDs "
+        "(PrometheusRule, AlertmanagerConfig) into the cluster of $KUBECONFIG and print their names",
+    )
     args = parser.parse_args(argv)
-    if args.command == "build":
+    if args.command == "crds":
+        from kubernetes import config
+
+        for name in install_crds(config.new_client_from_config(), prometheus_operator_crds()):
+            print(name)
+    elif args.command == "build":
         if ambient_pulumi():
             print(
                 f"pulumibed: using {ambient_pulumi()} from PATH; the provider still builds", file=sys.stderr

@@ -3,10 +3,12 @@ the on-prem components' Kubernetes parts onto the Kubernetes bed (tests/k8sbed.p
 
 A file state backend in the test's directory, a stack passphrase, nothing fetched. The program is
 made of the project's own components (the on-prem GPU pool's node labels, taint and device
-plugin DaemonSet; the on-prem key vault's Secret, Role and RoleBinding). Every object is then read
-back through the Kubernetes API with the organisation's labels; a second ``up`` changes nothing;
-a config change (one more reader) updates the RoleBinding alone; ``destroy`` removes what ``up``
-made, and gives the node back without the pool's labels.
+plugin DaemonSet; the on-prem key vault's Secret, Role and RoleBinding; monitoring's
+PrometheusRule, AlertmanagerConfig and Grafana ConfigMap, the prometheus-operator's CRDs installed
+first; the tracking server's Secret, ServiceAccount, Deployment, Service and Ingress). Every
+object is then read back through the Kubernetes API with the organisation's labels; a second
+``up`` changes nothing; a config change (one more reader) updates the RoleBinding alone;
+``destroy`` removes what ``up`` made, and gives the node back without the pool's labels.
 """
 
 from __future__ import annotations
