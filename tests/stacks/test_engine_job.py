@@ -108,6 +108,8 @@ def test_the_stacks_runner_profile_runs_the_digits_example_on_the_pool_it_made(
     up = pulumi(project, env, "up", "--yes", "--skip-preview")
     assert "Traceback" not in up.stdout + up.stderr, up.stdout  # nor the language host's, at its end
     try:
+        again = pulumi(project, env, "preview", "--expect-no-changes")  # exit 255 on any change
+        assert "20 unchanged" in again.stdout, again.stdout
         profile = tmp_path / "hybridml.yaml"
         with profile.open("w") as out:  # pulumi stack output --json runnerProfile > hybridml.yaml
             subprocess.run(
