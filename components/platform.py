@@ -39,6 +39,15 @@ from components.tracking import TrackingServer, TrackingServerArgs, TrackingSett
 VAULT_SECRETS = ("tracking-db-uri", "tracking-admin-password")
 
 
+class ExistingBucket:
+    """A bucket the stack does not make (``storage.create_buckets: false``): its name as given,
+    and the ARN S3 gives a bucket of that name."""
+
+    def __init__(self, name: str) -> None:
+        self.bucket: pulumi.Input[str] = name
+        self.arn: pulumi.Input[str] = f"arn:aws:s3:::{name}"
+
+
 class Platform:
     """Builds every component for a config; attributes expose them for exports and tests."""
 
@@ -102,8 +111,10 @@ class Platform:
             )
         return vaults
 
-    def _stores(self, secrets: PlatformSecrets) -> dict[str, ObjectStore]:
+    def _stores(self, secrets: PlatformSecrets) -> dict[str, ObjectStore | ExistingBucket]:
         storage, onprem = self.config.storage, self.config.onprem
+        if not storage.create_buckets:
+            return {name: ExistingBucket(name) for name in storage.buckets}
         endpoint_args: dict[str, Any] = {}
         if onprem and onprem.s3_endpoint:
             endpoint = StorageEndpoint.minio(onprem.s3_endpoint, onprem.cold_storage_class)
@@ -114,7 +125,7 @@ class Platform:
                 "provider": endpoint.provider("onprem-s3", secrets.s3_access_key, secrets.s3_secret_key),
             }
         grants = storage.model_dump(include=set(AccessGrants.model_fields))
-        stores = {}
+        stores: dict[str, ObjectStore | ExistingBucket] = {}
         for name, bucket in storage.buckets.items():
             platform_args = (
                 endpoint_args

@@ -48,6 +48,11 @@ class StorageConfig(AccessGrants):
     artifact_bucket: str = "artifacts"
     """The bucket MLflow and the runners keep checkpoints and artifacts in."""
     retention: RetentionPlan = Field(default_factory=RetentionPlan)
+    create_buckets: bool = True
+    """``false``: the buckets already exist under these names (made by the storage team, or
+    ``mc mb`` on the on-prem endpoint); the stack makes none of them and so needs no AWS provider
+    for them: the profile and MLflow get the names as they are. The on-prem stack run on the
+    Kubernetes test bed (the AWS provider cannot be built there) is the case it was added for."""
 
     @model_validator(mode="after")
     def _artifacts_exist(self) -> StorageConfig:

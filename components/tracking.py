@@ -34,6 +34,14 @@ class TrackingSettings(Args):
     """Kubernetes TLS secret for the hostname (cert-manager or the platform team's)."""
     service_account_role_arn: str | None = None
     """AWS: IAM role (IRSA) with read/write on the artifact bucket."""
+    tracking_uri: str | None = Field(None, pattern=r"^https?://\S+$")
+    """The tracking URI the runners get (``runnerProfile.tracking_uri``) where it is not
+    ``https://<hostname>``: e.g. an internal proxy's address in front of this server."""
+    await_ingress: bool = True
+    """Whether ``pulumi up`` waits for the Ingress to get its load-balancer address, which the
+    cluster's ingress controller writes into its status. ``false`` only on a cluster with no
+    controller that publishes one (a test bed; an ingress-nginx without ``--publish-service``):
+    there the address never comes and the provider would fail the update after its 10 min wait."""
 
 
 class TrackingServerArgs(TrackingSettings):
@@ -189,9 +197,12 @@ class TrackingServer(PlatformComponent):
             spec={"selector": app, "ports": [{"name": "http", "port": 80, "target_port": "http"}]},
             opts=self.child_opts(),
         )
+        # pulumi.com/skipAwait: the provider then neither waits for nor checks the load-balancer
+        # address; set only where no controller will ever write one (await_ingress: false)
+        no_wait = {} if args.await_ingress else {"annotations": {"pulumi.com/skipAwait": "true"}}
         k8s.networking.v1.Ingress(
             self.child_name("ingress"),
-            metadata={**meta, "name": name},
+            metadata={**meta, "name": name, **no_wait},
             spec={
                 "ingress_class_name": args.ingress_class,
                 "tls": [{"hosts": [args.hostname], "secret_name": args.tls_secret}],
@@ -217,6 +228,6 @@ class TrackingServer(PlatformComponent):
             },
             opts=self.child_opts(),
         )
-        self.url = pulumi.Output.from_input(f"https://{args.hostname}")
+        self.url = pulumi.Output.from_input(args.tracking_uri or f"https://{args.hostname}")
         self.service = service.metadata["name"]
         self.register_outputs({"url": self.url, "service": self.service})

@@ -26,6 +26,10 @@ nothing). The pieces:
   ``terraform-mapping.json``: the build copies the package out of the module cache into a build
   directory beside a copy of ``tests/pulumigo/kubernetes/go.mod``, does that step and builds.
 
+The prometheus-operator's CRDs (``PrometheusRule``, ``AlertmanagerConfig``), which monitoring's
+on-prem objects need in the bed, come ready-made from that project's Go module
+(``prometheus_operator_crds``, ``install_crds``; ``python -m tests.pulumibed crds``).
+
 A ``pulumi`` already on PATH is used as it is, with its installation's own language host
 (``HML_PULUMI_BUILD=1`` builds anyway). The engine finds the language host and the provider on
 PATH (ambient plugins), and ``engine_env`` turns off update checks and plugin downloads.
@@ -45,9 +49,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.tier import refuse_in_fast_tier
 
 GO_DIR = Path(__file__).resolve().parent / "pulumigo"
+REPO = Path(__file__).resolve().parents[1]
 HOST = Path(__file__).resolve().parent / "pulumihost.py"
 """Our language host, copied into the bin directory under this name."""
 LAUNCHER = """#!/bin/sh
@@ -115,7 +122,7 @@ def _go(args: list[str], cwd: Path, **env: str) -> str:
         ["go", *args],
         cwd=cwd,
         check=True,
-        capture_output=args[0] in ("list", "env"),
+        capture_output=args[0] in ("list", "env", "mod"),
         text=True,
         env={**os.environ, "GOFLAGS": "-mod=readonly", **env},
     ).stdout
@@ -197,6 +204,75 @@ def _build_kubernetes(out: Path, work: Path) -> None:
     shutil.rmtree(src, ignore_errors=True)
 
 
+PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator"
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+"""The release whose CRDs the bed gets (the newest the module proxy serves here)."""
+PROMETHEUS_CRDS = ("prometheusrules", "alertmanagerconfigs")
+"""What components/monitoring.py makes on-prem: PrometheusRule and AlertmanagerConfig."""
+
+
+def prometheus_operator_crds() -> list[Path]:
+    """The prometheus-operator's CRD manifests for ``PROMETHEUS_CRDS``, as its release ships them.
+
+    Its Go module's zip carries them ready-made (``example/prometheus-operator-crd/``: the same
+    files as the release's ``bundle.yaml``), so no controller-gen runs. ``go mod download`` fetches
+    the module once into a module cache of ours under the cache root (``gomod/``, outside the
+    clone; Go keeps it read-only); later calls find the files and run nothing.
+    """
+    gomod = cache_root() / "gomod"
+    where = (
+        gomod / f"{PROMETHEUS_OPERATOR}@{PROMETHEUS_OPERATOR_VERSION}" / "example" / "prometheus-operator-crd"
+    )
+    files = [where / f"monitoring.coreos.com_{name}.yaml" for name in PROMETHEUS_CRDS]
+    if not all(f.is_file() for f in files):
+        if not shutil.which("go"):
+            raise RuntimeError(
+                "the prometheus-operator CRDs come from its Go module: apt-get install golang-go"
+            )
+        gomod.mkdir(parents=True, exist_ok=True)
+        _go(
+            ["mod", "download", "-json", f"{PROMETHEUS_OPERATOR}@{PROMETHEUS_OPERATOR_VERSION}"],
+            gomod,  # no go.mod here or above: a module query of its own
+            GOMODCACHE=str(gomod),
+        )
+    return files
+
+
+class _CrdLoader(yaml.SafeLoader):
+    """YAML as the API server reads it: a bare ``=`` (an enum value in AlertmanagerConfig's schema,
+    the matchers' ``matchType``) is the string, not YAML 1.1's ``!!value`` tag PyYAML refuses."""
+
+
+_CrdLoader.add_constructor("tag:yaml.org,2002:value", yaml.SafeLoader.construct_yaml_str)
+
+
+def install_crds(api: Any, files: list[Path], timeout: float = 60) -> list[str]:
+    """Create each CRD in ``files`` through the API (one already there is left as it is) and wait
+    until the API server serves it (``Established``); their names."""
+    from kubernetes import client
+
+    ext = client.ApiextensionsV1Api(api)
+    names = []
+    for path in files:
+        body = yaml.load(path.read_text(), Loader=_CrdLoader)  # noqa: S506 - a safe loader
+        try:
+            ext.create_custom_resource_definition(body)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+        names.append(body["metadata"]["name"])
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while not any(
+            c.type == "Established" and c.status == "True"
+            for c in (ext.read_custom_resource_definition(name).status.conditions or [])
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {name} not established after {timeout} s")
+            time.sleep(0.2)
+    return names
+
+
 def engine_env(state: Path, home: Path, **extra: str) -> dict[str, str]:
     """The environment for ``pulumi``: our binaries first on PATH, a file state backend in
     ``state``, its own ``PULUMI_HOME``, no update check and no plugin download. Refused in the
@@ -220,15 +296,28 @@ def engine_env(state: Path, home: Path, **extra: str) -> dict[str, str]:
         "PULUMI_SKIP_CONFIRMATIONS": "true",
         "NO_COLOR": "1",
         "HML_PULUMI_PYTHON": sys.executable,
+        # the program imports this checkout's components, even where the virtualenv's editable
+        # install points at another clone (its finder comes after PYTHONPATH's entries)
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
         **extra,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.pulumibed")
-    parser.add_argument("command", choices=["build", "where"])
+    parser.add_argument(
+        "command",
+        choices=["build", "where", "crds"],
+        help="build the engine; print its bin directory; install the prometheus-operator's CRDs "
+        "(PrometheusRule, AlertmanagerConfig) into the cluster of $KUBECONFIG and print their names",
+    )
     args = parser.parse_args(argv)
-    if args.command == "build":
+    if args.command == "crds":
+        from kubernetes import config
+
+        for name in install_crds(config.new_client_from_config(), prometheus_operator_crds()):
+            print(name)
+    elif args.command == "build":
         if ambient_pulumi():
             print(
                 f"pulumibed: using {ambient_pulumi()} from PATH; the provider still builds", file=sys.stderr

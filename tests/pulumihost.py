@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -210,6 +211,10 @@ def main(argv: list[str]) -> int:
     language_pb2_grpc.add_LanguageRuntimeServicer_to_server(LanguageHost(argv[-1], tracing), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    # the engine ends its plugins with SIGINT (SIGKILL a while later): stop serving and exit 0, as
+    # Pulumi's own hosts do, not with a KeyboardInterrupt traceback the engine shows as diagnostics
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop(None))
     print(port, flush=True)
     server.wait_for_termination()
     return 0

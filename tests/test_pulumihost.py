@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -48,6 +49,22 @@ def host(tmp_path: Path, monkeypatch) -> Iterator[tuple[language_pb2_grpc.Langua
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_sigint_ends_the_host_quietly(tmp_path: Path) -> None:
+    """How the engine ends it: exit 0 and nothing on stderr (a traceback would be shown as the
+    stack's diagnostics after every ``pulumi up``)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HOST), "127.0.0.1:1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout is not None and int(proc.stdout.readline()) > 0
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (0, "")
 
 
 def _info(root: Path, **options: str) -> language_pb2.ProgramInfo:

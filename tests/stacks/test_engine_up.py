@@ -3,10 +3,12 @@ the on-prem components' Kubernetes parts onto the Kubernetes bed (tests/k8sbed.p
 
 A file state backend in the test's directory, a stack passphrase, nothing fetched. The program is
 made of the project's own components (the on-prem GPU pool's node labels, taint and device
-plugin DaemonSet; the on-prem key vault's Secret, Role and RoleBinding). Every object is then read
-back through the Kubernetes API with the organisation's labels; a second ``up`` changes nothing;
-a config change (one more reader) updates the RoleBinding alone; ``destroy`` removes what ``up``
-made, and gives the node back without the pool's labels.
+plugin DaemonSet; the on-prem key vault's Secret, Role and RoleBinding; monitoring's
+PrometheusRule, AlertmanagerConfig and Grafana ConfigMap, the prometheus-operator's CRDs installed
+first; the tracking server's Secret, ServiceAccount, Deployment, Service and Ingress). Every
+object is then read back through the Kubernetes API with the organisation's labels; a second
+``up`` changes nothing; a config change (one more reader) updates the RoleBinding alone;
+``destroy`` removes what ``up`` made, and gives the node back without the pool's labels.
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.k8sbed import K8sBed, Pool, k8s_bed  # noqa: F401 - the fixture
-from tests.pulumibed import engine_env
+from tests.k8sbed import K8sBed
+from tests.pulumibed import PROMETHEUS_CRDS, engine_env
+from tests.stacks.conftest import NODE
 
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "hml-engine"
-NODE = "engine-0"
 ORG = {"team": "ml-platform", "cost-center": "cc-4711", "environment": "bed"}
 SECRET_VALUE = "s3cr3t-from-pulumi-config"
+MAIL = "ml-leads@example.com"
 
 PROGRAM = f'''
 import pulumi
@@ -37,6 +40,8 @@ import pulumi_kubernetes as k8s
 from components.base import OrgTags
 from components.gpu_pool import GpuNodePool, GpuNodePoolArgs, OnpremPool
 from components.keyvault import KeyVault, KeyVaultArgs
+from components.monitoring import Budget, Monitoring, MonitoringArgs
+from components.tracking import TrackingServer, TrackingServerArgs
 
 config = pulumi.Config("bed")
 tags = OrgTags(team="ml-platform", cost_center="cc-4711", environment="bed")
@@ -64,7 +69,39 @@ vault = KeyVault(
     ),
     opts=pulumi.ResourceOptions(depends_on=[namespace]),
 )
+monitoring = Monitoring(
+    "alerts",
+    MonitoringArgs(
+        platform="onprem",
+        tags=tags,
+        budget=Budget(monthly_usd=3000, thresholds_percent=[80, 100], notify=["{MAIL}"]),
+        gpu_pools=["engine"],
+        namespace="{NAMESPACE}",
+    ),
+    opts=pulumi.ResourceOptions(depends_on=[namespace]),
+)
+tracking = TrackingServer(
+    "mlflow",
+    TrackingServerArgs(
+        platform="onprem",
+        tags=tags,
+        hostname="mlflow.bed.example.com",
+        replicas=1,
+        # the bed has no ingress controller: nothing ever writes the Ingress's address
+        await_ingress=False,
+        db_uri=vault.value("db-password").apply(lambda p: f"postgresql://mlflow:{{p}}@pg:5432/mlflow"),
+        admin_password=vault.value("db-password"),
+        artifact_bucket="artifacts",
+        namespace="{NAMESPACE}",
+        s3_endpoint_url="https://minio.bed.example.com:9000",
+        s3_access_key="bed-access",
+        s3_secret_key=config.require_secret("dbPassword"),
+    ),
+    opts=pulumi.ResourceOptions(depends_on=[namespace, vault]),
+)
 pulumi.export("secretRefs", vault.secret_refs)
+pulumi.export("trackingUri", tracking.url)
+pulumi.export("dashboard", monitoring.dashboard)
 pulumi.export("nodes", pool.nodes)
 '''
 
@@ -99,21 +136,15 @@ def _project(tmp_path: Path) -> Path:
     return project
 
 
-@pytest.fixture
-def engine_node(k8s_bed: K8sBed):  # noqa: F811
-    """A GPU node of the bed's own for the pool to label and taint (the session's nodes stay as
-    other tests expect them); removed afterwards."""
-    k8s_bed.add_node(Pool("engine", 1, gpus=1), 0)
-    yield NODE
-    k8s_bed.delete_node(NODE)
-
-
 def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
-    k8s_bed: K8sBed,  # noqa: F811
+    k8s_bed: K8sBed,
     engine_node: str,
+    prometheus_crds: list[str],
     tmp_path: Path,
 ):
     from kubernetes import client
+
+    assert prometheus_crds == [f"{name}.monitoring.coreos.com" for name in PROMETHEUS_CRDS]
 
     project = _project(tmp_path)
     env = engine_env(tmp_path / "state", tmp_path / "pulumi-home", KUBECONFIG=str(k8s_bed.kubeconfig))
@@ -123,6 +154,7 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
 
     up = pulumi(project, env, "up", "--yes", "--skip-preview")
     assert SECRET_VALUE not in up.stdout + up.stderr
+    assert "Traceback" not in up.stdout + up.stderr, up.stdout  # nor the language host's, at its end
     state = "".join(f.read_text(errors="replace") for f in (tmp_path / "state").rglob("*") if f.is_file())
     assert "hml-engine-bed" in state and SECRET_VALUE not in state  # encrypted in the state file
     outputs = json.loads(pulumi(project, env, "stack", "output", "--json").stdout)
@@ -131,6 +163,7 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
 
     api = k8s_bed.client()
     core, apps, rbac = client.CoreV1Api(api), client.AppsV1Api(api), client.RbacAuthorizationV1Api(api)
+    custom, net = client.CustomObjectsApi(api), client.NetworkingV1Api(api)
     objects = {
         "namespace": core.read_namespace(NAMESPACE),
         "node": core.read_node(NODE),
@@ -142,10 +175,60 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
         "secret": core.read_namespaced_secret("hybridml-bed", NAMESPACE),
         "role": rbac.read_namespaced_role("hybridml-bed-reader", NAMESPACE),
         "binding": rbac.read_namespaced_role_binding("hybridml-bed-readers", NAMESPACE),
+        "dashboard": core.read_namespaced_config_map("alerts-dashboard", NAMESPACE),
+        "tracking-config": core.read_namespaced_secret("mlflow-config", NAMESPACE),
+        "tracking-account": core.read_namespaced_service_account("mlflow", NAMESPACE),
+        "tracking": apps.read_namespaced_deployment("mlflow", NAMESPACE),
+        "tracking-service": core.read_namespaced_service("mlflow", NAMESPACE),
+        "tracking-ingress": net.read_namespaced_ingress("mlflow", NAMESPACE),
     }
     for what, obj in objects.items():
         labels = obj.metadata.labels or {}
         assert {k: labels.get(k) for k in ORG} == ORG, (what, labels)
+    custom_objects = {  # the CRDs' objects, as the API server stored them (schema-pruned)
+        kind: custom.get_namespaced_custom_object(
+            "monitoring.coreos.com", version, NAMESPACE, plural, f"alerts-{name}"
+        )
+        for kind, version, plural, name in (
+            ("PrometheusRule", "v1", "prometheusrules", "rules"),
+            ("AlertmanagerConfig", "v1alpha1", "alertmanagerconfigs", "routing"),
+        )
+    }
+    for kind, obj in custom_objects.items():
+        labels = obj["metadata"].get("labels", {})
+        assert {k: labels.get(k) for k in ORG} == ORG, (kind, labels)
+
+    (group,) = custom_objects["PrometheusRule"]["spec"]["groups"]
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert {"HybridMLGpuIdle", "HybridMLJobFailed", "HybridMLBudgetActual100"} <= set(alerts), alerts
+    assert alerts["HybridMLBudgetForecasted80"]["labels"]["team"] == "ml-platform"
+    assert "> 2400" in alerts["HybridMLBudgetForecasted80"]["expr"]  # 80 % of 3000 USD
+    routing = custom_objects["AlertmanagerConfig"]["spec"]
+    assert routing["route"]["matchers"] == [{"name": "team", "value": "ml-platform"}]
+    assert routing["receivers"][0]["emailConfigs"][0]["to"] == MAIL
+    dashboard = json.loads(objects["dashboard"].data["hybridml.json"])
+    assert (
+        dashboard["uid"] == "hybridml-ml-platform"
+        and objects["dashboard"].metadata.labels["grafana_dashboard"] == "1"
+    )
+    tracking = objects["tracking"]
+    assert tracking.status.ready_replicas == 1  # the engine waited for it: the bed runs its pod
+    assert tracking.spec.template.spec.service_account_name == "mlflow"
+    config_keys = set(objects["tracking-config"].data)
+    assert {"MLFLOW_BACKEND_STORE_URI", "basic_auth.ini", "AWS_SECRET_ACCESS_KEY"} <= config_keys
+    assert (
+        SECRET_VALUE in base64.b64decode(objects["tracking-config"].data["MLFLOW_BACKEND_STORE_URI"]).decode()
+    )
+    ingress = objects["tracking-ingress"]
+    assert ingress.metadata.annotations["pulumi.com/skipAwait"] == "true"  # no controller on the bed
+    assert ingress.spec.rules[0].host == "mlflow.bed.example.com"
+    assert ingress.spec.rules[0].http.paths[0].backend.service.name == "mlflow"
+    assert objects["tracking-service"].spec.selector == {
+        "app.kubernetes.io/name": "mlflow",
+        "app.kubernetes.io/instance": "mlflow",
+    }
+    assert outputs["trackingUri"] == "https://mlflow.bed.example.com"
+    assert outputs["dashboard"] == "alerts-dashboard"
 
     node = objects["node"]
     assert node.metadata.labels["hybridml.io/gpu-pool"] == "engine"
@@ -183,9 +266,19 @@ def test_up_deploys_the_onprem_components_then_changes_nothing_then_destroys(
     ]
 
     pulumi(project, env, "destroy", "--yes", "--skip-preview")
-    with pytest.raises(client.ApiException) as gone:
-        core.read_namespaced_secret("hybridml-bed", NAMESPACE)
-    assert gone.value.status == 404
+    for read, name in (
+        (core.read_namespaced_secret, "hybridml-bed"),
+        (core.read_namespaced_config_map, "alerts-dashboard"),
+        (apps.read_namespaced_deployment, "mlflow"),
+        (core.read_namespaced_service, "mlflow"),
+        (net.read_namespaced_ingress, "mlflow"),
+    ):
+        with pytest.raises(client.ApiException) as gone:
+            read(name, NAMESPACE)
+        assert gone.value.status == 404, name
+    for plural, version in (("prometheusrules", "v1"), ("alertmanagerconfigs", "v1alpha1")):
+        listed = custom.list_cluster_custom_object("monitoring.coreos.com", version, plural)
+        assert listed["items"] == [], plural
     assert not [
         d for d in apps.list_daemon_set_for_all_namespaces().items if d.metadata.name.startswith("engine-")
     ]

@@ -144,3 +144,34 @@ def test_plain_string_keys_are_read_as_strings():
 def test_a_section_that_is_not_a_map_says_so():
     with pytest.raises(StackConfigError, match="platform:budget: must be a map"):
         run_project(PROJECT, "onprem", config={"platform:budget": "lots"})
+
+
+def test_the_bed_switches_leave_out_the_aws_provider_and_the_ingress_wait():
+    """``storage.create_buckets: false``: no bucket and no AWS provider (the Kubernetes bed's
+    engine has none), the names as given; ``tracking.await_ingress: false`` and ``tracking_uri``."""
+    storage = {**_onprem_config("platform:storage"), "create_buckets": False}
+    tracking = {
+        **_onprem_config("platform:tracking"),
+        "await_ingress": False,
+        "tracking_uri": "http://mlflow.internal:5000",
+    }
+    result = run_project(
+        PROJECT, "onprem", config={"platform:storage": storage, "platform:tracking": tracking}
+    )
+    assert not [r for r in result.resources if r.type.startswith(("aws:", "pulumi:providers:aws"))]
+    assert result.outputs["buckets"] == {"datasets": "datasets", "artifacts": "artifacts"}
+    profile = result.outputs["runnerProfile"]
+    assert profile["tracking_uri"] == "http://mlflow.internal:5000"
+    assert profile["stores"]["onprem"]["buckets"] == ["datasets"]
+    (ingress,) = result.by_type("kubernetes:networking.k8s.io/v1:Ingress")
+    assert ingress.inputs["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+    (server,) = result.by_type("kubernetes:apps/v1:Deployment")
+    assert "s3://artifacts/mlflow" in server.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+    default = run_project(PROJECT, "onprem")
+    (ingress,) = default.by_type("kubernetes:networking.k8s.io/v1:Ingress")
+    assert "annotations" not in ingress.inputs["metadata"]  # a real cluster's controller: waited for
+    assert default.by_type("aws:s3/bucket:Bucket")
+
+
+def _onprem_config(key):
+    return load_stack_config(PROJECT, "onprem").values[key]
