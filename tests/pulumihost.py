@@ -13,8 +13,13 @@ pack ask of a language host):
 - ``GetPluginInfo`` (the engine's version), ``About`` (the interpreter and its version, which
   the engine records in an update's metadata), ``Handshake`` (accepted; the engine calls it only
   when attaching to a running host), ``GetRequiredPlugins``/``GetRequiredPackages`` (none: the
-  provider is found on PATH), ``InstallDependencies`` (nothing to install: an empty stream),
-  ``Cancel``.
+  provider is found on PATH), ``Cancel``.
+- ``InstallDependencies`` (``pulumi install`` in a project or a policy pack): with the
+  ``virtualenv`` runtime option, ``<base python> -m venv <virtualenv>`` when it is not a
+  virtualenv yet, then ``<virtualenv>/bin/python -m pip install -r requirements.txt`` in the
+  project's (pack's) directory, their output streamed back; pip's own settings
+  (``PIP_CACHE_DIR``, ``PIP_FIND_LINKS``, ``PIP_NO_INDEX``...) come from the environment. Without
+  a ``virtualenv`` option nothing is installed (the interpreter is then the user's own).
 - ``Run``: the program, as ``<python> -u pulumi-language-python-exec --monitor ... --engine ...
   --project --stack --pwd --dry_run --parallel --organization --root_directory PROGRAM ARGS``,
   the script from the pulumi SDK's module copied beside this one; config in ``PULUMI_CONFIG``
@@ -25,12 +30,17 @@ pack ask of a language host):
   directory and environment, its stdout, stderr and exit code streamed back.
 
 ``<python>`` is ``<virtualenv>/bin/python`` for the project's (or pack's) ``virtualenv`` runtime
-option (relative to its root directory), else ``PULUMI_PYTHON_CMD`` or ``python3`` from PATH.
+option (relative to its root directory), else ``PULUMI_PYTHON_CMD`` or ``python3`` from PATH; a
+``virtualenv`` that does not exist fails ``Run`` and ``RunPlugin`` with the commands that make it
+(``pulumi install``). ``<base python>``, which makes a virtualenv, is ``PULUMI_PYTHON_CMD`` or
+``python3`` from PATH.
 
 Not implemented (the service answers UNIMPLEMENTED): ``pulumi new``'s prompts and templates,
 program dependencies (``pulumi about`` lists none), code generation (``GenerateProgram``,
-``GenerateProject``, ``GeneratePackage``), ``Pack`` and ``Link``; toolchains other than a
-virtualenv (poetry, uv), and installing dependencies; debugger attachment; plugins run as
+``GenerateProject``, ``GeneratePackage``), ``Pack`` and ``Link``; toolchains other than pip with a
+virtualenv (poetry, uv: ``InstallDependencies`` answers UNIMPLEMENTED), installing into an
+ambient interpreter, ``use_language_version_tools`` (pyenv), and Pulumi's upgrade of pip,
+setuptools and wheel before the requirements; debugger attachment; plugins run as
 ``python -m pulumi.run.plugin`` (a ``pyproject.toml`` without ``__main__.py``).
 """
 
@@ -64,19 +74,71 @@ def _options(info: Any) -> dict[str, Any]:
     return json_format.MessageToDict(info.options)
 
 
+def _virtualenv(info: Any) -> Path | None:
+    """The ``virtualenv`` runtime option as a path (relative to the root directory), or None."""
+    venv = _options(info).get("virtualenv")
+    if not venv:
+        return None
+    path = Path(venv)
+    if not path.is_absolute():
+        path = Path(info.root_directory or info.program_directory or ".") / path
+    return path
+
+
+def base_python() -> str:
+    """The interpreter a virtualenv is made with, as Pulumi's own host picks it."""
+    return os.environ.get("PULUMI_PYTHON_CMD") or "python3"
+
+
 def python_for(info: Any) -> tuple[str, dict[str, str]]:
     """The interpreter for a program (or pack) and what its environment gains from a virtualenv."""
-    venv = _options(info).get("virtualenv")
-    if venv:
-        path = Path(venv)
-        if not path.is_absolute():
-            path = Path(info.root_directory or ".") / path
-        env = {
-            "VIRTUAL_ENV": str(path),
-            "PATH": os.pathsep.join([str(path / "bin"), os.environ.get("PATH", "")]),
-        }
-        return str(path / "bin" / "python"), env
-    return os.environ.get("PULUMI_PYTHON_CMD") or "python3", {}
+    path = _virtualenv(info)
+    if path is not None:
+        return str(path / "bin" / "python"), _activate(path)
+    return base_python(), {}
+
+
+def _activate(venv: Path) -> dict[str, str]:
+    return {
+        "VIRTUAL_ENV": str(venv),
+        "PATH": os.pathsep.join([str(venv / "bin"), os.environ.get("PATH", "")]),
+    }
+
+
+def missing_virtualenv(info: Any) -> str | None:
+    """Why the ``virtualenv`` option cannot run anything (it is not a virtualenv), with the fix."""
+    path = _virtualenv(info)
+    if path is None or (path / "bin" / "python").exists():
+        return None
+    root = Path(info.root_directory or info.program_directory or ".")
+    manifest = "PulumiPolicy.yaml" if (root / "PulumiPolicy.yaml").is_file() else "Pulumi.yaml"
+    state = "doesn't appear to be a virtual environment" if path.exists() else "doesn't exist"
+    return (
+        f"The 'virtualenv' option in {manifest} is set to {_options(info)['virtualenv']!r}, but "
+        f"{str(path)!r} {state}; run `pulumi install` in {root} to create it and install "
+        f"requirements.txt into it, or by hand: python3 -m venv {path} && "
+        f"{path}/bin/python -m pip install -r {root}/requirements.txt"
+    )
+
+
+def _stream(proc: subprocess.Popen[bytes]) -> Iterator[tuple[str, bytes]]:
+    """A child's stdout and stderr chunks as they come, until both close."""
+    chunks: queue.Queue[tuple[str, bytes]] = queue.Queue()
+
+    def pump(name: str, stream: Any) -> None:
+        for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+            chunks.put((name, chunk))
+        chunks.put((name, b""))
+
+    for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        threading.Thread(target=pump, args=(name, stream), daemon=True).start()
+    open_streams = 2
+    while open_streams:
+        name, chunk = chunks.get()
+        if not chunk:
+            open_streams -= 1
+            continue
+        yield name, chunk
 
 
 class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
@@ -97,7 +159,46 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         return language_pb2.GetRequiredPackagesResponse()
 
     def InstallDependencies(self, request: Any, context: Any) -> Iterator[Any]:
-        return iter(())
+        """``pulumi install``: make the ``virtualenv`` (when it is not one yet) and install
+        requirements.txt into it, as a reviewer's CI makes a policy pack's own; the output streamed."""
+        info = request.info if request.HasField("info") else None
+        toolchain = _options(info).get("toolchain", "pip")
+        if toolchain != "pip":
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, f"toolchain {toolchain!r}: this host knows pip only")
+        venv = _virtualenv(info) if info is not None else None
+        if venv is None:
+            yield language_pb2.InstallDependenciesResponse(
+                stderr=b"no 'virtualenv' runtime option: nothing installed (the interpreter is your own)\n"
+            )
+            return
+        root = Path(info.root_directory or info.program_directory or request.directory or ".")
+        steps: list[tuple[str, list[str]]] = []
+        if not (venv / "bin" / "python").exists():
+            steps.append(("Creating virtual environment...", [base_python(), "-m", "venv", str(venv)]))
+        if (root / "requirements.txt").is_file():
+            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-r", "requirements.txt"]
+            steps.append(("Installing dependencies in virtual environment...", pip))
+        env = {**os.environ, **_activate(venv)}
+        env.pop("PYTHONHOME", None)
+        for message, args in steps:
+            yield language_pb2.InstallDependenciesResponse(stdout=f"{message}\n".encode())
+            try:
+                proc = subprocess.Popen(
+                    args,
+                    cwd=root,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+            except OSError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"could not run {args[0]}: {exc}")
+            context.add_callback(lambda proc=proc: proc.poll() is None and proc.kill())
+            for name, chunk in _stream(proc):
+                yield language_pb2.InstallDependenciesResponse(**{name: chunk})
+            if code := proc.wait():
+                context.abort(grpc.StatusCode.UNKNOWN, f"{' '.join(args)} in {root} exited {code}")
+        yield language_pb2.InstallDependenciesResponse(stdout=b"Finished installing dependencies\n")
 
     def About(self, request: Any, context: Any) -> Any:
         """The interpreter and its version, for the update's metadata (``runtime.*``)."""
@@ -119,6 +220,8 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
 
     def Run(self, request: Any, context: Any) -> Any:
         info = request.info if request.HasField("info") else None
+        if info is not None and (why := missing_virtualenv(info)):
+            return language_pb2.RunResponse(error=why)
         python, venv_env = python_for(info)
         program = request.program or "."
         if info is not None and info.program_directory:
@@ -157,6 +260,8 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
 
     def RunPlugin(self, request: Any, context: Any) -> Iterator[Any]:
         info = request.info
+        if why := missing_virtualenv(info):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
         python, venv_env = python_for(info)
         if request.kind == "analyzer":
             args = [python, "-u", "-m", "pulumi.policy", *request.args, info.program_directory]
@@ -176,21 +281,7 @@ class LanguageHost(language_pb2_grpc.LanguageRuntimeServicer):
         except OSError as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"could not start {python}: {exc}")
         context.add_callback(lambda: proc.poll() is None and proc.kill())
-        chunks: queue.Queue[tuple[str, bytes]] = queue.Queue()
-
-        def pump(name: str, stream: Any) -> None:
-            for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
-                chunks.put((name, chunk))
-            chunks.put((name, b""))
-
-        for name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-            threading.Thread(target=pump, args=(name, stream), daemon=True).start()
-        open_streams = 2
-        while open_streams:
-            name, chunk = chunks.get()
-            if not chunk:
-                open_streams -= 1
-                continue
+        for name, chunk in _stream(proc):
             yield language_pb2.RunPluginResponse(**{name: chunk})
         yield language_pb2.RunPluginResponse(exitcode=proc.wait())
 

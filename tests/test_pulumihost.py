@@ -5,12 +5,16 @@ codes, and streams a plugin's output and exit code."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -28,27 +32,34 @@ sys.exit(int(sys.argv[-1]) if sys.argv[-1].isdigit() else 0)
 """
 
 
-@pytest.fixture
-def host(tmp_path: Path, monkeypatch) -> Iterator[tuple[language_pb2_grpc.LanguageRuntimeStub, Path]]:
+@contextmanager
+def _serving(tmp_path: Path, **env: str) -> Iterator[language_pb2_grpc.LanguageRuntimeStub]:
+    """The host copied beside a stand-in exec script, serving, in ``env`` (besides a bare PATH)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shutil.copyfile(HOST, bin_dir / "pulumihost.py")
     (bin_dir / "pulumi-language-python-exec").write_text(FAKE_EXEC)
-    record = tmp_path / "record.json"
     proc = subprocess.Popen(
         [sys.executable, str(bin_dir / "pulumihost.py"), "-v=3", "127.0.0.1:1"],
         stdout=subprocess.PIPE,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "RECORD": str(record)},
+        env={"PATH": "/usr/bin:/bin", **env},
     )
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield language_pb2_grpc.LanguageRuntimeStub(channel), record
+            yield language_pb2_grpc.LanguageRuntimeStub(channel)
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[tuple[language_pb2_grpc.LanguageRuntimeStub, Path]]:
+    record = tmp_path / "record.json"
+    with _serving(tmp_path, RECORD=str(record)) as stub:
+        yield stub, record
 
 
 def test_sigint_ends_the_host_quietly(tmp_path: Path) -> None:
@@ -81,7 +92,11 @@ def test_plugin_info_and_the_no_op_calls(host) -> None:
     assert stub.Handshake(language_pb2.LanguageHandshakeRequest(engine_address="x")) is not None
     assert not stub.GetRequiredPackages(language_pb2.GetRequiredPackagesRequest()).packages
     assert not stub.GetRequiredPlugins(language_pb2.GetRequiredPluginsRequest()).plugins
-    assert list(stub.InstallDependencies(language_pb2.InstallDependenciesRequest())) == []
+    # no virtualenv option: nothing is installed into an interpreter that is not the project's own
+    nothing = list(stub.InstallDependencies(language_pb2.InstallDependenciesRequest()))
+    assert [r.stderr for r in nothing] == [
+        b"no 'virtualenv' runtime option: nothing installed (the interpreter is your own)\n"
+    ]
     venv = Path(sys.executable).parent.parent
     about = stub.About(language_pb2.AboutRequest(info=_info(venv, virtualenv=str(venv))))
     assert about.executable == str(venv / "bin" / "python")
@@ -171,3 +186,106 @@ def test_run_plugin_streams_output_and_exit_code(host, tmp_path: Path) -> None:
     err = b"".join(r.stderr for r in responses)
     assert out == b"out ['--flag', 'addr'] y\n" and err == b"err\n"
     assert responses[-1].exitcode == 3
+
+
+def _wheel(where: Path, name: str, version: str, module: str) -> Path:
+    """A pure-Python wheel, written by hand (no build backend, no index)."""
+    files = {f"{name}.py": module.encode()}
+    info = f"{name}-{version}.dist-info"
+    files[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
+    files[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
+    record = [
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
+        f"{len(data)}"
+        for path, data in files.items()
+    ]
+    files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    wheel = where / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel
+
+
+def _install(stub, pack: Path, **options: str) -> tuple[str, str]:
+    responses = list(
+        stub.InstallDependencies(
+            language_pb2.InstallDependenciesRequest(info=_info(pack, **options), is_plugin=True)
+        )
+    )
+    return b"".join(r.stdout for r in responses).decode(), b"".join(r.stderr for r in responses).decode()
+
+
+def test_install_dependencies_makes_the_packs_own_virtualenv(tmp_path: Path) -> None:
+    """``pulumi install`` in a policy pack: ``venv`` (relative to the pack) made with the base
+    interpreter, requirements.txt installed into it with pip's settings from the environment
+    (here a wheel directory and no index); again, the virtualenv is kept; a requirement pip
+    cannot find fails the call with the command and its exit code."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "hmltiny", "1.0", 'X = "tiny"\n')
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "PulumiPolicy.yaml").write_text("runtime:\n  name: python\n  options:\n    virtualenv: venv\n")
+    (pack / "requirements.txt").write_text("hmltiny==1.0\n")
+    env = {"PULUMI_PYTHON_CMD": sys.executable, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels)}
+    with _serving(tmp_path, **env) as stub:
+        out, err = _install(stub, pack, virtualenv="venv", toolchain="pip")
+        assert "Creating virtual environment..." in out, (out, err)
+        assert "Successfully installed hmltiny-1.0" in out, (out, err)
+        assert out.endswith("Finished installing dependencies\n")
+        python = pack / "venv" / "bin" / "python"
+        seen = subprocess.run(
+            [str(python), "-c", "import hmltiny, sys; print(hmltiny.X, sys.prefix != sys.base_prefix)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert seen == ["tiny", "True"]
+        # a virtualenv of its own: not the interpreter the host runs with, nor its packages
+        assert subprocess.run([str(python), "-c", "import grpc"], capture_output=True).returncode != 0
+
+        again, _ = _install(stub, pack, virtualenv="venv")
+        assert "Creating virtual environment" not in again and "already satisfied: hmltiny==1.0" in again
+
+        (pack / "requirements.txt").write_text("hmltiny-not-there==9\n")
+        with pytest.raises(grpc.RpcError) as failed:
+            _install(stub, pack, virtualenv="venv")
+        assert failed.value.code() == grpc.StatusCode.UNKNOWN
+        assert failed.value.details() == f"{python} -m pip install -r requirements.txt in {pack} exited 1"
+
+        with pytest.raises(grpc.RpcError) as uv:
+            _install(stub, pack, virtualenv="venv", toolchain="uv")
+        assert uv.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_a_missing_virtualenv_says_how_to_make_it(host, tmp_path: Path) -> None:
+    """A pack (or program) whose ``virtualenv`` was never made fails with the fix, not with some
+    other interpreter."""
+    stub, _ = host
+    pack = tmp_path / "pack"
+    pack.mkdir()
+    (pack / "PulumiPolicy.yaml").write_text("runtime: python\n")
+    with pytest.raises(grpc.RpcError) as err:
+        list(
+            stub.RunPlugin(
+                language_pb2.RunPluginRequest(
+                    pwd=str(tmp_path), info=_info(pack, virtualenv="venv"), kind="analyzer"
+                )
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.details().startswith(
+        f"The 'virtualenv' option in PulumiPolicy.yaml is set to 'venv', but '{pack}/venv' doesn't exist; "
+        f"run `pulumi install` in {pack}"
+    )
+    program = tmp_path / "program"
+    program.mkdir()
+    response = stub.Run(
+        language_pb2.RunRequest(pwd=str(program), program=".", info=_info(program, virtualenv="v"))
+    )
+    assert response.error.startswith(
+        f"The 'virtualenv' option in Pulumi.yaml is set to 'v', but '{program}/v'"
+    )

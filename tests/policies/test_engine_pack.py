@@ -4,7 +4,9 @@ the offline ``hml policy check`` give the same verdict on one table of cases.
 The programs declare Kubernetes objects only (the AWS provider cannot be built from the module
 proxy; docs/platform.md). ``preview`` needs no cluster: the provider previews against an
 unreachable one. The pack runs from a copy of ``policies/`` whose ``PulumiPolicy.yaml`` points
-at this interpreter's virtualenv, as a reviewer's CI points it at the one it installed.
+at this interpreter's virtualenv (it has the pack's requirements). The pack in a fresh
+virtualenv of its own, as committed (``virtualenv: venv``), made by ``pulumi install``:
+test_policy_gate.py, on two of these cases.
 """
 
 from __future__ import annotations
