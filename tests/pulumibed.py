@@ -173,6 +173,7 @@ def _build_python(out: Path) -> None:
     shutil.copyfile(HOST, out / "pulumihost.py")
     (out / "pulumi-language-python").write_text(LAUNCHER)
     (out / "pulumi-language-python").chmod(0o755)
+    _go(["mod", "download", "github.com/pulumi/pulumi/sdk/v3"], GO_DIR / "cli")  # `go list -m` needs it fetched
     sdk = _go(["list", "-m", "-f", "{{.Dir}}", "github.com/pulumi/pulumi/sdk/v3"], GO_DIR / "cli").strip()
     shutil.copyfile(
         Path(sdk) / "python" / "cmd" / "pulumi-language-python-exec", out / "pulumi-language-python-exec"
@@ -183,7 +184,12 @@ def _build_python(out: Path) -> None:
 def _build_kubernetes(out: Path, work: Path) -> None:
     """Copy the provider's main package beside our go.mod, do its ``go generate`` step, build."""
     here = GO_DIR / "kubernetes"
+    # `go list -m` names the module's directory only once it is in the module cache: on a new
+    # machine nothing has fetched it yet
+    _go(["mod", "download", PROVIDER_MODULE], here)
     module = Path(_go(["list", "-m", "-f", "{{.Dir}}", PROVIDER_MODULE], here).strip())
+    if not (module / PROVIDER_PKG / "main.go").is_file():
+        raise RuntimeError(f"{PROVIDER_MODULE}: no {PROVIDER_PKG}/main.go in {module or 'the module cache'}")
     src = work / "src-kubernetes"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir()
