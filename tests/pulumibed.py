@@ -173,8 +173,6 @@ def _build_python(out: Path) -> None:
     shutil.copyfile(HOST, out / "pulumihost.py")
     (out / "pulumi-language-python").write_text(LAUNCHER)
     (out / "pulumi-language-python").chmod(0o755)
-    # `go list -m` names a module's directory only once it is in the module cache
-    _go(["mod", "download", "github.com/pulumi/pulumi/sdk/v3"], GO_DIR / "cli")
     sdk = _go(["list", "-m", "-f", "{{.Dir}}", "github.com/pulumi/pulumi/sdk/v3"], GO_DIR / "cli").strip()
     shutil.copyfile(
         Path(sdk) / "python" / "cmd" / "pulumi-language-python-exec", out / "pulumi-language-python-exec"
