@@ -194,7 +194,8 @@ def _ports(protocol: Any, from_port: Any, to_port: Any) -> tuple[int, int]:
 
 def ingress_rules(resource_type: str, props: Mapping[str, Any]) -> list[Ingress]:
     if resource_type == SG_INGRESS_RULE:
-        cidrs = [c for c in (dig(props, "cidrIpv4"), dig(props, "cidrIpv6")) if c]
+        # a CIDR is a string; anything else (a map from a malformed program) opens nothing to match
+        cidrs = [c for c in (dig(props, "cidrIpv4"), dig(props, "cidrIpv6")) if isinstance(c, str) and c]
         return [
             Ingress(*_ports(dig(props, "ipProtocol"), dig(props, "fromPort"), dig(props, "toPort")), cidrs)
         ]

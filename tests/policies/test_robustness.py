@@ -143,6 +143,18 @@ def test_resource_rules_survive_any_shape(rule_index: int, props: dict[str, Any]
     assert all(isinstance(m, str) and m for m in messages)
 
 
+@pytest.mark.parametrize("cidr", [{"tags": None}, ["0.0.0.0/0"], 7])
+def test_ingress_rules_take_a_cidr_that_is_no_string(cidr: Any) -> None:
+    """What hypothesis found once (a map where a security-group rule's CIDR goes): every rule of
+    every resource type survives it; nothing that is not a CIDR string opens a port to the world."""
+    for rule in RESOURCE_RULES:
+        for resource_type in sorted(rule.types or []):
+            props = {"ipProtocol": "tcp", "fromPort": 22, "toPort": 22, "cidrIpv4": cidr, "cidrIpv6": cidr}
+            messages = check_resource(rule.id, resource_type, props)
+            assert all(isinstance(m, str) and m for m in messages)
+            assert not any("0.0.0.0/0" in m or "world" in m.lower() for m in messages), (rule.id, messages)
+
+
 @fast
 @given(members=st.lists(st.tuples(st.sampled_from(STACK_TYPES), props_strategy), max_size=5))
 def test_stack_rules_survive_any_shape(members: list[tuple[str, dict[str, Any]]]) -> None:
